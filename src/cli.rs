@@ -1,0 +1,73 @@
+//! Command line: `server`, `client` and `bench`, parsed with clap's derive API.
+//!
+//! The positional names (`cfg_file`, `server_ip`, `server_port`) are those of the original
+//! tcp-forward, so its users find the same usage text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tcp-forward",
+    version,
+    about = "Reverse TCP tunnel: publish ports of a private network through a public host"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run on the public host: accept client tunnels and listen on the mapped public ports.
+    Server(ServerArgs),
+    /// Run inside the private network: keep a tunnel to the server and dial inner targets.
+    Client(ClientArgs),
+    /// Measure the tunnel against direct loopback on this machine and print a table.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// config file path
+    #[arg(value_name = "cfg_file")]
+    pub cfg_file: PathBuf,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// server ip (an IPv4 or IPv6 address, or a host name)
+    #[arg(value_name = "server_ip", required_unless_present = "config")]
+    pub server_ip: Option<String>,
+    /// server port (the server's INNER_PORT)
+    #[arg(value_name = "server_port", required_unless_present = "config")]
+    pub server_port: Option<String>,
+    /// Read SERVER_IP, SERVER_PORT, TAG, TOKEN and LOG_LEVEL from a forward_client.cfg file
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["server_ip", "server_port"])]
+    pub config: Option<PathBuf>,
+    /// Tag announced to the server: it serves the public ports mapped to this tag [default: default]
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Shared secret proving this client to the server (or set TCP_FORWARD_TOKEN)
+    #[arg(long, env = "TCP_FORWARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Overrides of the configured log level.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LogArgs {
+    /// More output (-v: DEBUG, -vv: TRACE)
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with_all = ["quiet", "log_level"])]
+    pub verbose: u8,
+    /// Less output (-q: WARN, -qq: ERROR)
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "log_level")]
+    pub quiet: u8,
+    /// Log level: ERROR, WARN, INFO, DEBUG or TRACE
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}

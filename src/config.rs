@@ -1,0 +1,1700 @@
+//! Configuration files and command-line values turned into typed settings.
+//!
+//! The server reads `forward_server.cfg` and the port mapping file it names (`port_mapper.cfg`);
+//! the client reads its positionals and flags, or `forward_client.cfg` with `--config`. Every
+//! error names the file and the key or line at fault (or `command line` and the argument), so
+//! the caller can print it and exit with status 2 before anything listens.
+//!
+//! The INI dialect (parsed with rust-ini, plus a line scanner of our own):
+//! - section names and keys are case-insensitive (`[default]`, `inner_port`); values are trimmed;
+//! - a line whose first non-blank character is `#` or `;` is a comment;
+//! - a trailing comment starts at a `#` or `;` that follows whitespace: in `1234=10.0.0.5:22 # ssh`
+//!   the value is `10.0.0.5:22`, while in `TOKEN=a#b;c` the value is `a#b;c`;
+//! - values are taken literally: no quotes, no escapes, no line continuations (a line may not
+//!   end with `\`), so a token can hold any character except a `#`/`;` right after whitespace;
+//! - keys outside any section count as `[DEFAULT]` keys (the original's files had the header);
+//! - a key given twice in one section is an error, never silently "last one wins".
+//!
+//! rust-ini keeps repeated keys (its `Properties` is a multimap), which is how duplicates are
+//! found; the line scanner, run first over the same text, supplies line numbers, rejects lines
+//! that are neither `[section]` nor `key=value` (rust-ini would glue them to the next key) and
+//! strips comments, which rust-ini only handles at the start of a line without its optional
+//! `inline-comment` feature.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use ini::{Ini, ParseOption};
+use log::LevelFilter;
+
+use crate::cli::ClientArgs;
+
+/// Tag of a client (and of a mapping) when none is configured.
+pub const DEFAULT_TAG: &str = "default";
+/// Longest tag, in bytes (UTF-8).
+pub const MAX_TAG_LEN: usize = 64;
+/// Concurrent streams per tunnel when `MAX_STREAMS` is not set.
+pub const DEFAULT_MAX_STREAMS: usize = 4096;
+/// Largest accepted `MAX_STREAMS`.
+pub const MAX_MAX_STREAMS: usize = 1_000_000;
+/// Mapping file used when `OUTER_PORTS_FILE` is not set, next to the server's config file.
+pub const DEFAULT_MAPPER_FILE: &str = "port_mapper.cfg";
+/// Longest host name accepted in a target or as `server_ip`.
+pub const MAX_HOST_NAME_LEN: usize = 253;
+
+/// A shared secret (the `TOKEN`). `Debug` prints `Secret(***)`, so it cannot leak into logs
+/// through `{:?}` of a config struct; only [`Secret::expose`] gives the bytes.
+#[derive(Clone)]
+pub struct Secret(Box<[u8]>);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s.into_bytes().into_boxed_slice())
+    }
+
+    /// The secret's bytes, for the HMAC key. Never log them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The host part of a [`Target`]: an IP literal, or a name the client resolves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// Prints the bare host: `10.0.0.5`, `::1` (no brackets), `db.internal`.
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// An inner `host:port` that the client dials for a public port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: Host,
+    pub port: u16,
+}
+
+impl Target {
+    /// Parse `1.2.3.4:22`, `[::1]:22` or `db.internal:5432`. The port is 1..=65535; a name
+    /// has only letters, digits, `-`, `.` and `_`, at most 253 characters, no empty label
+    /// (one final `.` is allowed), and is not a malformed IPv4 address such as `192.168.105`.
+    /// The error message quotes the whole target, e.g. `target "10.0.0.1" has no port`.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        if s.is_empty() {
+            return Err("empty target (expected host:port)".to_string());
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let Some((addr, after)) = rest.split_once(']') else {
+                return Err(format!("target {s:?}: missing ']' after the IPv6 address"));
+            };
+            let ip: Ipv6Addr = addr
+                .parse()
+                .map_err(|_| format!("target {s:?}: {addr:?} is not an IPv6 address"))?;
+            let port = match after.strip_prefix(':') {
+                Some(port) => port,
+                None if after.is_empty() => return Err(format!("target {s:?} has no port")),
+                None => return Err(format!("target {s:?}: unexpected {after:?} after ']'")),
+            };
+            (Host::Ip(IpAddr::V6(ip)), port)
+        } else {
+            let Some((host, port)) = s.rsplit_once(':') else {
+                return Err(format!("target {s:?} has no port"));
+            };
+            if host.contains(':') {
+                return Err(if host.parse::<Ipv6Addr>().is_ok() {
+                    format!("target {s:?}: an IPv6 target needs brackets, e.g. [{host}]:{port}")
+                } else if s.parse::<Ipv6Addr>().is_ok() {
+                    format!("target {s:?}: an IPv6 target needs brackets and a port, e.g. [{s}]:22")
+                } else {
+                    format!("target {s:?}: {host:?} is not a valid host")
+                });
+            }
+            if host.is_empty() {
+                return Err(format!("target {s:?} has no host"));
+            }
+            let host = parse_host(host).map_err(|e| format!("target {s:?}: {e}"))?;
+            (host, port)
+        };
+        let port = parse_port(port)
+            .ok_or_else(|| format!("target {s:?}: {port:?} is not a port (1-65535)"))?;
+        Ok(Target { host, port })
+    }
+}
+
+/// `1.2.3.4:22`, `[::1]:22`, `db.internal:5432`: the form [`Target::parse`] reads.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            host => write!(f, "{host}:{}", self.port),
+        }
+    }
+}
+
+/// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`).
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    pub public_port: u16,
+    pub target: Target,
+    pub tag: String,
+}
+
+/// Everything the server needs, from `forward_server.cfg` and its mapping file.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// The config file, as given on the command line.
+    pub cfg_file: PathBuf,
+    /// The mapping file: `OUTER_PORTS_FILE` resolved against `cfg_file`'s folder.
+    pub mapper_file: PathBuf,
+    /// The port clients dial.
+    pub inner_port: u16,
+    /// Address of the client listener and of the public ports (default `0.0.0.0`).
+    pub bind_addr: IpAddr,
+    /// `LOG_LEVEL`, if set; command-line flags may override it.
+    pub log_level: Option<LevelFilter>,
+    /// `TOKEN`: when set, clients must prove they know it.
+    pub token: Option<Secret>,
+    /// `MAX_STREAMS`: concurrent streams per tunnel.
+    pub max_streams: usize,
+    /// The mappings, sorted by public port (each port once).
+    pub mappings: Vec<Mapping>,
+    /// Problems that did not stop the load (ignored keys, nothing mapped): log them.
+    pub warnings: Vec<String>,
+}
+
+/// Everything the client needs, from the command line or `forward_client.cfg`.
+#[derive(Debug)]
+pub struct ClientConfig {
+    /// An IP literal (IPv6 without brackets) or a host name.
+    pub server_host: String,
+    pub server_port: u16,
+    pub tag: String,
+    pub token: Option<Secret>,
+    pub log_level: Option<LevelFilter>,
+    pub warnings: Vec<String>,
+}
+
+/// A configuration error: where (file and line, or the command line), which key, and what.
+#[derive(Debug)]
+pub struct ConfigError {
+    file: Option<PathBuf>,
+    line: Option<usize>,
+    key: Option<String>,
+    msg: String,
+}
+
+impl ConfigError {
+    /// An error in a command-line argument (`key` is its name, e.g. `server_port` or `--tag`).
+    pub fn cli(key: &str, msg: String) -> ConfigError {
+        ConfigError {
+            file: None,
+            line: None,
+            key: Some(key.to_string()),
+            msg,
+        }
+    }
+
+    fn in_file(file: &Path, line: Option<usize>, key: Option<String>, msg: String) -> ConfigError {
+        ConfigError {
+            file: Some(file.to_path_buf()),
+            line,
+            key,
+            msg,
+        }
+    }
+
+    /// The file at fault; `None` for the command line.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// The 1-based line at fault, when known.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+
+    /// The key at fault as shown in the message (`[MAPPER] key 1234`, `server_port`), if any.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// What is wrong, without the location.
+    pub fn message(&self) -> &str {
+        &self.msg
+    }
+}
+
+/// `<file>: [line N: ][<key>: ]<msg>`, or `command line: <key>: <msg>`.
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{}: ", file.display())?,
+            None => f.write_str("command line: ")?,
+        }
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A log level name, case-insensitive: ERROR WARN WARNING INFO DEBUG TRACE OFF, and the
+/// original's CRITICAL (= ERROR) and NOTSET (= TRACE).
+pub fn parse_level(s: &str) -> Option<LevelFilter> {
+    Some(match s.trim().to_ascii_uppercase().as_str() {
+        "OFF" => LevelFilter::Off,
+        "ERROR" | "CRITICAL" => LevelFilter::Error,
+        "WARN" | "WARNING" => LevelFilter::Warn,
+        "INFO" => LevelFilter::Info,
+        "DEBUG" => LevelFilter::Debug,
+        "TRACE" | "NOTSET" => LevelFilter::Trace,
+        _ => return None,
+    })
+}
+
+/// Load `forward_server.cfg` and the mapping file it names.
+pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
+    let doc = Doc::read(path, "config file")?;
+    let mut warnings = Vec::new();
+    for head in doc.sections.iter().filter(|h| h.name != "DEFAULT") {
+        let what = if head.name == "MAPPER" || head.name == "TAG" {
+            format!(
+                "section [{}] belongs in the port mapping file (OUTER_PORTS_FILE), ignored here",
+                head.name
+            )
+        } else {
+            format!("unknown section [{}], ignored", head.raw)
+        };
+        warnings.push(doc.note(Some(head.line), None, &what));
+    }
+
+    let mut inner_port = None;
+    let mut outer_file = None;
+    let mut log_level = None;
+    let mut token = None;
+    let mut bind_addr = None;
+    let mut max_streams = None;
+    for e in doc.default_entries()? {
+        match e.key.as_str() {
+            "INNER_PORT" => {
+                inner_port =
+                    Some(parse_port(&e.value).ok_or_else(|| {
+                        doc.err(e, format!("{:?} is not a port (1-65535)", e.value))
+                    })?)
+            }
+            "OUTER_PORTS_FILE" => {
+                if e.value.is_empty() {
+                    return Err(doc.err(e, "empty file name".to_string()));
+                }
+                outer_file = Some(PathBuf::from(&e.value));
+            }
+            "LOG_LEVEL" => log_level = Some(level_value(&doc, e)?),
+            "TOKEN" => token = Some(token_value(&doc, e)?),
+            "BIND_ADDR" => {
+                let v = e
+                    .value
+                    .strip_prefix('[')
+                    .and_then(|v| v.strip_suffix(']'))
+                    .unwrap_or(&e.value);
+                bind_addr = Some(v.parse::<IpAddr>().map_err(|_| {
+                    doc.err(
+                        e,
+                        format!(
+                            "{:?} is not an IP address (e.g. 0.0.0.0, or :: for IPv6 too)",
+                            e.value
+                        ),
+                    )
+                })?);
+            }
+            "MAX_STREAMS" => {
+                let n = parse_number(&e.value)
+                    .filter(|n| (1..=MAX_MAX_STREAMS as u64).contains(n))
+                    .ok_or_else(|| {
+                        doc.err(
+                            e,
+                            format!("{:?} is not a number from 1 to {MAX_MAX_STREAMS}", e.value),
+                        )
+                    })?;
+                max_streams = Some(n as usize);
+            }
+            k if k == "BANDWIDTH"
+                || k == "USER_FILE"
+                || k.starts_with("REST")
+                || k.starts_with("API") =>
+            {
+                warnings.push(doc.note(e.line, Some(e), "not supported, ignored"));
+            }
+            _ => warnings.push(doc.note(e.line, Some(e), "unknown key, ignored")),
+        }
+    }
+    let inner_port = inner_port.ok_or_else(|| {
+        doc.missing(
+            "INNER_PORT",
+            "required key is missing (the port clients connect to)",
+        )
+    })?;
+
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let mapper_file = match outer_file {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => dir.join(p),
+        None => dir.join(DEFAULT_MAPPER_FILE),
+    };
+    let mappings = load_mappings(&mapper_file, inner_port, path, &mut warnings)?;
+
+    Ok(ServerConfig {
+        cfg_file: path.to_path_buf(),
+        mapper_file,
+        inner_port,
+        bind_addr: bind_addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        log_level,
+        token,
+        max_streams: max_streams.unwrap_or(DEFAULT_MAX_STREAMS),
+        mappings,
+        warnings,
+    })
+}
+
+/// Read `[MAPPER]` and `[TAG]` of the mapping file.
+fn load_mappings(
+    file: &Path,
+    inner_port: u16,
+    cfg_file: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Mapping>, ConfigError> {
+    let doc = Doc::read(file, "port mapping file")?;
+    for head in doc
+        .sections
+        .iter()
+        .filter(|h| h.name != "MAPPER" && h.name != "TAG")
+    {
+        let what = format!(
+            "unknown section [{}], ignored (expected [MAPPER] and [TAG])",
+            head.raw
+        );
+        warnings.push(doc.note(Some(head.line), None, &what));
+    }
+    for e in doc.entries.iter().filter(|e| e.section.is_none()) {
+        warnings.push(doc.note(
+            e.line,
+            Some(e),
+            "key outside a section, ignored (mappings go under [MAPPER])",
+        ));
+    }
+
+    let mut targets: BTreeMap<u16, (Target, &Entry)> = BTreeMap::new();
+    for e in doc.entries_in("MAPPER") {
+        let port = public_port(&doc, e)?;
+        if let Some((_, first)) = targets.get(&port) {
+            return Err(doc.err(
+                e,
+                format!("public port {port} is mapped twice{}", first_at(first)),
+            ));
+        }
+        if port == inner_port {
+            return Err(doc.err(
+                e,
+                format!(
+                    "public port {port} is the INNER_PORT of {}",
+                    cfg_file.display()
+                ),
+            ));
+        }
+        let target = Target::parse(&e.value).map_err(|m| doc.err(e, m))?;
+        targets.insert(port, (target, e));
+    }
+
+    let mut tags: HashMap<u16, (String, &Entry)> = HashMap::new();
+    for e in doc.entries_in("TAG") {
+        let port = public_port(&doc, e)?;
+        if !targets.contains_key(&port) {
+            return Err(doc.err(e, format!("port {port} has no [MAPPER] entry")));
+        }
+        if let Some((_, first)) = tags.get(&port) {
+            return Err(doc.err(e, format!("port {port} is tagged twice{}", first_at(first))));
+        }
+        check_tag(&e.value).map_err(|m| doc.err(e, m))?;
+        tags.insert(port, (e.value.clone(), e));
+    }
+
+    if targets.is_empty() {
+        warnings.push(format!(
+            "{}: no port mappings: nothing will be published",
+            file.display()
+        ));
+    }
+    Ok(targets
+        .into_iter()
+        .map(|(public_port, (target, _))| Mapping {
+            public_port,
+            target,
+            tag: tags
+                .remove(&public_port)
+                .map_or_else(|| DEFAULT_TAG.to_string(), |(tag, _)| tag),
+        })
+        .collect())
+}
+
+/// The client's settings: `--config FILE`, or the positionals; `--tag` and `--token` (or
+/// `TCP_FORWARD_TOKEN`) override the file's `TAG` and `TOKEN`.
+pub fn client_from_args(args: &ClientArgs) -> Result<ClientConfig, ConfigError> {
+    let mut warnings = Vec::new();
+    let mut tag = None;
+    let mut token = None;
+    let mut log_level = None;
+    let (server_host, server_port) = if let Some(path) = &args.config {
+        if args.server_ip.is_some() || args.server_port.is_some() {
+            return Err(ConfigError::cli(
+                "--config",
+                "give either --config or server_ip and server_port, not both".to_string(),
+            ));
+        }
+        let doc = Doc::read(path, "config file")?;
+        for head in doc.sections.iter().filter(|h| h.name != "DEFAULT") {
+            let what = format!("unknown section [{}], ignored", head.raw);
+            warnings.push(doc.note(Some(head.line), None, &what));
+        }
+        let mut host = None;
+        let mut port = None;
+        for e in doc.default_entries()? {
+            match e.key.as_str() {
+                "SERVER_IP" => host = Some(server_host(&e.value).map_err(|m| doc.err(e, m))?),
+                "SERVER_PORT" => {
+                    port = Some(parse_port(&e.value).ok_or_else(|| {
+                        doc.err(e, format!("{:?} is not a port (1-65535)", e.value))
+                    })?)
+                }
+                "TAG" => {
+                    check_tag(&e.value).map_err(|m| doc.err(e, m))?;
+                    tag = Some(e.value.clone());
+                }
+                "TOKEN" => token = Some(token_value(&doc, e)?),
+                "LOG_LEVEL" => log_level = Some(level_value(&doc, e)?),
+                _ => warnings.push(doc.note(e.line, Some(e), "unknown key, ignored")),
+            }
+        }
+        let host = host.ok_or_else(|| {
+            doc.missing(
+                "SERVER_IP",
+                "required key is missing (the server's address)",
+            )
+        })?;
+        let port = port.ok_or_else(|| {
+            doc.missing(
+                "SERVER_PORT",
+                "required key is missing (the server's INNER_PORT)",
+            )
+        })?;
+        (host, port)
+    } else {
+        let ip = args.server_ip.as_deref().ok_or_else(|| {
+            ConfigError::cli("server_ip", "missing (or give --config FILE)".to_string())
+        })?;
+        let port = args.server_port.as_deref().ok_or_else(|| {
+            ConfigError::cli("server_port", "missing (or give --config FILE)".to_string())
+        })?;
+        let host = server_host(ip).map_err(|m| ConfigError::cli("server_ip", m))?;
+        let port = parse_port(port).ok_or_else(|| {
+            ConfigError::cli("server_port", format!("{port:?} is not a port (1-65535)"))
+        })?;
+        (host, port)
+    };
+    if let Some(t) = &args.tag {
+        check_tag(t).map_err(|m| ConfigError::cli("--tag", m))?;
+        tag = Some(t.clone());
+    }
+    if let Some(t) = &args.token {
+        if t.is_empty() {
+            return Err(ConfigError::cli(
+                "--token",
+                "empty token (from --token or TCP_FORWARD_TOKEN)".to_string(),
+            ));
+        }
+        token = Some(Secret::new(t.clone()));
+    }
+    Ok(ClientConfig {
+        server_host,
+        server_port,
+        tag: tag.unwrap_or_else(|| DEFAULT_TAG.to_string()),
+        token,
+        log_level,
+        warnings,
+    })
+}
+
+/// A port 1..=65535 written in decimal digits only (no sign, no spaces).
+fn parse_port(s: &str) -> Option<u16> {
+    parse_number(s)
+        .filter(|n| (1..=65535).contains(n))
+        .and_then(|n| u16::try_from(n).ok())
+}
+
+/// A non-negative decimal number of at most 18 digits.
+fn parse_number(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 18 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A tag: 1..=64 bytes, no whitespace or control characters.
+fn check_tag(tag: &str) -> Result<(), String> {
+    if tag.is_empty() {
+        return Err("empty tag".to_string());
+    }
+    if tag.len() > MAX_TAG_LEN {
+        return Err(format!("tag {tag:?} is longer than {MAX_TAG_LEN} bytes"));
+    }
+    if tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "tag {tag:?} contains whitespace or a control character"
+        ));
+    }
+    Ok(())
+}
+
+/// The host of a target (no brackets, no port): an IPv4 literal or a host name.
+fn parse_host(host: &str) -> Result<Host, String> {
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Ok(Host::Ip(IpAddr::V4(ip)));
+    }
+    check_name(host)?;
+    Ok(Host::Name(host.to_string()))
+}
+
+/// A host name: letters, digits, `-`, `.`, `_`; at most 253 characters; no empty label
+/// except one final `.`; not all numbers, as C's resolver would read `192.168.105`, `0x7f.1`
+/// or `010.0.0.1` as some other IPv4 address and silently dial another host; and, like DNS
+/// names, not ending in an all-digit label.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty host name".to_string());
+    }
+    if name.len() > MAX_HOST_NAME_LEN {
+        return Err(format!(
+            "host name is longer than {MAX_HOST_NAME_LEN} characters"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_'))
+    {
+        return Err(format!(
+            "{name:?} is not a valid host name ({c:?} is not allowed: use letters, digits, '-', '.', '_')"
+        ));
+    }
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let labels: Vec<&str> = bare.split('.').collect();
+    if labels.iter().any(|l| l.is_empty()) {
+        return Err(format!("{name:?} is not a valid host name (empty label)"));
+    }
+    if labels.iter().all(|l| is_c_number(l)) {
+        return Err(format!(
+            "{name:?} is not a valid IPv4 address (write four decimal numbers, e.g. 192.168.10.5)"
+        ));
+    }
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!(
+            "{name:?} is not a valid host name (its last label is a number)"
+        ));
+    }
+    Ok(())
+}
+
+/// A number as C's `inet_aton` reads one: decimal, octal (leading 0) or hex (0x...).
+fn is_c_number(s: &str) -> bool {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// `server_ip`: an IP literal (IPv6 with or without brackets, stored bare) or a host name.
+fn server_host(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("empty server address".to_string());
+    }
+    if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        return inner
+            .parse::<Ipv6Addr>()
+            .map(|ip| ip.to_string())
+            .map_err(|_| format!("{s:?} is not an IPv6 address"));
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    if s.contains(':') {
+        return Err(format!(
+            "{s:?} is not an IP address or host name (give the port separately)"
+        ));
+    }
+    check_name(s)?;
+    Ok(s.to_string())
+}
+
+fn level_value(doc: &Doc, e: &Entry) -> Result<LevelFilter, ConfigError> {
+    parse_level(&e.value).ok_or_else(|| {
+        doc.err(
+            e,
+            format!(
+                "{:?} is not a log level (ERROR, WARN, INFO, DEBUG, TRACE, OFF)",
+                e.value
+            ),
+        )
+    })
+}
+
+fn token_value(doc: &Doc, e: &Entry) -> Result<Secret, ConfigError> {
+    if e.value.is_empty() {
+        return Err(doc.err(
+            e,
+            "empty token (remove the key to run without one)".to_string(),
+        ));
+    }
+    Ok(Secret::new(e.value.clone()))
+}
+
+fn public_port(doc: &Doc, e: &Entry) -> Result<u16, ConfigError> {
+    parse_port(&e.key).ok_or_else(|| {
+        doc.err(
+            e,
+            format!("public port {:?} is not a port (1-65535)", e.raw_key),
+        )
+    })
+}
+
+fn first_at(first: &Entry) -> String {
+    first
+        .line
+        .map_or_else(String::new, |l| format!(" (first on line {l})"))
+}
+
+/// One `key=value` of a file.
+#[derive(Debug)]
+struct Entry {
+    /// Section name in upper case; `None` before any section header.
+    section: Option<String>,
+    /// Key in upper case.
+    key: String,
+    /// Key as written.
+    raw_key: String,
+    value: String,
+    line: Option<usize>,
+}
+
+impl Entry {
+    /// `[MAPPER] key 1234`, or `key INNER_PORT` before any section header.
+    fn label(&self) -> String {
+        match &self.section {
+            Some(s) => format!("[{s}] key {}", self.raw_key),
+            None => format!("key {}", self.raw_key),
+        }
+    }
+}
+
+/// A `[section]` header.
+#[derive(Debug)]
+struct SectionHead {
+    /// Name in upper case.
+    name: String,
+    /// Name as written.
+    raw: String,
+    line: usize,
+}
+
+/// A parsed INI file.
+#[derive(Debug)]
+struct Doc {
+    path: PathBuf,
+    entries: Vec<Entry>,
+    sections: Vec<SectionHead>,
+}
+
+impl Doc {
+    fn read(path: &Path, what: &str) -> Result<Doc, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::in_file(path, None, None, format!("cannot read {what}: {e}"))
+        })?;
+        Doc::parse(path, &text)
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<Doc, ConfigError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let syntax = |line: usize, msg: String| ConfigError::in_file(path, Some(line), None, msg);
+        // The scan: (section, key, line) of every key line, in order; cleaned text for rust-ini
+        // with the same line count.
+        let mut clean = String::with_capacity(text.len());
+        let mut keys: Vec<(Option<String>, String, usize)> = Vec::new();
+        let mut sections = Vec::new();
+        let mut current: Option<String> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            let t = strip_comment(raw).trim();
+            if t.is_empty() {
+                clean.push('\n');
+                continue;
+            }
+            if t.ends_with('\\') {
+                return Err(syntax(
+                    n,
+                    "a line may not end with '\\' (line continuation is not supported)".into(),
+                ));
+            }
+            if let Some(rest) = t.strip_prefix('[') {
+                let Some(name) = rest.strip_suffix(']') else {
+                    return Err(syntax(
+                        n,
+                        format!("section header {t:?} does not end with ']'"),
+                    ));
+                };
+                let name = name.trim();
+                if name.is_empty() || name.contains(['[', ']']) {
+                    return Err(syntax(n, format!("bad section header {t:?}")));
+                }
+                let upper = name.to_ascii_uppercase();
+                current = Some(upper.clone());
+                sections.push(SectionHead {
+                    name: upper,
+                    raw: name.to_string(),
+                    line: n,
+                });
+            } else {
+                let Some(pos) = t.find(['=', ':']) else {
+                    return Err(syntax(
+                        n,
+                        format!("expected key=value or [section], found {t:?}"),
+                    ));
+                };
+                let key = t[..pos].trim();
+                if key.is_empty() {
+                    return Err(syntax(n, format!("missing key before '{}'", &t[pos..=pos])));
+                }
+                keys.push((current.clone(), key.to_ascii_uppercase(), n));
+            }
+            clean.push_str(t);
+            clean.push('\n');
+        }
+
+        let opt = ParseOption {
+            enabled_quote: false,
+            enabled_escape: false,
+            ..ParseOption::default()
+        };
+        let ini =
+            Ini::load_from_str_opt(&clean, opt).map_err(|e| syntax(e.line, e.msg.to_string()))?;
+        let mut seen: HashMap<(Option<String>, String), usize> = HashMap::new();
+        let mut entries = Vec::new();
+        for (section, props) in ini.iter() {
+            let section = section.map(|s| s.trim().to_ascii_uppercase());
+            for (k, v) in props.iter() {
+                let key = k.trim().to_ascii_uppercase();
+                let nth = seen.entry((section.clone(), key.clone())).or_insert(0);
+                let line = keys
+                    .iter()
+                    .filter(|(s, k, _)| *s == section && *k == key)
+                    .nth(*nth)
+                    .map(|x| x.2);
+                *nth += 1;
+                entries.push(Entry {
+                    section: section.clone(),
+                    key,
+                    raw_key: k.trim().to_string(),
+                    value: v.trim().to_string(),
+                    line,
+                });
+            }
+        }
+        // rust-ini groups repeated sections; restore file order where lines are known.
+        entries.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        Ok(Doc {
+            path: path.to_path_buf(),
+            entries,
+            sections,
+        })
+    }
+
+    fn entries_in<'a>(&'a self, section: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.entries
+            .iter()
+            .filter(move |e| e.section.as_deref() == Some(section))
+    }
+
+    /// Keys of `[DEFAULT]` and of the head of the file; a key given twice is an error.
+    fn default_entries(&self) -> Result<Vec<&Entry>, ConfigError> {
+        let mut out: Vec<&Entry> = Vec::new();
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.section.as_deref().is_none_or(|s| s == "DEFAULT"))
+        {
+            if let Some(first) = out.iter().find(|f| f.key == e.key) {
+                return Err(self.err(e, format!("key given twice{}", first_at(first))));
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn err(&self, e: &Entry, msg: String) -> ConfigError {
+        ConfigError::in_file(&self.path, e.line, Some(e.label()), msg)
+    }
+
+    fn missing(&self, key: &str, msg: &str) -> ConfigError {
+        ConfigError::in_file(
+            &self.path,
+            None,
+            Some(format!("[DEFAULT] key {key}")),
+            msg.to_string(),
+        )
+    }
+
+    /// A warning line: `<file>: [line N: ][<key>: ]<what>`.
+    fn note(&self, line: Option<usize>, e: Option<&Entry>, what: &str) -> String {
+        ConfigError::in_file(&self.path, line, e.map(Entry::label), what.to_string()).to_string()
+    }
+}
+
+/// The line without its comment: a whole-line `#`/`;` comment, or one that starts at a
+/// `#`/`;` following whitespace.
+fn strip_comment(line: &str) -> &str {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with(['#', ';']) {
+        return "";
+    }
+    let mut prev_space = false;
+    for (i, c) in line.char_indices() {
+        if prev_space && (c == '#' || c == ';') {
+            return &line[..i];
+        }
+        prev_space = c.is_whitespace();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::LogArgs;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A unique scratch folder under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "tcp-forward-config-{}-{}-{name}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).unwrap();
+            }
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+
+        /// Write `forward_server.cfg` and `port_mapper.cfg`; return the former's path.
+        fn server(&self, cfg: &str, mapper: &str) -> PathBuf {
+            self.write("port_mapper.cfg", mapper);
+            self.write("forward_server.cfg", cfg)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const CFG: &str = "[DEFAULT]\nINNER_PORT=1111\n";
+    const MAPPER: &str = "[MAPPER]\n1234=192.168.10.5:22\n";
+
+    fn server_err(cfg: &str, mapper: &str) -> (Scratch, ConfigError) {
+        let s = Scratch::new("err");
+        let path = s.server(cfg, mapper);
+        let e = load_server(&path).expect_err("load should fail");
+        (s, e)
+    }
+
+    fn client_args(config: Option<PathBuf>, ip: Option<&str>, port: Option<&str>) -> ClientArgs {
+        ClientArgs {
+            server_ip: ip.map(str::to_string),
+            server_port: port.map(str::to_string),
+            config,
+            tag: None,
+            token: None,
+            log: LogArgs::default(),
+        }
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(parse_level("info"), Some(LevelFilter::Info));
+        assert_eq!(parse_level("Warning"), Some(LevelFilter::Warn));
+        assert_eq!(parse_level("WARN"), Some(LevelFilter::Warn));
+        assert_eq!(parse_level("CRITICAL"), Some(LevelFilter::Error));
+        assert_eq!(parse_level("error"), Some(LevelFilter::Error));
+        assert_eq!(parse_level("debug"), Some(LevelFilter::Debug));
+        assert_eq!(parse_level("trace"), Some(LevelFilter::Trace));
+        assert_eq!(parse_level("NOTSET"), Some(LevelFilter::Trace));
+        assert_eq!(parse_level("off"), Some(LevelFilter::Off));
+        assert_eq!(parse_level("loud"), None);
+        assert_eq!(parse_level(""), None);
+    }
+
+    #[test]
+    fn secret_is_masked() {
+        let s = Secret::new("hunter2".to_string());
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(s.expose(), b"hunter2");
+        let s = Scratch::new("secret");
+        let path = s.server("[DEFAULT]\nINNER_PORT=1111\nTOKEN=hunter2\n", MAPPER);
+        let cfg = load_server(&path).unwrap();
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn targets_parse_and_round_trip() {
+        for (s, host) in [
+            ("1.2.3.4:22", Host::Ip("1.2.3.4".parse().unwrap())),
+            ("[::1]:22", Host::Ip("::1".parse().unwrap())),
+            ("[fe80::1:2]:8080", Host::Ip("fe80::1:2".parse().unwrap())),
+            ("db.internal:5432", Host::Name("db.internal".into())),
+            ("db_1.internal.:5432", Host::Name("db_1.internal.".into())),
+            ("localhost:1", Host::Name("localhost".into())),
+            ("host-1:65535", Host::Name("host-1".into())),
+        ] {
+            let t = Target::parse(s).unwrap();
+            assert_eq!(t.host, host, "{s}");
+            assert_eq!(t.to_string(), s);
+            assert_eq!(Target::parse(&t.to_string()).unwrap(), t);
+        }
+        assert_eq!(Target::parse("[::1]:22").unwrap().host.to_string(), "::1");
+    }
+
+    #[test]
+    fn bad_targets() {
+        assert_eq!(
+            Target::parse("10.0.0.1").unwrap_err(),
+            r#"target "10.0.0.1" has no port"#
+        );
+        for (s, want) in [
+            ("", "empty target"),
+            ("[::1]", "has no port"),
+            ("::1", "needs brackets and a port"),
+            ("::1:22", "needs brackets, e.g. [::1]:22"),
+            ("[::1:22", "missing ']'"),
+            ("[zz]:22", "not an IPv6 address"),
+            ("[::1]x22", "unexpected"),
+            ("1.2.3.4:0", "is not a port"),
+            ("1.2.3.4:65536", "is not a port"),
+            ("1.2.3.4:+22", "is not a port"),
+            ("1.2.3.4:", "is not a port"),
+            ("1.2.3.4:ssh", "is not a port"),
+            (":22", "has no host"),
+            ("bad host:22", "not allowed"),
+            ("b@d:22", "not allowed"),
+            ("a..b:22", "empty label"),
+            (".a:22", "empty label"),
+            ("192.168.105:22", "not a valid IPv4 address"),
+            ("0x7f.1:22", "not a valid IPv4 address"),
+            ("010.0.0.1:22", "not a valid IPv4 address"),
+            ("1.2.3.4.5:22", "not a valid IPv4 address"),
+            ("host.123:22", "last label is a number"),
+        ] {
+            let e = Target::parse(s).expect_err(s);
+            assert!(e.contains(want), "{s}: {e}");
+        }
+        let long = format!("{}:22", "a".repeat(254));
+        assert!(
+            Target::parse(&long)
+                .unwrap_err()
+                .contains("longer than 253")
+        );
+        let ok = format!(
+            "{}:22",
+            [
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(61)
+            ]
+            .join(".")
+        );
+        assert!(Target::parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn error_display_formats() {
+        let e = ConfigError::cli(
+            "server_port",
+            r#""abc" is not a port (1-65535)"#.to_string(),
+        );
+        assert_eq!(
+            e.to_string(),
+            r#"command line: server_port: "abc" is not a port (1-65535)"#
+        );
+        let e = ConfigError::in_file(Path::new("/etc/x/f.cfg"), Some(3), None, "bad".into());
+        assert_eq!(e.to_string(), "/etc/x/f.cfg: line 3: bad");
+    }
+
+    #[test]
+    fn server_defaults() {
+        let s = Scratch::new("defaults");
+        let path = s.server(CFG, MAPPER);
+        let cfg = load_server(&path).unwrap();
+        assert_eq!(cfg.cfg_file, path);
+        assert_eq!(cfg.mapper_file, s.0.join("port_mapper.cfg"));
+        assert_eq!(cfg.inner_port, 1111);
+        assert_eq!(cfg.bind_addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(cfg.log_level, None);
+        assert!(cfg.token.is_none());
+        assert_eq!(cfg.max_streams, 4096);
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        assert_eq!(cfg.mappings.len(), 1);
+        let m = &cfg.mappings[0];
+        assert_eq!(m.public_port, 1234);
+        assert_eq!(m.target.to_string(), "192.168.10.5:22");
+        assert_eq!(m.tag, "default");
+    }
+
+    #[test]
+    fn server_all_keys_case_insensitive_and_comments() {
+        let s = Scratch::new("keys");
+        let path = s.server(
+            "; server\n[default]\ninner_port = 1111  # clients\n  Log_Level=debug\nToken=a#b;c  ; secret\n\
+             bind_addr=[::]\nmax_streams=1000000\n",
+            "# map\n[mapper]\n2000=db.internal:5432   # db\n1234=192.168.10.5:22 ; ssh\n\
+             3000 = [2001:db8::5]:80\n[Tag]\n2000=office\n\n",
+        );
+        let cfg = load_server(&path).unwrap();
+        assert_eq!(cfg.inner_port, 1111);
+        assert_eq!(cfg.log_level, Some(LevelFilter::Debug));
+        assert_eq!(cfg.token.as_ref().unwrap().expose(), b"a#b;c");
+        assert_eq!(cfg.bind_addr, "::".parse::<IpAddr>().unwrap());
+        assert_eq!(cfg.max_streams, 1_000_000);
+        let got: Vec<(u16, String, &str)> = cfg
+            .mappings
+            .iter()
+            .map(|m| (m.public_port, m.target.to_string(), m.tag.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1234, "192.168.10.5:22".to_string(), "default"),
+                (2000, "db.internal:5432".to_string(), "office"),
+                (3000, "[2001:db8::5]:80".to_string(), "default"),
+            ]
+        );
+        assert_eq!(
+            cfg.mappings[2].target.host,
+            Host::Ip("2001:db8::5".parse().unwrap())
+        );
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    }
+
+    #[test]
+    fn server_keys_without_header_and_crlf_bom() {
+        let s = Scratch::new("general");
+        let path = s.server(
+            "\u{feff}INNER_PORT=1111\r\nLOG_LEVEL=WARNING\r\n",
+            "[MAPPER]\r\n1234=10.0.0.1:22\r\n",
+        );
+        let cfg = load_server(&path).unwrap();
+        assert_eq!(cfg.inner_port, 1111);
+        assert_eq!(cfg.log_level, Some(LevelFilter::Warn));
+        assert_eq!(cfg.mappings[0].target.to_string(), "10.0.0.1:22");
+    }
+
+    #[test]
+    fn outer_ports_file_relative_and_absolute() {
+        let s = Scratch::new("outer");
+        s.write("maps/ports.cfg", "[MAPPER]\n1234=10.0.0.1:22\n");
+        let path = s.write(
+            "forward_server.cfg",
+            "[DEFAULT]\nINNER_PORT=1111\nOUTER_PORTS_FILE=maps/ports.cfg\n",
+        );
+        let cfg = load_server(&path).unwrap();
+        assert_eq!(cfg.mapper_file, s.0.join("maps/ports.cfg"));
+        assert_eq!(cfg.mappings.len(), 1);
+
+        let abs = s.write("elsewhere.cfg", "[MAPPER]\n5555=10.0.0.2:80\n");
+        let text = format!(
+            "[DEFAULT]\nINNER_PORT=1111\nOUTER_PORTS_FILE={}\n",
+            abs.display()
+        );
+        let path = s.write("sub/forward_server.cfg", &text);
+        let cfg = load_server(&path).unwrap();
+        assert_eq!(cfg.mapper_file, abs);
+        assert_eq!(cfg.mappings[0].public_port, 5555);
+    }
+
+    #[test]
+    fn server_warnings() {
+        let s = Scratch::new("warn");
+        let path = s.server(
+            "[DEFAULT]\nINNER_PORT=1111\nBANDWIDTH=10\nREST_PORT=8080\nAPI_TOKEN=x\nuser_file=u\nFOO=1\n[EXTRA]\nA=1\n[MAPPER]\n",
+            "[MAPPER]\n[OTHER]\nx=1\n",
+        );
+        let cfg = load_server(&path).unwrap();
+        let f = path.display().to_string();
+        let w = &cfg.warnings;
+        let has = |needle: &str| w.iter().any(|l| l.contains(needle));
+        assert!(
+            has(&format!(
+                "{f}: line 3: [DEFAULT] key BANDWIDTH: not supported, ignored"
+            )),
+            "{w:?}"
+        );
+        assert!(
+            has(&format!(
+                "{f}: line 4: [DEFAULT] key REST_PORT: not supported"
+            )),
+            "{w:?}"
+        );
+        assert!(
+            has(&format!(
+                "{f}: line 5: [DEFAULT] key API_TOKEN: not supported"
+            )),
+            "{w:?}"
+        );
+        assert!(
+            has(&format!(
+                "{f}: line 6: [DEFAULT] key user_file: not supported"
+            )),
+            "{w:?}"
+        );
+        assert!(
+            has(&format!(
+                "{f}: line 7: [DEFAULT] key FOO: unknown key, ignored"
+            )),
+            "{w:?}"
+        );
+        assert!(
+            has(&format!("{f}: line 8: unknown section [EXTRA], ignored")),
+            "{w:?}"
+        );
+        assert!(
+            has(&format!(
+                "{f}: line 10: section [MAPPER] belongs in the port mapping file"
+            )),
+            "{w:?}"
+        );
+        let m = s.0.join("port_mapper.cfg").display().to_string();
+        assert!(
+            has(&format!("{m}: line 2: unknown section [OTHER]")),
+            "{w:?}"
+        );
+        assert!(
+            has(&format!("{m}: no port mappings: nothing will be published")),
+            "{w:?}"
+        );
+        assert!(cfg.mappings.is_empty());
+
+        let s = Scratch::new("warn-empty");
+        let path = s.server(CFG, "# nothing yet\n");
+        let cfg = load_server(&path).unwrap();
+        assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+        assert!(
+            cfg.warnings[0]
+                .ends_with("port_mapper.cfg: no port mappings: nothing will be published")
+        );
+
+        let s = Scratch::new("warn-general");
+        let path = s.server(CFG, "1234=10.0.0.1:22\n");
+        let cfg = load_server(&path).unwrap();
+        assert!(
+            cfg.warnings
+                .iter()
+                .any(|l| l.contains("line 1: key 1234: key outside a section"))
+        );
+    }
+
+    /// Check that `e` names `file`, and that its text contains each of `parts`.
+    fn assert_err(e: &ConfigError, file: &Path, parts: &[&str]) {
+        let text = e.to_string();
+        assert_eq!(e.file(), Some(file), "{text}");
+        assert!(text.starts_with(&format!("{}: ", file.display())), "{text}");
+        for p in parts {
+            assert!(text.contains(p), "{text:?} lacks {p:?}");
+        }
+    }
+
+    #[test]
+    fn missing_files() {
+        let s = Scratch::new("missing");
+        let cfg = s.0.join("nope.cfg");
+        let e = load_server(&cfg).unwrap_err();
+        assert_err(
+            &e,
+            &cfg,
+            &["cannot read config file", "No such file or directory"],
+        );
+
+        let path = s.write("forward_server.cfg", CFG);
+        let e = load_server(&path).unwrap_err();
+        assert_err(
+            &e,
+            &s.0.join("port_mapper.cfg"),
+            &["cannot read port mapping file", "No such file"],
+        );
+    }
+
+    #[test]
+    fn server_cfg_errors() {
+        for (cfg, line, parts) in [
+            (
+                "[DEFAULT]\nLOG_LEVEL=INFO\n",
+                None,
+                &["[DEFAULT] key INNER_PORT: required key is missing"][..],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=abc\n",
+                Some(2),
+                &[r#"[DEFAULT] key INNER_PORT: "abc" is not a port (1-65535)"#],
+            ),
+            ("[DEFAULT]\nINNER_PORT=0\n", Some(2), &["is not a port"]),
+            ("[DEFAULT]\nINNER_PORT=65536\n", Some(2), &["is not a port"]),
+            (
+                "[DEFAULT]\n\nINNER_PORT=1\ninner_port=2\n",
+                Some(4),
+                &["key given twice (first on line 3)"],
+            ),
+            (
+                "INNER_PORT=1\n[DEFAULT]\nINNER_PORT=2\n",
+                Some(3),
+                &["key given twice (first on line 1)"],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\nLOG_LEVEL=LOUD\n",
+                Some(3),
+                &["key LOG_LEVEL", "is not a log level"],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\nTOKEN=\n",
+                Some(3),
+                &["key TOKEN: empty token"],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\nTOKEN= # comment\n",
+                Some(3),
+                &["key TOKEN: empty token"],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\nBIND_ADDR=localhost\n",
+                Some(3),
+                &["key BIND_ADDR", "not an IP"],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\nMAX_STREAMS=0\n",
+                Some(3),
+                &["key MAX_STREAMS", "1 to 1000000"],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\nMAX_STREAMS=1000001\n",
+                Some(3),
+                &["key MAX_STREAMS"],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\nMAX_STREAMS=many\n",
+                Some(3),
+                &["key MAX_STREAMS"],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\nOUTER_PORTS_FILE=\n",
+                Some(3),
+                &["key OUTER_PORTS_FILE: empty"],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\ngarbage\n",
+                Some(3),
+                &["expected key=value or [section]"],
+            ),
+            (
+                "[DEFAULT\nINNER_PORT=1111\n",
+                Some(1),
+                &["does not end with ']'"],
+            ),
+            ("[]\nINNER_PORT=1111\n", Some(1), &["bad section header"]),
+            ("[DEFAULT]\n=1111\n", Some(2), &["missing key"]),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\nTOKEN=abc\\\n",
+                Some(3),
+                &["line continuation"],
+            ),
+        ] {
+            let (s, e) = server_err(cfg, MAPPER);
+            assert_err(&e, &s.0.join("forward_server.cfg"), parts);
+            assert_eq!(e.line(), line, "{e}");
+            if let Some(l) = line {
+                assert!(e.to_string().contains(&format!("line {l}: ")), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn mapper_errors() {
+        for (mapper, line, parts) in [
+            (
+                "[MAPPER]\n1234=10.0.0.1\n",
+                2,
+                &[r#"[MAPPER] key 1234: target "10.0.0.1" has no port"#][..],
+            ),
+            (
+                "[MAPPER]\nssh=10.0.0.1:22\n",
+                2,
+                &[r#"[MAPPER] key ssh: public port "ssh" is not a port (1-65535)"#],
+            ),
+            (
+                "[MAPPER]\n0=10.0.0.1:22\n",
+                2,
+                &["[MAPPER] key 0: public port"],
+            ),
+            (
+                "[MAPPER]\n65536=10.0.0.1:22\n",
+                2,
+                &["[MAPPER] key 65536: public port"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:99999\n",
+                2,
+                &["[MAPPER] key 1234", "is not a port"],
+            ),
+            (
+                "[MAPPER]\n1234=bad host:22\n",
+                2,
+                &["[MAPPER] key 1234", "not allowed"],
+            ),
+            (
+                "[MAPPER]\n4444=192.168.105:22\n",
+                2,
+                &["[MAPPER] key 4444", "not a valid IPv4 address"],
+            ),
+            (
+                "[MAPPER]\n1234=::1:22\n",
+                2,
+                &["[MAPPER] key 1234", "brackets"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:22\n\n1234=10.0.0.2:22\n",
+                4,
+                &["public port 1234 is mapped twice (first on line 2)"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:22\n01234=10.0.0.2:22\n",
+                3,
+                &["mapped twice (first on line 2)"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1=x\n[MAPPER]\n1234=10.0.0.2:22\n",
+                6,
+                &["mapped twice (first on line 2)"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:22\n[MAPPER]\n1234=10.0.0.2:22\n",
+                4,
+                &["mapped twice (first on line 2)"],
+            ),
+            (
+                "[MAPPER]\n1111=10.0.0.1:22\n",
+                2,
+                &["[MAPPER] key 1111: public port 1111 is the INNER_PORT of"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n4321=office\n",
+                4,
+                &["[TAG] key 4321: port 4321 has no [MAPPER] entry"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234=\n",
+                4,
+                &["[TAG] key 1234: empty tag"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234=  # none\n",
+                4,
+                &["[TAG] key 1234: empty tag"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234=my office\n",
+                4,
+                &["[TAG] key 1234", "whitespace"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234=a\n1234=b\n",
+                5,
+                &["port 1234 is tagged twice (first on line 4)"],
+            ),
+            (
+                "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\nx=a\n",
+                4,
+                &["[TAG] key x: public port \"x\""],
+            ),
+            ("[MAPPER]\n1234 10.0.0.1\n", 2, &["expected key=value"]),
+        ] {
+            let (s, e) = server_err(CFG, mapper);
+            assert_err(&e, &s.0.join("port_mapper.cfg"), parts);
+            assert_eq!(e.line(), Some(line), "{e}");
+            assert!(e.to_string().contains(&format!("line {line}: ")), "{e}");
+        }
+        let long = format!(
+            "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234={}\n",
+            "t".repeat(65)
+        );
+        let (_s, e) = server_err(CFG, &long);
+        assert!(e.to_string().contains("longer than 64 bytes"), "{e}");
+        let ok = format!(
+            "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234={}\n",
+            "t".repeat(64)
+        );
+        let s = Scratch::new("tag64");
+        assert_eq!(
+            load_server(&s.server(CFG, &ok)).unwrap().mappings[0]
+                .tag
+                .len(),
+            64
+        );
+    }
+
+    #[test]
+    fn exact_brief_message() {
+        let (s, e) = server_err(CFG, "[MAPPER]\n1234=10.0.0.1\n");
+        let file = s.0.join("port_mapper.cfg");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                r#"{}: line 2: [MAPPER] key 1234: target "10.0.0.1" has no port"#,
+                file.display()
+            )
+        );
+    }
+
+    #[test]
+    fn client_positionals() {
+        let cfg = client_from_args(&client_args(None, Some("221.10.12.34"), Some("1111"))).unwrap();
+        assert_eq!(cfg.server_host, "221.10.12.34");
+        assert_eq!(cfg.server_port, 1111);
+        assert_eq!(cfg.tag, "default");
+        assert!(cfg.token.is_none());
+        assert_eq!(cfg.log_level, None);
+        assert!(cfg.warnings.is_empty());
+
+        for (ip, want) in [
+            ("[::1]", "::1"),
+            ("::1", "::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("tunnel.example.com", "tunnel.example.com"),
+        ] {
+            let cfg = client_from_args(&client_args(None, Some(ip), Some("1"))).unwrap();
+            assert_eq!(cfg.server_host, want);
+        }
+
+        let mut args = client_args(None, Some("10.0.0.1"), Some("1111"));
+        args.tag = Some("office".into());
+        args.token = Some("s3cret".into());
+        let cfg = client_from_args(&args).unwrap();
+        assert_eq!(cfg.tag, "office");
+        assert_eq!(cfg.token.unwrap().expose(), b"s3cret");
+    }
+
+    #[test]
+    fn client_cli_errors() {
+        let e = client_from_args(&client_args(None, Some("10.0.0.1"), Some("abc"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"command line: server_port: "abc" is not a port (1-65535)"#
+        );
+        assert_eq!(e.file(), None);
+        for (ip, port, want) in [
+            ("", "1", "command line: server_ip: empty server address"),
+            ("[nope]", "1", "command line: server_ip:"),
+            ("1.2.3:4", "1", "command line: server_ip:"),
+            ("bad name", "1", "command line: server_ip:"),
+            ("10.0.0.1", "0", "command line: server_port:"),
+            ("10.0.0.1", "65536", "command line: server_port:"),
+        ] {
+            let e = client_from_args(&client_args(None, Some(ip), Some(port))).unwrap_err();
+            assert!(e.to_string().starts_with(want), "{ip} {port}: {e}");
+        }
+        let mut args = client_args(None, Some("10.0.0.1"), Some("1"));
+        args.tag = Some("a b".into());
+        assert!(
+            client_from_args(&args)
+                .unwrap_err()
+                .to_string()
+                .starts_with("command line: --tag: ")
+        );
+        args.tag = Some(String::new());
+        assert!(
+            client_from_args(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("--tag: empty tag")
+        );
+        args.tag = None;
+        args.token = Some(String::new());
+        assert!(
+            client_from_args(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("--token: empty token")
+        );
+        let e = client_from_args(&client_args(None, None, None)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("command line: server_ip: missing"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn client_file() {
+        let s = Scratch::new("client");
+        let path = s.write(
+            "forward_client.cfg",
+            "[default]\nserver_ip = [2001:db8::7]  # server\nSERVER_PORT=1111\nTag=office\nTOKEN=file-token\n\
+             LOG_LEVEL=debug\nHEARTBEAT=30\n[MORE]\n",
+        );
+        let cfg = client_from_args(&client_args(Some(path.clone()), None, None)).unwrap();
+        assert_eq!(cfg.server_host, "2001:db8::7");
+        assert_eq!(cfg.server_port, 1111);
+        assert_eq!(cfg.tag, "office");
+        assert_eq!(cfg.token.as_ref().unwrap().expose(), b"file-token");
+        assert_eq!(cfg.log_level, Some(LevelFilter::Debug));
+        let f = path.display().to_string();
+        assert!(cfg.warnings.contains(&format!(
+            "{f}: line 7: [DEFAULT] key HEARTBEAT: unknown key, ignored"
+        )));
+        assert!(
+            cfg.warnings
+                .contains(&format!("{f}: line 8: unknown section [MORE], ignored"))
+        );
+
+        let mut args = client_args(Some(path.clone()), None, None);
+        args.tag = Some("lab".into());
+        args.token = Some("flag-token".into());
+        let cfg = client_from_args(&args).unwrap();
+        assert_eq!(cfg.tag, "lab");
+        assert_eq!(cfg.token.unwrap().expose(), b"flag-token");
+
+        let defaults = s.write(
+            "c2.cfg",
+            "[DEFAULT]\nSERVER_IP=tunnel.example.com\nSERVER_PORT=1111\n",
+        );
+        let cfg = client_from_args(&client_args(Some(defaults), None, None)).unwrap();
+        assert_eq!(cfg.tag, "default");
+        assert!(cfg.token.is_none());
+    }
+
+    #[test]
+    fn client_file_errors() {
+        let s = Scratch::new("client-err");
+        for (text, line, parts) in [
+            (
+                "[DEFAULT]\nSERVER_PORT=1111\n",
+                None,
+                &["[DEFAULT] key SERVER_IP: required key is missing"][..],
+            ),
+            (
+                "[DEFAULT]\nSERVER_IP=10.0.0.1\n",
+                None,
+                &["[DEFAULT] key SERVER_PORT: required key is missing"],
+            ),
+            (
+                "[DEFAULT]\nSERVER_IP=\nSERVER_PORT=1\n",
+                Some(2),
+                &["[DEFAULT] key SERVER_IP: empty server address"],
+            ),
+            (
+                "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=x\n",
+                Some(3),
+                &[r#"key SERVER_PORT: "x" is not a port"#],
+            ),
+            (
+                "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\nTAG=a b\n",
+                Some(4),
+                &["key TAG", "whitespace"],
+            ),
+            (
+                "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\nTOKEN=\n",
+                Some(4),
+                &["key TOKEN: empty token"],
+            ),
+            (
+                "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\nLOG_LEVEL=x\n",
+                Some(4),
+                &["key LOG_LEVEL"],
+            ),
+            (
+                "[DEFAULT]\nSERVER_IP=a\nSERVER_IP=b\nSERVER_PORT=1\n",
+                Some(3),
+                &["key given twice"],
+            ),
+        ] {
+            let path = s.write("forward_client.cfg", text);
+            let e = client_from_args(&client_args(Some(path.clone()), None, None)).unwrap_err();
+            assert_err(&e, &path, parts);
+            assert_eq!(e.line(), line, "{e}");
+        }
+        let missing = s.0.join("absent.cfg");
+        let e = client_from_args(&client_args(Some(missing.clone()), None, None)).unwrap_err();
+        assert_err(&e, &missing, &["cannot read config file", "No such file"]);
+        let path = s.write("ok.cfg", "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\n");
+        let e = client_from_args(&client_args(Some(path), Some("10.0.0.1"), None)).unwrap_err();
+        assert!(e.to_string().starts_with("command line: --config: "), "{e}");
+    }
+
+    #[test]
+    fn sample_files_load() {
+        let etc = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc");
+        let cfg = load_server(&etc.join("forward_server.cfg")).unwrap();
+        assert_eq!(cfg.mapper_file, etc.join("port_mapper.cfg"));
+        assert_eq!(cfg.inner_port, 1111);
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let ssh = cfg.mappings.iter().find(|m| m.public_port == 1234).unwrap();
+        assert_eq!(ssh.target.to_string(), "192.168.10.5:22");
+        assert_eq!(ssh.tag, "default");
+
+        let client = client_from_args(&client_args(
+            Some(etc.join("forward_client.cfg")),
+            None,
+            None,
+        ))
+        .unwrap();
+        assert_eq!(client.server_port, 1111);
+        assert_eq!(client.tag, "default");
+        assert!(client.warnings.is_empty(), "{:?}", client.warnings);
+    }
+}

@@ -1,0 +1,499 @@
+//! Frames: a fixed 8-byte header and a bounded payload.
+//!
+//! ```text
+//! 0        1        2                 4                                 8
+//! +--------+--------+--------+--------+--------+--------+--------+--------+
+//! |  type  | flags  |  payload length |            stream id              |
+//! +--------+--------+--------+--------+--------+--------+--------+--------+
+//! ```
+//! All integers are big-endian. `flags` is reserved and must be zero. Decoding checks the
+//! header before looking at the payload, separates "need more bytes" from "malformed", and
+//! borrows payloads from the caller's buffer (no copy, no allocation).
+
+use std::fmt;
+
+/// Size of the frame header.
+pub const HEADER_LEN: usize = 8;
+/// Largest payload a frame may carry.
+pub const MAX_PAYLOAD: usize = u16::MAX as usize;
+/// Largest encoded frame.
+pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD;
+/// Longest `host:port` an OPEN frame may name.
+pub const MAX_TARGET_LEN: usize = 300;
+/// Longest reason text in OPEN_FAIL, RESET, REFUSE and GOAWAY.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// Frame type codes.
+pub mod kind {
+    pub const CHALLENGE: u8 = 0x01;
+    pub const HELLO: u8 = 0x02;
+    pub const ACCEPT: u8 = 0x03;
+    pub const REFUSE: u8 = 0x04;
+    pub const OPEN: u8 = 0x10;
+    pub const OPEN_OK: u8 = 0x11;
+    pub const OPEN_FAIL: u8 = 0x12;
+    pub const DATA: u8 = 0x13;
+    pub const CREDIT: u8 = 0x14;
+    pub const FIN: u8 = 0x15;
+    pub const RESET: u8 = 0x16;
+    pub const PING: u8 = 0x20;
+    pub const PONG: u8 = 0x21;
+    pub const GOAWAY: u8 = 0x22;
+}
+
+/// A decoded frame. Payload-carrying variants borrow from the decode buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// Handshake payloads; their inner layout is `handshake`'s business.
+    Challenge(&'a [u8]),
+    Hello(&'a [u8]),
+    Accept(&'a [u8]),
+    Refuse(&'a str),
+    /// Server asks the client to connect stream `id` to `target` (`host:port`).
+    Open {
+        id: u32,
+        target: &'a str,
+    },
+    OpenOk {
+        id: u32,
+    },
+    OpenFail {
+        id: u32,
+        reason: &'a str,
+    },
+    Data {
+        id: u32,
+        payload: &'a [u8],
+    },
+    /// The receiver of stream `id` grants `bytes` more of send window.
+    Credit {
+        id: u32,
+        bytes: u32,
+    },
+    /// The sender will send no more data on stream `id` (half-close).
+    Fin {
+        id: u32,
+    },
+    /// Stream `id` is aborted.
+    Reset {
+        id: u32,
+        reason: &'a str,
+    },
+    Ping(u64),
+    Pong(u64),
+    GoAway(&'a str),
+}
+
+/// Why a byte sequence is not a valid frame. Any of these closes the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    UnknownType(u8),
+    ReservedFlags(u8),
+    TooLong(usize),
+    BadPayload { kind: u8, why: &'static str },
+    StreamIdZero(u8),
+    UnexpectedStreamId(u8),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::UnknownType(t) => write!(f, "unknown frame type 0x{t:02x}"),
+            FrameError::ReservedFlags(b) => write!(f, "reserved flag bits set (0x{b:02x})"),
+            FrameError::TooLong(n) => write!(f, "frame payload of {n} bytes exceeds {MAX_PAYLOAD}"),
+            FrameError::BadPayload { kind, why } => {
+                write!(f, "malformed payload in frame type 0x{kind:02x}: {why}")
+            }
+            FrameError::StreamIdZero(t) => {
+                write!(f, "frame type 0x{t:02x} needs a stream id, got 0")
+            }
+            FrameError::UnexpectedStreamId(t) => {
+                write!(
+                    f,
+                    "frame type 0x{t:02x} is a tunnel frame but names a stream"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Write a frame header into `out[..HEADER_LEN]`.
+#[inline]
+pub fn put_header(out: &mut [u8], kind: u8, id: u32, len: usize) {
+    debug_assert!(len <= MAX_PAYLOAD);
+    out[0] = kind;
+    out[1] = 0;
+    out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    out[4..8].copy_from_slice(&id.to_be_bytes());
+}
+
+/// Append one frame to `out`.
+pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
+    let (kind, id, a, b): (u8, u32, &[u8], &[u8]) = match *frame {
+        Frame::Challenge(p) => (kind::CHALLENGE, 0, p, &[]),
+        Frame::Hello(p) => (kind::HELLO, 0, p, &[]),
+        Frame::Accept(p) => (kind::ACCEPT, 0, p, &[]),
+        Frame::Refuse(r) => (kind::REFUSE, 0, clip(r), &[]),
+        Frame::Open { id, target } => (kind::OPEN, id, target.as_bytes(), &[]),
+        Frame::OpenOk { id } => (kind::OPEN_OK, id, &[], &[]),
+        Frame::OpenFail { id, reason } => (kind::OPEN_FAIL, id, clip(reason), &[]),
+        Frame::Data { id, payload } => (kind::DATA, id, payload, &[]),
+        Frame::Credit { id, bytes } => {
+            let start = out.len();
+            out.resize(start + HEADER_LEN + 4, 0);
+            put_header(&mut out[start..], kind::CREDIT, id, 4);
+            out[start + HEADER_LEN..].copy_from_slice(&bytes.to_be_bytes());
+            return;
+        }
+        Frame::Fin { id } => (kind::FIN, id, &[], &[]),
+        Frame::Reset { id, reason } => (kind::RESET, id, clip(reason), &[]),
+        Frame::Ping(v) | Frame::Pong(v) => {
+            let k = if matches!(frame, Frame::Ping(_)) {
+                kind::PING
+            } else {
+                kind::PONG
+            };
+            let start = out.len();
+            out.resize(start + HEADER_LEN + 8, 0);
+            put_header(&mut out[start..], k, 0, 8);
+            out[start + HEADER_LEN..].copy_from_slice(&v.to_be_bytes());
+            return;
+        }
+        Frame::GoAway(r) => (kind::GOAWAY, 0, clip(r), &[]),
+    };
+    let len = a.len() + b.len();
+    let start = out.len();
+    out.resize(start + HEADER_LEN, 0);
+    put_header(&mut out[start..], kind, id, len);
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+}
+
+/// The bytes of a reason text, cut at a character boundary to fit `MAX_REASON_LEN`.
+fn clip(s: &str) -> &[u8] {
+    if s.len() <= MAX_REASON_LEN {
+        return s.as_bytes();
+    }
+    let mut end = MAX_REASON_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s.as_bytes()[..end]
+}
+
+/// Decode one frame from the front of `buf`.
+///
+/// `Ok(None)`: `buf` holds only part of a frame; read more. `Ok(Some((frame, n)))`: the
+/// frame used the first `n` bytes. `Err`: the bytes are not a valid frame; the stream of
+/// frames cannot be trusted past this point.
+pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let t = buf[0];
+    if buf[1] != 0 {
+        return Err(FrameError::ReservedFlags(buf[1]));
+    }
+    let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    let id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    check_header(t, id, len)?;
+    let total = HEADER_LEN + len;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let p = &buf[HEADER_LEN..total];
+    let bad = |why| FrameError::BadPayload { kind: t, why };
+    let text = |p: &'_ [u8], max: usize| -> Result<(), FrameError> {
+        if p.len() > max {
+            Err(bad("text too long"))
+        } else {
+            Ok(())
+        }
+    };
+    let frame = match t {
+        kind::CHALLENGE => Frame::Challenge(p),
+        kind::HELLO => Frame::Hello(p),
+        kind::ACCEPT => Frame::Accept(p),
+        kind::REFUSE => {
+            text(p, MAX_REASON_LEN)?;
+            Frame::Refuse(utf8(p).ok_or(bad("reason is not UTF-8"))?)
+        }
+        kind::OPEN => {
+            if p.is_empty() {
+                return Err(bad("empty target"));
+            }
+            text(p, MAX_TARGET_LEN)?;
+            Frame::Open {
+                id,
+                target: utf8(p).ok_or(bad("target is not UTF-8"))?,
+            }
+        }
+        kind::OPEN_OK | kind::FIN => {
+            if !p.is_empty() {
+                return Err(bad("unexpected payload"));
+            }
+            if t == kind::FIN {
+                Frame::Fin { id }
+            } else {
+                Frame::OpenOk { id }
+            }
+        }
+        kind::OPEN_FAIL | kind::RESET => {
+            text(p, MAX_REASON_LEN)?;
+            let reason = utf8(p).ok_or(bad("reason is not UTF-8"))?;
+            if t == kind::RESET {
+                Frame::Reset { id, reason }
+            } else {
+                Frame::OpenFail { id, reason }
+            }
+        }
+        kind::DATA => {
+            if p.is_empty() {
+                return Err(bad("empty data frame"));
+            }
+            Frame::Data { id, payload: p }
+        }
+        kind::CREDIT => {
+            let bytes =
+                u32::from_be_bytes(p.try_into().map_err(|_| bad("credit must be 4 bytes"))?);
+            if bytes == 0 {
+                return Err(bad("zero credit"));
+            }
+            Frame::Credit { id, bytes }
+        }
+        kind::PING | kind::PONG => {
+            let v = u64::from_be_bytes(p.try_into().map_err(|_| bad("ping must be 8 bytes"))?);
+            if t == kind::PING {
+                Frame::Ping(v)
+            } else {
+                Frame::Pong(v)
+            }
+        }
+        kind::GOAWAY => {
+            text(p, MAX_REASON_LEN)?;
+            Frame::GoAway(utf8(p).ok_or(bad("reason is not UTF-8"))?)
+        }
+        other => return Err(FrameError::UnknownType(other)),
+    };
+    Ok(Some((frame, total)))
+}
+
+/// Header checks, done before any payload byte is looked at.
+fn check_header(t: u8, id: u32, len: usize) -> Result<(), FrameError> {
+    let stream_frame = matches!(
+        t,
+        kind::OPEN
+            | kind::OPEN_OK
+            | kind::OPEN_FAIL
+            | kind::DATA
+            | kind::CREDIT
+            | kind::FIN
+            | kind::RESET
+    );
+    let tunnel_frame = matches!(
+        t,
+        kind::CHALLENGE
+            | kind::HELLO
+            | kind::ACCEPT
+            | kind::REFUSE
+            | kind::PING
+            | kind::PONG
+            | kind::GOAWAY
+    );
+    if !stream_frame && !tunnel_frame {
+        return Err(FrameError::UnknownType(t));
+    }
+    if len > MAX_PAYLOAD {
+        return Err(FrameError::TooLong(len));
+    }
+    if stream_frame && id == 0 {
+        return Err(FrameError::StreamIdZero(t));
+    }
+    if tunnel_frame && id != 0 {
+        return Err(FrameError::UnexpectedStreamId(t));
+    }
+    Ok(())
+}
+
+fn utf8(p: &[u8]) -> Option<&str> {
+    std::str::from_utf8(p).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_frames() -> Vec<Frame<'static>> {
+        vec![
+            Frame::Challenge(&[1, 2, 3]),
+            Frame::Hello(b"hello"),
+            Frame::Accept(&[0, 0, 1, 0]),
+            Frame::Refuse("authentication failed"),
+            Frame::Open {
+                id: 7,
+                target: "[::1]:22",
+            },
+            Frame::OpenOk { id: 7 },
+            Frame::OpenFail {
+                id: 7,
+                reason: "connection refused",
+            },
+            Frame::Data {
+                id: 0xFFFF_FFFF,
+                payload: b"xyz",
+            },
+            Frame::Credit {
+                id: 3,
+                bytes: 65536,
+            },
+            Frame::Fin { id: 3 },
+            Frame::Reset { id: 3, reason: "" },
+            Frame::Ping(42),
+            Frame::Pong(u64::MAX),
+            Frame::GoAway("shutting down"),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for f in all_frames() {
+            let mut buf = Vec::new();
+            encode(&f, &mut buf);
+            let (g, n) = decode(&buf).expect("valid").expect("complete");
+            assert_eq!(n, buf.len());
+            assert_eq!(f, g);
+        }
+    }
+
+    #[test]
+    fn every_strict_prefix_needs_more() {
+        for f in all_frames() {
+            let mut buf = Vec::new();
+            encode(&f, &mut buf);
+            for cut in 0..buf.len() {
+                assert_eq!(decode(&buf[..cut]), Ok(None), "{f:?} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn frames_back_to_back_decode_in_order() {
+        let mut buf = Vec::new();
+        for f in all_frames() {
+            encode(&f, &mut buf);
+        }
+        let mut at = 0;
+        let mut got = Vec::new();
+        while let Some((f, n)) = decode(&buf[at..]).unwrap() {
+            got.push(f);
+            at += n;
+        }
+        assert_eq!(at, buf.len());
+        assert_eq!(got, all_frames());
+    }
+
+    #[test]
+    fn max_payload_data_frame() {
+        let payload = vec![0xAB; MAX_PAYLOAD];
+        let mut buf = Vec::new();
+        encode(
+            &Frame::Data {
+                id: 1,
+                payload: &payload,
+            },
+            &mut buf,
+        );
+        assert_eq!(buf.len(), MAX_FRAME);
+        let (f, n) = decode(&buf).unwrap().unwrap();
+        assert_eq!(n, MAX_FRAME);
+        assert!(matches!(f, Frame::Data { id: 1, payload: p } if p.len() == MAX_PAYLOAD));
+    }
+
+    #[test]
+    fn header_errors_are_found_before_the_payload_arrives() {
+        // Only a header: a malformed one is an error now, a valid one needs more.
+        let hdr = |t: u8, flags: u8, len: u16, id: u32| {
+            let mut h = vec![t, flags];
+            h.extend_from_slice(&len.to_be_bytes());
+            h.extend_from_slice(&id.to_be_bytes());
+            h
+        };
+        assert_eq!(
+            decode(&hdr(0x99, 0, 0, 1)),
+            Err(FrameError::UnknownType(0x99))
+        );
+        assert_eq!(
+            decode(&hdr(kind::DATA, 1, 10, 1)),
+            Err(FrameError::ReservedFlags(1))
+        );
+        assert_eq!(
+            decode(&hdr(kind::DATA, 0, 10, 0)),
+            Err(FrameError::StreamIdZero(kind::DATA))
+        );
+        assert_eq!(
+            decode(&hdr(kind::PING, 0, 8, 5)),
+            Err(FrameError::UnexpectedStreamId(kind::PING))
+        );
+        assert_eq!(decode(&hdr(kind::DATA, 0, 10, 1)), Ok(None));
+    }
+
+    #[test]
+    fn malformed_payloads_are_errors() {
+        let frame = |t: u8, id: u32, p: &[u8]| {
+            let mut b = vec![0; HEADER_LEN];
+            put_header(&mut b, t, id, p.len());
+            b.extend_from_slice(p);
+            b
+        };
+        let cases: Vec<Vec<u8>> = vec![
+            frame(kind::DATA, 1, &[]),
+            frame(kind::CREDIT, 1, &[0, 0, 1]),
+            frame(kind::CREDIT, 1, &[0, 0, 0, 0]),
+            frame(kind::PING, 0, &[1, 2, 3]),
+            frame(kind::FIN, 1, &[1]),
+            frame(kind::OPEN_OK, 1, &[1]),
+            frame(kind::OPEN, 1, &[]),
+            frame(kind::OPEN, 1, &[0xff, 0xfe]),
+            frame(kind::OPEN, 1, &vec![b'a'; MAX_TARGET_LEN + 1]),
+            frame(kind::RESET, 1, &[0xc3]),
+            frame(kind::GOAWAY, 0, &vec![b'x'; MAX_REASON_LEN + 1]),
+        ];
+        for c in cases {
+            assert!(
+                matches!(decode(&c), Err(FrameError::BadPayload { .. })),
+                "{c:?} -> {:?}",
+                decode(&c)
+            );
+        }
+    }
+
+    #[test]
+    fn long_reasons_are_clipped_on_a_char_boundary() {
+        let long = "é".repeat(MAX_REASON_LEN);
+        let mut buf = Vec::new();
+        encode(&Frame::GoAway(&long), &mut buf);
+        let (f, _) = decode(&buf).unwrap().unwrap();
+        let Frame::GoAway(r) = f else { panic!("{f:?}") };
+        assert!(r.len() <= MAX_REASON_LEN && long.starts_with(r));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap deterministic fuzz: every result is Ok(None), a frame within bounds, or an error.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (x >> (i % 8 * 8)) as u8 ^ i as u8)
+                .collect();
+            if let Ok(Some((_, n))) = decode(&bytes) {
+                assert!(n <= bytes.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The handshake: versioned preamble, then challenge / hello / accept-or-refuse.
+//!
+//! ```text
+//! server -> client   PREAMBLE  CHALLENGE{flags, nonce[32]}
+//! client -> server   PREAMBLE  HELLO{window, tag, proof}
+//! server -> client   ACCEPT{window, max_streams}   or   REFUSE{reason} and close
+//! ```
+//! The preamble is `TCPFWD` and a big-endian u16 version. `proof` is
+//! HMAC-SHA-256(token, "tcp-forward/1" || nonce || tag): the token never crosses the wire,
+//! a proof cannot be replayed against another nonce, and it binds the announced tag.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+pub const MAGIC: [u8; 6] = *b"TCPFWD";
+pub const VERSION: u16 = 1;
+pub const PREAMBLE_LEN: usize = 8;
+pub const NONCE_LEN: usize = 32;
+pub const PROOF_LEN: usize = 32;
+pub const MAX_TAG_LEN: usize = 64;
+const PROOF_CONTEXT: &[u8] = b"tcp-forward/1";
+const FLAG_AUTH_REQUIRED: u8 = 1;
+
+/// The 8 bytes each side sends before its first frame.
+pub fn preamble() -> [u8; PREAMBLE_LEN] {
+    let mut p = [0; PREAMBLE_LEN];
+    p[..6].copy_from_slice(&MAGIC);
+    p[6..].copy_from_slice(&VERSION.to_be_bytes());
+    p
+}
+
+/// What the first bytes from a peer say.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PreambleCheck {
+    NeedMore,
+    Ok,
+    NotTcpForward,
+    Version(u16),
+}
+
+pub fn check_preamble(buf: &[u8]) -> PreambleCheck {
+    let n = buf.len().min(MAGIC.len());
+    if buf[..n] != MAGIC[..n] {
+        return PreambleCheck::NotTcpForward;
+    }
+    if buf.len() < PREAMBLE_LEN {
+        return PreambleCheck::NeedMore;
+    }
+    match u16::from_be_bytes([buf[6], buf[7]]) {
+        VERSION => PreambleCheck::Ok,
+        v => PreambleCheck::Version(v),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub auth_required: bool,
+    pub nonce: [u8; NONCE_LEN],
+}
+
+impl Challenge {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = Vec::with_capacity(1 + NONCE_LEN);
+        p.push(if self.auth_required {
+            FLAG_AUTH_REQUIRED
+        } else {
+            0
+        });
+        p.extend_from_slice(&self.nonce);
+        p
+    }
+
+    pub fn decode(p: &[u8]) -> Result<Challenge, &'static str> {
+        if p.len() != 1 + NONCE_LEN {
+            return Err("challenge has the wrong length");
+        }
+        if p[0] & !FLAG_AUTH_REQUIRED != 0 {
+            return Err("challenge has unknown flags");
+        }
+        let mut nonce = [0; NONCE_LEN];
+        nonce.copy_from_slice(&p[1..]);
+        Ok(Challenge {
+            auth_required: p[0] & FLAG_AUTH_REQUIRED != 0,
+            nonce,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// The client's receive window per stream, in bytes.
+    pub window: u32,
+    pub tag: &'a str,
+    pub proof: Option<[u8; PROOF_LEN]>,
+}
+
+impl Hello<'_> {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = Vec::with_capacity(6 + self.tag.len() + PROOF_LEN);
+        p.extend_from_slice(&self.window.to_be_bytes());
+        p.push(self.tag.len() as u8);
+        p.extend_from_slice(self.tag.as_bytes());
+        match &self.proof {
+            Some(proof) => {
+                p.push(PROOF_LEN as u8);
+                p.extend_from_slice(proof);
+            }
+            None => p.push(0),
+        }
+        p
+    }
+
+    pub fn decode(p: &[u8]) -> Result<Hello<'_>, &'static str> {
+        let bad = "hello is truncated or has trailing bytes";
+        let (window, rest) = p.split_first_chunk::<4>().ok_or(bad)?;
+        let (&tag_len, rest) = rest.split_first().ok_or(bad)?;
+        let tag_len = usize::from(tag_len);
+        if tag_len == 0 || tag_len > MAX_TAG_LEN {
+            return Err("tag length out of range");
+        }
+        let (tag, rest) = rest.split_at_checked(tag_len).ok_or(bad)?;
+        let tag = std::str::from_utf8(tag).map_err(|_| "tag is not UTF-8")?;
+        let (&proof_len, rest) = rest.split_first().ok_or(bad)?;
+        let proof = match (usize::from(proof_len), rest.len()) {
+            (0, 0) => None,
+            (PROOF_LEN, PROOF_LEN) => {
+                let mut proof = [0; PROOF_LEN];
+                proof.copy_from_slice(rest);
+                Some(proof)
+            }
+            _ => return Err(bad),
+        };
+        let window = u32::from_be_bytes(*window);
+        if window == 0 {
+            return Err("zero window");
+        }
+        Ok(Hello { window, tag, proof })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accept {
+    /// The server's receive window per stream, in bytes.
+    pub window: u32,
+    pub max_streams: u32,
+}
+
+impl Accept {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = Vec::with_capacity(8);
+        p.extend_from_slice(&self.window.to_be_bytes());
+        p.extend_from_slice(&self.max_streams.to_be_bytes());
+        p
+    }
+
+    pub fn decode(p: &[u8]) -> Result<Accept, &'static str> {
+        let raw: [u8; 8] = p.try_into().map_err(|_| "accept has the wrong length")?;
+        let window = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let max_streams = u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
+        if window == 0 {
+            return Err("zero window");
+        }
+        Ok(Accept {
+            window,
+            max_streams,
+        })
+    }
+}
+
+fn mac(token: &[u8], nonce: &[u8; NONCE_LEN], tag: &str) -> Hmac<Sha256> {
+    let mut m =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(token).expect("HMAC takes keys of any length");
+    m.update(PROOF_CONTEXT);
+    m.update(nonce);
+    m.update(tag.as_bytes());
+    m
+}
+
+/// The client's proof that it knows `token`.
+pub fn proof(token: &[u8], nonce: &[u8; NONCE_LEN], tag: &str) -> [u8; PROOF_LEN] {
+    mac(token, nonce, tag).finalize().into_bytes().into()
+}
+
+/// Check a client's proof in constant time.
+pub fn verify(token: &[u8], nonce: &[u8; NONCE_LEN], tag: &str, proof: &[u8]) -> bool {
+    mac(token, nonce, tag).verify_slice(proof).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_checks() {
+        let p = preamble();
+        assert_eq!(check_preamble(&p), PreambleCheck::Ok);
+        assert_eq!(check_preamble(&p[..3]), PreambleCheck::NeedMore);
+        assert_eq!(check_preamble(&p[..0]), PreambleCheck::NeedMore);
+        assert_eq!(
+            check_preamble(b"GET / HTTP/1.1"),
+            PreambleCheck::NotTcpForward
+        );
+        assert_eq!(check_preamble(b"TCX"), PreambleCheck::NotTcpForward);
+        assert_eq!(check_preamble(b"TCPFWD\x00\x02"), PreambleCheck::Version(2));
+    }
+
+    #[test]
+    fn hello_round_trips_with_and_without_proof() {
+        for proof in [None, Some([7u8; PROOF_LEN])] {
+            let h = Hello {
+                window: 1 << 20,
+                tag: "lab-1",
+                proof,
+            };
+            assert_eq!(Hello::decode(&h.encode()), Ok(h.clone()));
+        }
+    }
+
+    #[test]
+    fn malformed_hellos_are_rejected() {
+        let good = Hello {
+            window: 5,
+            tag: "t",
+            proof: Some([1; PROOF_LEN]),
+        }
+        .encode();
+        for cut in 0..good.len() {
+            assert!(Hello::decode(&good[..cut]).is_err(), "cut {cut}");
+        }
+        let mut extra = good.clone();
+        extra.push(0);
+        assert!(Hello::decode(&extra).is_err());
+        let zero_tag = [0, 0, 0, 5, 0, 0];
+        assert!(Hello::decode(&zero_tag).is_err());
+        let zero_window = Hello {
+            window: 0,
+            tag: "t",
+            proof: None,
+        }
+        .encode();
+        assert!(Hello::decode(&zero_window).is_err());
+    }
+
+    #[test]
+    fn challenge_and_accept_round_trip() {
+        let c = Challenge {
+            auth_required: true,
+            nonce: [9; NONCE_LEN],
+        };
+        assert_eq!(Challenge::decode(&c.encode()), Ok(c));
+        assert!(Challenge::decode(&[0x80; 1 + NONCE_LEN]).is_err());
+        assert!(Challenge::decode(&[0; 5]).is_err());
+        let a = Accept {
+            window: 65536,
+            max_streams: 10,
+        };
+        assert_eq!(Accept::decode(&a.encode()), Ok(a));
+        assert!(Accept::decode(&[0; 7]).is_err());
+    }
+
+    #[test]
+    fn proof_binds_token_nonce_and_tag() {
+        let nonce = [3; NONCE_LEN];
+        let p = proof(b"secret", &nonce, "default");
+        assert!(verify(b"secret", &nonce, "default", &p));
+        assert!(!verify(b"Secret", &nonce, "default", &p));
+        assert!(!verify(b"secret", &[4; NONCE_LEN], "default", &p));
+        assert!(!verify(b"secret", &nonce, "other", &p));
+        assert!(!verify(b"secret", &nonce, "default", &p[..31]));
+    }
+}

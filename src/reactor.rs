@@ -1,0 +1,1008 @@
+//! The event loop shared by both roles: one `mio::Poll` owns every socket, kept in one
+//! `Slab<Entry>` and addressed by its key (the mio `Token`). Timers are a heap of deadlines
+//! that sets the poll timeout. Role-specific parts live in `server.rs` and `client.rs`.
+//!
+//! Data path, per loop turn:
+//! 1. events set readiness flags and do the work they allow: a relay reads straight into
+//!    its tunnel's write buffer behind reserved frame headers; a tunnel reads a batch of
+//!    frames and writes each payload straight to its relay's socket, buffering only what
+//!    the socket refuses;
+//! 2. relays that could read more are queued and get one more read per turn, round-robin,
+//!    so a bulk stream cannot starve an interactive one;
+//! 3. every tunnel written to in this turn is flushed once: many streams' frames leave in
+//!    one system call.
+//!
+//! Backpressure: a relay reads only with stream credit and room in its tunnel's write
+//! buffer; otherwise it keeps its `readable` flag and is queued again when credit arrives
+//! or the buffer drains (edge-triggered readiness gives no second event).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::{self, IoSliceMut, Read};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, trace};
+use mio::event::Event;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::client::ClientRole;
+use crate::protocol::frame::{self, Frame, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, kind};
+use crate::protocol::handshake::{self, PreambleCheck};
+use crate::relay::{Relay, RelayState};
+use crate::resolve::Resolver;
+use crate::server::ServerRole;
+use crate::sys;
+use crate::tunnel::{DEAD_AFTER, LINGER, PING_INTERVAL, TX_DATA_LIMIT, Tunnel};
+
+/// Our receive window per stream, announced in the handshake.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Chunks of one relay read: one vectored read fills up to this many frames.
+const READ_CHUNKS: usize = 4;
+/// A tunnel reads at most this much per turn before others get theirs.
+const TUNNEL_READ_BUDGET: usize = 1024 * 1024;
+
+const SIGNAL: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+pub enum Endpoint {
+    /// Server: where clients dial in.
+    TunnelListener(TcpListener),
+    /// Server: a public port.
+    PublicListener(crate::server::Public),
+    Tunnel(Box<Tunnel>),
+    Relay(Relay),
+    /// Client: a stream whose target name is being resolved.
+    Resolving(crate::client::PendingOpen),
+}
+
+/// What a new relay carries: its stream, its state and what to log.
+pub struct RelaySpec {
+    pub tunnel: usize,
+    pub id: u32,
+    pub state: RelayState,
+    pub label: String,
+    pub candidates: Vec<SocketAddr>,
+    pub deadline: Instant,
+}
+
+pub struct Entry {
+    /// Distinguishes this endpoint from later ones that reuse its key.
+    pub generation: u64,
+    pub ep: Endpoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TimerTarget {
+    Entry(usize, u64),
+    Reconnect(u64),
+}
+
+pub enum Role {
+    Server(ServerRole),
+    Client(ClientRole),
+}
+
+/// Why a tunnel must close. The reason is logged.
+pub type CloseReason = String;
+
+pub struct Reactor {
+    pub poll: Poll,
+    pub slab: Slab<Entry>,
+    pub role: Role,
+    pub resolver: Resolver,
+    timers: BinaryHeap<Reverse<(Instant, TimerTarget)>>,
+    /// Endpoints with work left (readable relays, tunnels over their read budget).
+    ready: VecDeque<usize>,
+    /// Tunnels with bytes queued in this turn.
+    dirty: Vec<usize>,
+    next_generation: u64,
+    pub now: Instant,
+    fd_limit_logged: Option<Instant>,
+}
+
+impl Reactor {
+    pub fn new(role: Role) -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let resolver = Resolver::new(waker, 2)?;
+        Ok(Reactor {
+            poll,
+            slab: Slab::new(),
+            role,
+            resolver,
+            timers: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            next_generation: 1,
+            now: Instant::now(),
+            fd_limit_logged: None,
+        })
+    }
+
+    /// Insert an endpoint, registering its socket under its key. Returns (key, generation).
+    pub fn insert(&mut self, ep: Endpoint) -> io::Result<(usize, u64)> {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        let token = Token(key);
+        let registry = self.poll.registry();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let mut ep = ep;
+        match &mut ep {
+            Endpoint::TunnelListener(l) => registry.register(l, token, Interest::READABLE)?,
+            Endpoint::PublicListener(p) => {
+                registry.register(&mut p.sock, token, Interest::READABLE)?
+            }
+            Endpoint::Tunnel(t) => registry.register(&mut t.sock, token, both)?,
+            Endpoint::Relay(r) => registry.register(&mut r.sock, token, both)?,
+            Endpoint::Resolving(_) => {}
+        }
+        entry.insert(Entry { generation, ep });
+        Ok((key, generation))
+    }
+
+    /// Remove an endpoint and deregister its socket. The socket closes when dropped.
+    pub fn remove(&mut self, key: usize) -> Option<Endpoint> {
+        let entry = self.slab.try_remove(key)?;
+        let registry = self.poll.registry();
+        let mut ep = entry.ep;
+        let _ = match &mut ep {
+            Endpoint::TunnelListener(l) => registry.deregister(l),
+            Endpoint::PublicListener(p) => registry.deregister(&mut p.sock),
+            Endpoint::Tunnel(t) => registry.deregister(&mut t.sock),
+            Endpoint::Relay(r) => registry.deregister(&mut r.sock),
+            Endpoint::Resolving(_) => Ok(()),
+        };
+        Some(ep)
+    }
+
+    pub fn generation_of(&self, key: usize) -> Option<u64> {
+        self.slab.get(key).map(|e| e.generation)
+    }
+
+    pub fn tunnel_mut(&mut self, key: usize) -> Option<&mut Tunnel> {
+        match self.slab.get_mut(key) {
+            Some(Entry {
+                ep: Endpoint::Tunnel(t),
+                ..
+            }) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn relay_mut(&mut self, key: usize) -> Option<&mut Relay> {
+        match self.slab.get_mut(key) {
+            Some(Entry {
+                ep: Endpoint::Relay(r),
+                ..
+            }) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// A relay and its tunnel, both borrowed.
+    fn relay_and_tunnel(&mut self, rkey: usize) -> Option<(&mut Relay, &mut Tunnel)> {
+        let tkey = match self.slab.get(rkey) {
+            Some(Entry {
+                ep: Endpoint::Relay(r),
+                ..
+            }) => r.tunnel,
+            _ => return None,
+        };
+        match self.slab.get2_mut(rkey, tkey) {
+            Some((
+                Entry {
+                    ep: Endpoint::Relay(r),
+                    ..
+                },
+                Entry {
+                    ep: Endpoint::Tunnel(t),
+                    ..
+                },
+            )) => Some((r, t)),
+            _ => None,
+        }
+    }
+
+    pub fn schedule(&mut self, at: Instant, target: TimerTarget) {
+        self.timers.push(Reverse((at, target)));
+    }
+
+    /// Schedule the timer of entry `key` at `at`.
+    pub fn schedule_entry(&mut self, key: usize, at: Instant) {
+        if let Some(generation) = self.generation_of(key) {
+            self.schedule(at, TimerTarget::Entry(key, generation));
+        }
+    }
+
+    pub fn mark_dirty(&mut self, tkey: usize) {
+        if let Some(t) = self.tunnel_mut(tkey)
+            && !t.dirty
+        {
+            t.dirty = true;
+            self.dirty.push(tkey);
+        }
+    }
+
+    fn enqueue_relay(&mut self, rkey: usize) {
+        if let Some(r) = self.relay_mut(rkey)
+            && !r.queued
+        {
+            r.queued = true;
+            self.ready.push_back(rkey);
+        }
+    }
+
+    /// Log running out of file descriptors, at most once a minute.
+    pub fn note_fd_exhaustion(&mut self, what: &str, e: &io::Error) {
+        let now = self.now;
+        if self
+            .fd_limit_logged
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+        {
+            self.fd_limit_logged = Some(now);
+            error!("{what}: {e}: open file limit reached; raise it (ulimit -n, LimitNOFILE=)");
+        }
+    }
+
+    /// Run until SIGINT or SIGTERM.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNAL, Interest::READABLE)?;
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.ready.is_empty() {
+                self.timers
+                    .peek()
+                    .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL => {
+                        if let Some(sig) = signals.pending().next() {
+                            log::info!("signal {sig}: shutting down");
+                            self.shutdown();
+                            return Ok(());
+                        }
+                    }
+                    WAKER => self.on_resolved(),
+                    Token(key) => self.on_event(key, event),
+                }
+            }
+            self.run_timers();
+            self.run_ready();
+            self.flush_dirty();
+        }
+    }
+
+    fn on_event(&mut self, key: usize, event: &Event) {
+        let Some(entry) = self.slab.get_mut(key) else {
+            return;
+        };
+        match &mut entry.ep {
+            Endpoint::TunnelListener(_) => self.accept_tunnels(key),
+            Endpoint::PublicListener(_) => self.accept_visitors(key),
+            Endpoint::Tunnel(t) => {
+                if event.is_read_closed() || event.is_error() {
+                    t.read_closed_hint = true;
+                }
+                if t.phase == crate::tunnel::Phase::Connecting {
+                    if event.is_writable() || event.is_error() || event.is_read_closed() {
+                        self.tunnel_connected(key);
+                    }
+                    return;
+                }
+                if event.is_writable() {
+                    self.flush_tunnel(key);
+                }
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    if let Some(t) = self.tunnel_mut(key) {
+                        t.readable = true;
+                    }
+                    self.tunnel_read(key);
+                }
+            }
+            Endpoint::Relay(r) => {
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    r.readable = true;
+                }
+                if event.is_read_closed() || event.is_error() {
+                    r.read_closed_hint = true;
+                }
+                match r.state {
+                    RelayState::Connecting => {
+                        if event.is_writable() || event.is_error() || event.is_write_closed() {
+                            self.relay_connected(key);
+                        }
+                    }
+                    RelayState::Opening => {}
+                    RelayState::Open => {
+                        if event.is_writable() {
+                            self.relay_writable(key);
+                        }
+                        self.relay_read(key);
+                    }
+                }
+            }
+            Endpoint::Resolving(_) => {}
+        }
+    }
+
+    fn run_timers(&mut self) {
+        while let Some(Reverse((at, target))) = self.timers.peek().copied() {
+            if at > self.now {
+                break;
+            }
+            self.timers.pop();
+            match target {
+                TimerTarget::Entry(key, generation) => {
+                    if self.generation_of(key) == Some(generation) {
+                        self.on_timer(key);
+                    }
+                }
+                TimerTarget::Reconnect(attempt) => self.on_reconnect_timer(attempt),
+            }
+        }
+    }
+
+    fn on_timer(&mut self, key: usize) {
+        let now = self.now;
+        match self.slab.get(key).map(|e| &e.ep) {
+            Some(Endpoint::Tunnel(_)) => self.tunnel_tick(key),
+            Some(Endpoint::Relay(r))
+                if r.deadline.is_some_and(|d| d <= now) && r.state != RelayState::Open =>
+            {
+                let why = match r.state {
+                    RelayState::Connecting => "connect timed out",
+                    _ => "no answer from the client in time",
+                };
+                self.open_failed(key, why);
+            }
+            Some(Endpoint::Resolving(p)) if p.deadline <= now => {
+                self.open_failed(key, "name resolution timed out");
+            }
+            Some(Endpoint::PublicListener(_)) => self.accept_visitors(key),
+            Some(Endpoint::TunnelListener(_)) => self.accept_tunnels(key),
+            Some(Endpoint::Relay(_) | Endpoint::Resolving(_)) | None => {}
+        }
+    }
+
+    /// Heartbeat, handshake deadline and linger of one tunnel.
+    fn tunnel_tick(&mut self, key: usize) {
+        let now = self.now;
+        let Some(t) = self.tunnel_mut(key) else {
+            return;
+        };
+        if let Some(d) = t.deadline
+            && d <= now
+        {
+            let reason = match &t.closing {
+                Some(r) => r.clone(),
+                None if t.phase == crate::tunnel::Phase::Connecting => "connect timed out".into(),
+                None => "handshake not completed in time".into(),
+            };
+            self.close_tunnel(key, reason);
+            return;
+        }
+        if t.is_established() {
+            if now.duration_since(t.last_rx) >= DEAD_AFTER {
+                let reason = format!(
+                    "nothing received for {} s: tunnel is dead",
+                    DEAD_AFTER.as_secs()
+                );
+                self.close_tunnel(key, reason);
+                return;
+            }
+            if t.next_ping <= now {
+                t.next_ping = now + PING_INTERVAL;
+                let stamp = now.duration_since(t.since).as_nanos() as u64;
+                if let Err(reason) = t.send_small(kind::PING, 0, &stamp.to_be_bytes()) {
+                    self.close_tunnel(key, reason);
+                    return;
+                }
+                self.mark_dirty(key);
+            }
+        }
+        self.schedule_tunnel_tick(key);
+    }
+
+    pub fn schedule_tunnel_tick(&mut self, key: usize) {
+        let Some(t) = self.tunnel_mut(key) else {
+            return;
+        };
+        let mut at = t.deadline;
+        if t.is_established() {
+            let hb = t.next_ping.min(t.last_rx + DEAD_AFTER);
+            at = Some(at.map_or(hb, |d| d.min(hb)));
+        }
+        if let Some(at) = at {
+            self.schedule_entry(key, at);
+        }
+    }
+
+    /// One round over the ready queue: each endpoint gets one more turn.
+    fn run_ready(&mut self) {
+        for _ in 0..self.ready.len() {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            match self.slab.get_mut(key).map(|e| &mut e.ep) {
+                Some(Endpoint::Relay(r)) if r.queued => {
+                    r.queued = false;
+                    self.relay_read(key);
+                }
+                Some(Endpoint::Tunnel(t)) if t.readable => self.tunnel_read(key),
+                _ => {}
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            if let Some(t) = self.tunnel_mut(key) {
+                t.dirty = false;
+                self.flush_tunnel(key);
+            }
+        }
+        // Reuse the allocation.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    /// Write a tunnel's queued frames; wake relays waiting for room; finish a closing tunnel.
+    pub fn flush_tunnel(&mut self, key: usize) {
+        let Some(t) = self.tunnel_mut(key) else {
+            return;
+        };
+        if t.phase == crate::tunnel::Phase::Connecting {
+            return;
+        }
+        if let Err(e) = t.flush() {
+            self.close_tunnel(key, format!("write failed: {e}"));
+            return;
+        }
+        if t.tx.len() < TX_DATA_LIMIT && !t.blocked.is_empty() {
+            let blocked = std::mem::take(&mut t.blocked);
+            for rkey in blocked {
+                self.enqueue_relay(rkey);
+            }
+        }
+        if let Some(t) = self.tunnel_mut(key)
+            && t.tx.is_empty()
+            && let Some(reason) = t.closing.clone()
+        {
+            self.close_tunnel(key, reason);
+        }
+    }
+
+    /// Read and process frames, up to the turn's budget.
+    fn tunnel_read(&mut self, key: usize) {
+        let mut budget = TUNNEL_READ_BUDGET;
+        let now = self.now;
+        loop {
+            let Some(t) = self.tunnel_mut(key) else {
+                return;
+            };
+            if !t.readable || t.closing.is_some() {
+                return;
+            }
+            match t.read_some() {
+                Ok(0) => {
+                    self.close_tunnel(key, "connection closed by peer".into());
+                    return;
+                }
+                Ok(n) => {
+                    t.rx.commit(n);
+                    t.bytes_in += n as u64;
+                    t.last_rx = now;
+                    // A short read drained the socket, unless the peer is closing: then read on to EOF.
+                    let drained = n < MAX_FRAME && !t.read_closed_hint;
+                    if drained {
+                        t.readable = false;
+                    }
+                    if let Err(reason) = self.process_rx(key) {
+                        self.close_tunnel(key, reason);
+                        return;
+                    }
+                    if drained {
+                        return;
+                    }
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        self.ready.push_back(key);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    t.readable = false;
+                    return;
+                }
+                Err(e) => {
+                    self.close_tunnel(key, format!("read failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decode and handle every complete frame in a tunnel's read buffer.
+    fn process_rx(&mut self, key: usize) -> Result<(), CloseReason> {
+        let now = self.now;
+        let Some(t) = self.tunnel_mut(key) else {
+            return Ok(());
+        };
+        let mut rx = std::mem::take(&mut t.rx);
+        let mut at = 0;
+        if !t.preamble_ok {
+            match handshake::check_preamble(rx.data()) {
+                PreambleCheck::NeedMore => {
+                    t.rx = rx;
+                    return Ok(());
+                }
+                PreambleCheck::Ok => {
+                    t.preamble_ok = true;
+                    at = handshake::PREAMBLE_LEN;
+                }
+                PreambleCheck::NotTcpForward => {
+                    return Err("not a tcp-forward peer (bad magic)".into());
+                }
+                PreambleCheck::Version(v) => {
+                    let reason = format!(
+                        "unsupported protocol version {v} (this side speaks {})",
+                        handshake::VERSION
+                    );
+                    let _ = t.send(&Frame::Refuse(&reason));
+                    t.closing = Some(reason);
+                    t.deadline = Some(now + LINGER);
+                    t.rx = rx;
+                    self.mark_dirty(key);
+                    return Ok(());
+                }
+            }
+        }
+        let result = loop {
+            match frame::decode(&rx.data()[at..]) {
+                Ok(Some((f, n))) => {
+                    at += n;
+                    if let Err(reason) = self.handle_frame(key, f) {
+                        break Err(reason);
+                    }
+                    // A refused handshake or goaway stops the reading.
+                    if self.tunnel_mut(key).is_none_or(|t| t.closing.is_some()) {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(format!("malformed frame: {e}")),
+            }
+        };
+        rx.consume(at);
+        if let Some(t) = self.tunnel_mut(key) {
+            t.rx = rx;
+        }
+        result
+    }
+
+    fn handle_frame(&mut self, tkey: usize, f: Frame<'_>) -> Result<(), CloseReason> {
+        trace!("tunnel {tkey}: {f:?}");
+        let established = self.tunnel_mut(tkey).is_some_and(|t| t.is_established());
+        if !established {
+            return match &mut self.role {
+                Role::Server(_) => self.server_handshake_frame(tkey, f),
+                Role::Client(_) => self.client_handshake_frame(tkey, f),
+            };
+        }
+        match f {
+            Frame::Data { id, payload } => self.on_data(tkey, id, payload),
+            Frame::Credit { id, bytes } => {
+                let Some(rkey) = self.stream_relay(tkey, id) else {
+                    return Ok(());
+                };
+                let Some(r) = self.relay_mut(rkey) else {
+                    return Ok(());
+                };
+                r.flow
+                    .on_credit(bytes)
+                    .map_err(|v| format!("stream {id}: {v}"))?;
+                if r.readable {
+                    self.enqueue_relay(rkey);
+                }
+                Ok(())
+            }
+            Frame::Fin { id } => {
+                let Some(rkey) = self.stream_relay(tkey, id) else {
+                    return Ok(());
+                };
+                let Some(r) = self.relay_mut(rkey) else {
+                    return Ok(());
+                };
+                r.flow
+                    .on_fin_received()
+                    .map_err(|v| format!("stream {id}: {v}"))?;
+                r.shutdown_write_if_drained();
+                self.finish_if_done(rkey);
+                Ok(())
+            }
+            Frame::Reset { id, reason } => {
+                if let Some(rkey) = self.stream_relay(tkey, id) {
+                    debug!("stream {id} reset by peer: {reason}");
+                    self.drop_relay(rkey, true);
+                }
+                Ok(())
+            }
+            Frame::Ping(v) => {
+                let Some(t) = self.tunnel_mut(tkey) else {
+                    return Ok(());
+                };
+                t.send_small(kind::PONG, 0, &v.to_be_bytes())?;
+                self.mark_dirty(tkey);
+                Ok(())
+            }
+            Frame::Pong(_) => Ok(()),
+            Frame::GoAway(reason) => Err(format!("peer is going away: {reason}")),
+            Frame::Open { id, target } => self.on_open(tkey, id, target),
+            Frame::OpenOk { id } => self.on_open_ok(tkey, id),
+            Frame::OpenFail { id, reason } => self.on_open_fail(tkey, id, reason),
+            Frame::Challenge(_) | Frame::Hello(_) | Frame::Accept(_) | Frame::Refuse(_) => {
+                Err("handshake frame on an established tunnel".into())
+            }
+        }
+    }
+
+    /// The relay of stream `id`, if it still exists and is a connected relay.
+    pub fn stream_relay(&self, tkey: usize, id: u32) -> Option<usize> {
+        match self.slab.get(tkey) {
+            Some(Entry {
+                ep: Endpoint::Tunnel(t),
+                ..
+            }) => t.streams.get(id),
+            _ => None,
+        }
+        .filter(|rkey| {
+            matches!(
+                self.slab.get(*rkey),
+                Some(Entry {
+                    ep: Endpoint::Relay(_),
+                    ..
+                })
+            )
+        })
+    }
+
+    fn on_data(&mut self, tkey: usize, id: u32, payload: &[u8]) -> Result<(), CloseReason> {
+        let Some(rkey) = self.stream_relay(tkey, id) else {
+            // A stream we already closed: its last frames may still be in flight.
+            return Ok(());
+        };
+        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+            return Ok(());
+        };
+        if r.state != RelayState::Open {
+            return Err(format!("stream {id}: data before the stream is open"));
+        }
+        r.flow
+            .on_received(payload.len())
+            .map_err(|v| format!("stream {id}: {v}"))?;
+        match r.write_or_queue(payload) {
+            Ok(n) => {
+                if let Some(credit) = r.flow.on_delivered(n) {
+                    t.send_small(kind::CREDIT, id, &credit.to_be_bytes())?;
+                    self.mark_dirty(tkey);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                debug!("stream {id}: write to {} failed: {e}", r.label);
+                self.reset_stream(rkey, &format!("write failed: {e}"));
+                Ok(())
+            }
+        }
+    }
+
+    /// A relay's socket can take bytes again: write what is pending, return credit.
+    fn relay_writable(&mut self, rkey: usize) {
+        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+            return;
+        };
+        if r.pending.is_empty() {
+            return;
+        }
+        let id = r.id;
+        let tkey = r.tunnel;
+        match r.flush_pending() {
+            Ok(n) => {
+                r.shutdown_write_if_drained();
+                let credit = if n > 0 { r.flow.on_delivered(n) } else { None };
+                if let Some(credit) = credit {
+                    if let Err(reason) = t.send_small(kind::CREDIT, id, &credit.to_be_bytes()) {
+                        self.close_tunnel(tkey, reason);
+                        return;
+                    }
+                    self.mark_dirty(tkey);
+                }
+                self.finish_if_done(rkey);
+            }
+            Err(e) => {
+                debug!("stream {id}: write to {} failed: {e}", r.label);
+                self.reset_stream(rkey, &format!("write failed: {e}"));
+            }
+        }
+    }
+
+    /// Read from a relay's socket straight into its tunnel's write buffer, as DATA frames.
+    pub fn relay_read(&mut self, rkey: usize) {
+        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+            return;
+        };
+        if !r.readable || r.state != RelayState::Open || r.flow.fin_sent() {
+            return;
+        }
+        let credit = r.flow.send_credit();
+        if credit == 0 {
+            return; // resumed by CREDIT
+        }
+        if t.tx.len() >= TX_DATA_LIMIT || t.closing.is_some() {
+            if !t.blocked.contains(&rkey) {
+                t.blocked.push(rkey);
+            }
+            return; // resumed by the tunnel's flush
+        }
+        let want = credit.min(READ_CHUNKS * MAX_PAYLOAD);
+        let chunks = want.div_ceil(MAX_PAYLOAD);
+        let room = t.tx.room(want + chunks * HEADER_LEN);
+        if room.len() < want + chunks * HEADER_LEN {
+            t.blocked.push(rkey);
+            return;
+        }
+        // Chunk k: a header at k * MAX_FRAME, then up to MAX_PAYLOAD bytes of payload.
+        let result = {
+            let mut iovs: [IoSliceMut<'_>; READ_CHUNKS] =
+                std::array::from_fn(|_| IoSliceMut::new(&mut []));
+            let mut rest = &mut room[..want + chunks * HEADER_LEN];
+            for (k, iov) in iovs.iter_mut().enumerate().take(chunks) {
+                let len = (want - k * MAX_PAYLOAD).min(MAX_PAYLOAD);
+                let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(HEADER_LEN + len);
+                *iov = IoSliceMut::new(&mut chunk[HEADER_LEN..]);
+                rest = tail;
+            }
+            loop {
+                match (&r.sock).read_vectored(&mut iovs[..chunks]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other,
+                }
+            }
+        };
+        let id = r.id;
+        let tkey = r.tunnel;
+        match result {
+            Ok(0) => {
+                // End of input: half-close the stream.
+                r.readable = false;
+                r.flow.on_fin_sent();
+                if let Err(reason) = t.send_small(kind::FIN, id, &[]) {
+                    self.close_tunnel(tkey, reason);
+                    return;
+                }
+                self.mark_dirty(tkey);
+                self.finish_if_done(rkey);
+            }
+            Ok(n) => {
+                let mut left = n;
+                let mut framed = 0;
+                while left > 0 {
+                    let len = left.min(MAX_PAYLOAD);
+                    frame::put_header(&mut room[framed..], kind::DATA, id, len);
+                    framed += HEADER_LEN + len;
+                    left -= len;
+                }
+                t.tx.commit(framed);
+                r.flow.on_sent(n);
+                if n < want && !r.read_closed_hint {
+                    r.readable = false; // a short read drained the socket
+                } else {
+                    self.enqueue_relay(rkey);
+                }
+                self.mark_dirty(tkey);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => r.readable = false,
+            Err(e) => {
+                debug!("stream {id}: read from {} failed: {e}", r.label);
+                self.reset_stream(rkey, &format!("read failed: {e}"));
+            }
+        }
+    }
+
+    /// Close a relay whose stream finished cleanly in both directions.
+    fn finish_if_done(&mut self, rkey: usize) {
+        if let Some(r) = self.relay_mut(rkey)
+            && r.flow.is_done()
+            && r.write_shut
+        {
+            debug!("stream {} ({}) finished", r.id, r.label);
+            self.drop_relay(rkey, false);
+        }
+    }
+
+    /// Abort a stream from our side: tell the peer, reset the local socket.
+    pub fn reset_stream(&mut self, rkey: usize, reason: &str) {
+        let Some(r) = self.relay_mut(rkey) else {
+            return;
+        };
+        let (tkey, id) = (r.tunnel, r.id);
+        if let Some(t) = self.tunnel_mut(tkey) {
+            let _ = t.send(&Frame::Reset { id, reason });
+            self.mark_dirty(tkey);
+        }
+        self.drop_relay(rkey, true);
+    }
+
+    /// Remove a stream's endpoint (relay or pending open) and its table entry. `abort`
+    /// resets the socket instead of closing it gracefully.
+    pub fn drop_relay(&mut self, rkey: usize, abort: bool) {
+        let (tkey, id) = match self.slab.get(rkey).map(|e| &e.ep) {
+            Some(Endpoint::Relay(r)) => (r.tunnel, r.id),
+            Some(Endpoint::Resolving(p)) => (p.tunnel, p.id),
+            _ => return,
+        };
+        if let Some(Endpoint::Relay(r)) = self.remove(rkey)
+            && abort
+        {
+            sys::set_abortive_close(&r.sock);
+        }
+        if let Some(t) = self.tunnel_mut(tkey) {
+            t.streams.remove(id);
+        }
+    }
+
+    /// Close a tunnel and every stream on it; the role decides what follows.
+    pub fn close_tunnel(&mut self, key: usize, reason: CloseReason) {
+        let Some(Endpoint::Tunnel(mut t)) = self.remove(key) else {
+            return;
+        };
+        for rkey in t.streams.drain() {
+            if let Some(Endpoint::Relay(r)) = self.remove(rkey) {
+                sys::set_abortive_close(&r.sock);
+            }
+        }
+        match &mut self.role {
+            Role::Server(_) => self.server_tunnel_closed(key, &t, &reason),
+            Role::Client(_) => self.client_tunnel_closed(&t, &reason),
+        }
+    }
+
+    /// Tell every established tunnel we are leaving, best effort, without waiting.
+    fn shutdown(&mut self) {
+        let keys: Vec<usize> = self.slab.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(t) = self.tunnel_mut(key)
+                && t.is_established()
+            {
+                let _ = t.send(&Frame::GoAway("shutting down"));
+                let _ = t.flush();
+            }
+        }
+    }
+
+    /// Create the relay endpoint for a freshly connected socket.
+    pub fn new_relay(&mut self, sock: TcpStream, spec: RelaySpec) -> io::Result<usize> {
+        let peer_window = self.tunnel_mut(spec.tunnel).map_or(0, |t| t.peer_window);
+        let relay = Relay {
+            sock,
+            tunnel: spec.tunnel,
+            id: spec.id,
+            state: spec.state,
+            flow: crate::protocol::flow::Flow::new(peer_window, STREAM_WINDOW),
+            pending: crate::buffer::Buf::new(STREAM_WINDOW as usize),
+            readable: false,
+            read_closed_hint: false,
+            write_shut: false,
+            queued: false,
+            deadline: Some(spec.deadline),
+            label: spec.label,
+            candidates: spec.candidates,
+        };
+        let (key, _) = self.insert(Endpoint::Relay(relay))?;
+        self.schedule_entry(key, spec.deadline);
+        Ok(key)
+    }
+
+    /// Close a stream that never opened; the role tells whom it concerns.
+    pub fn open_failed(&mut self, rkey: usize, reason: &str) {
+        match &self.role {
+            Role::Server(_) => self.server_open_failed(rkey, reason),
+            Role::Client(_) => self.client_open_failed(rkey, reason),
+        }
+    }
+
+    fn on_resolved(&mut self) {
+        let results: Vec<_> = self.resolver.ready().collect();
+        for ((key, generation), result) in results {
+            self.on_resolution(key, generation, result);
+        }
+    }
+
+    fn on_reconnect_timer(&mut self, attempt: u64) {
+        if let Role::Client(_) = self.role {
+            self.client_reconnect(attempt);
+        }
+    }
+
+    /// Stream frames that only one role may receive: the role handles them.
+    fn on_open(&mut self, tkey: usize, id: u32, target: &str) -> Result<(), CloseReason> {
+        match self.role {
+            Role::Client(_) => self.client_open(tkey, id, target),
+            Role::Server(_) => Err("client sent OPEN".into()),
+        }
+    }
+
+    fn on_open_ok(&mut self, tkey: usize, id: u32) -> Result<(), CloseReason> {
+        match self.role {
+            Role::Server(_) => self.server_open_ok(tkey, id),
+            Role::Client(_) => Err("server sent OPEN_OK".into()),
+        }
+    }
+
+    fn on_open_fail(&mut self, tkey: usize, id: u32, reason: &str) -> Result<(), CloseReason> {
+        match self.role {
+            Role::Server(_) => self.server_open_fail(tkey, id, reason),
+            Role::Client(_) => Err("server sent OPEN_FAIL".into()),
+        }
+    }
+
+    fn accept_tunnels(&mut self, key: usize) {
+        if let Role::Server(_) = self.role {
+            self.server_accept_tunnels(key);
+        }
+    }
+
+    fn accept_visitors(&mut self, key: usize) {
+        if let Role::Server(_) = self.role {
+            self.server_accept_visitors(key);
+        }
+    }
+
+    fn tunnel_connected(&mut self, key: usize) {
+        if let Role::Client(_) = self.role {
+            self.client_tunnel_connected(key);
+        }
+    }
+
+    fn relay_connected(&mut self, key: usize) {
+        if let Role::Client(_) = self.role {
+            self.client_relay_connected(key);
+        }
+    }
+
+    fn on_resolution(
+        &mut self,
+        key: usize,
+        generation: u64,
+        result: Result<Vec<SocketAddr>, String>,
+    ) {
+        if let Role::Client(_) = self.role {
+            self.client_resolved(key, generation, result);
+        }
+    }
+}

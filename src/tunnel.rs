@@ -1,0 +1,168 @@
+//! A tunnel endpoint: the socket to the peer, its read and write buffers, the handshake
+//! phase, the stream table and the heartbeat clock.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use crate::buffer::Buf;
+use crate::protocol::frame::{self, Frame, HEADER_LEN, MAX_FRAME};
+use crate::protocol::handshake::NONCE_LEN;
+use crate::protocol::streams::Streams;
+
+/// Read buffer: room for several maximum frames per read system call.
+pub const RX_CAP: usize = 256 * 1024 + MAX_FRAME;
+/// Relays stop reading into the write buffer once it holds this much.
+pub const TX_DATA_LIMIT: usize = 256 * 1024;
+/// Hard cap of the write buffer. Data stays under `TX_DATA_LIMIT` plus one read; the rest is
+/// headroom for control frames, which are never held back behind data. A peer that stops
+/// reading until even that is full is cut off.
+pub const TX_CAP: usize = 1024 * 1024;
+/// Send a ping after this long.
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// A tunnel that has received nothing for this long is dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(30);
+/// The handshake must complete within this time.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A tunnel that is closing gets this long to flush its last frames.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Client: the TCP connect is in progress.
+    Connecting,
+    /// Server: challenge sent, waiting for the client's preamble and hello.
+    AwaitHello {
+        nonce: [u8; NONCE_LEN],
+    },
+    /// Client: waiting for the server's preamble and challenge.
+    AwaitChallenge,
+    /// Client: hello sent, waiting for accept or refuse.
+    AwaitAccept,
+    Established,
+}
+
+pub struct Tunnel {
+    pub sock: TcpStream,
+    pub peer: SocketAddr,
+    pub phase: Phase,
+    pub preamble_ok: bool,
+    pub tag: String,
+    pub rx: Buf,
+    pub tx: Buf,
+    /// Stream id -> slab key of the relay (or pending open).
+    pub streams: Streams<usize>,
+    /// The peer's receive window per stream.
+    pub peer_window: u32,
+    pub last_rx: Instant,
+    pub next_ping: Instant,
+    /// Handshake or linger deadline.
+    pub deadline: Option<Instant>,
+    /// Set when the tunnel is flushing its last frames before closing, with the reason.
+    pub closing: Option<String>,
+    /// The socket may hold unread bytes (a read stopped early).
+    pub readable: bool,
+    /// The peer signalled end of input or an error: read until EOF.
+    pub read_closed_hint: bool,
+    /// Queued for a flush at the end of this loop turn.
+    pub dirty: bool,
+    /// Relays waiting for room in `tx`.
+    pub blocked: Vec<usize>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub since: Instant,
+}
+
+impl Tunnel {
+    pub fn new(sock: TcpStream, peer: SocketAddr, phase: Phase, now: Instant) -> Tunnel {
+        Tunnel {
+            sock,
+            peer,
+            phase,
+            preamble_ok: false,
+            tag: String::new(),
+            rx: Buf::new(RX_CAP),
+            tx: Buf::new(TX_CAP),
+            streams: Streams::new(0),
+            peer_window: 0,
+            last_rx: now,
+            next_ping: now + PING_INTERVAL,
+            deadline: Some(now + HANDSHAKE_TIMEOUT),
+            closing: None,
+            readable: false,
+            read_closed_hint: false,
+            dirty: false,
+            blocked: Vec::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+            since: now,
+        }
+    }
+
+    pub fn is_established(&self) -> bool {
+        self.phase == Phase::Established
+    }
+
+    /// Queue a control frame. Fails only when the peer has stopped reading for so long that
+    /// even the headroom is full.
+    pub fn send(&mut self, f: &Frame<'_>) -> Result<(), String> {
+        let mut tmp = Vec::new();
+        frame::encode(f, &mut tmp);
+        self.send_raw(&tmp)
+    }
+
+    /// Queue bytes already encoded.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if self.tx.push(bytes) {
+            Ok(())
+        } else {
+            Err(format!(
+                "peer is not reading: {} bytes queued",
+                self.tx.len()
+            ))
+        }
+    }
+
+    /// Queue a frame without a payload or with a small fixed one, without allocating.
+    pub fn send_small(&mut self, kind: u8, id: u32, payload: &[u8]) -> Result<(), String> {
+        let mut tmp = [0u8; HEADER_LEN + 8];
+        debug_assert!(payload.len() <= 8);
+        frame::put_header(&mut tmp, kind, id, payload.len());
+        tmp[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
+        self.send_raw(&tmp[..HEADER_LEN + payload.len()])
+    }
+
+    /// Write queued bytes until the socket refuses. `Ok(())` also when bytes remain.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while !self.tx.is_empty() {
+            match self.sock.write(self.tx.data()) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.tx.consume(n);
+                    self.bytes_out += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.tx.is_empty() && self.streams.is_empty() && self.is_established() {
+            // Idle tunnel: give the buffers back.
+            self.tx.release();
+        }
+        Ok(())
+    }
+
+    /// One read into `rx`. `Ok(0)` is end of stream.
+    pub fn read_some(&mut self) -> io::Result<usize> {
+        let room = self.rx.room(MAX_FRAME);
+        loop {
+            match self.sock.read(room) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+}
