@@ -55,10 +55,10 @@ impl Buf {
     /// Contiguous room at the end, at least `want` bytes if `free() >= want`: moves the data
     /// to the front when needed. Allocates the memory on first use.
     pub fn room(&mut self, want: usize) -> &mut [u8] {
-        if self.mem.len() < self.cap {
-            // Zeroed once; large allocations come straight from the OS, so pages that are never
-            // written cost no resident memory.
-            self.mem.resize(self.cap, 0);
+        if self.mem.is_empty() {
+            // A zeroed allocation: large ones come straight from the OS as untouched pages,
+            // which cost no resident memory until written.
+            self.mem = vec![0; self.cap];
         }
         if self.cap - self.end < want && self.start > 0 {
             self.mem.copy_within(self.start..self.end, 0);
@@ -76,6 +76,9 @@ impl Buf {
 
     /// Append `bytes`; false (and nothing appended) when they do not fit.
     pub fn push(&mut self, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
         if bytes.len() > self.free() {
             return false;
         }
@@ -118,6 +121,13 @@ mod tests {
         b.consume(8);
         assert!(b.is_empty());
         b.release();
+        assert!(!b.is_allocated());
+    }
+
+    #[test]
+    fn pushing_nothing_allocates_nothing() {
+        let mut b = Buf::new(1 << 20);
+        assert!(b.push(&[]));
         assert!(!b.is_allocated());
     }
 

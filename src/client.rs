@@ -49,6 +49,7 @@ pub struct ClientRole {
 }
 
 pub fn run(cfg: ClientConfig) -> io::Result<()> {
+    sys::tune_allocator();
     match sys::raise_nofile_limit() {
         Ok(n) => debug!("open file limit: {n}"),
         Err(e) => warn!("cannot read the open file limit: {e}"),
@@ -163,7 +164,9 @@ impl Reactor {
         t.readable = true;
         debug!("connected to server {}", t.peer);
         self.schedule_tunnel_tick(key);
-        self.flush_tunnel(key);
+        // The challenge may have arrived with the same readiness event: read it now, as no
+        // further edge will announce it.
+        self.tunnel_read(key);
     }
 
     pub(crate) fn client_handshake_frame(

@@ -44,6 +44,8 @@ use crate::tunnel::{DEAD_AFTER, LINGER, PING_INTERVAL, TX_DATA_LIMIT, Tunnel};
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Chunks of one relay read: one vectored read fills up to this many frames.
 const READ_CHUNKS: usize = 4;
+/// Consecutive DATA frames of one stream written with one system call.
+const MAX_COALESCE: usize = 16;
 /// A tunnel reads at most this much per turn before others get theirs.
 const TUNNEL_READ_BUDGET: usize = 1024 * 1024;
 
@@ -498,7 +500,7 @@ impl Reactor {
     }
 
     /// Read and process frames, up to the turn's budget.
-    fn tunnel_read(&mut self, key: usize) {
+    pub(crate) fn tunnel_read(&mut self, key: usize) {
         let mut budget = TUNNEL_READ_BUDGET;
         let now = self.now;
         loop {
@@ -584,6 +586,26 @@ impl Reactor {
         }
         let result = loop {
             match frame::decode(&rx.data()[at..]) {
+                Ok(Some((Frame::Data { id, payload }, n))) if self.is_established(key) => {
+                    // Consecutive DATA frames of one stream leave in one vectored write.
+                    let mut parts: [&[u8]; MAX_COALESCE] = [&[]; MAX_COALESCE];
+                    parts[0] = payload;
+                    let mut count = 1;
+                    at += n;
+                    while count < MAX_COALESCE {
+                        match frame::decode(&rx.data()[at..]) {
+                            Ok(Some((Frame::Data { id: next, payload }, n))) if next == id => {
+                                parts[count] = payload;
+                                count += 1;
+                                at += n;
+                            }
+                            _ => break,
+                        }
+                    }
+                    if let Err(reason) = self.on_data(key, id, &parts[..count]) {
+                        break Err(reason);
+                    }
+                }
                 Ok(Some((f, n))) => {
                     at += n;
                     if let Err(reason) = self.handle_frame(key, f) {
@@ -615,7 +637,7 @@ impl Reactor {
             };
         }
         match f {
-            Frame::Data { id, payload } => self.on_data(tkey, id, payload),
+            Frame::Data { id, payload } => self.on_data(tkey, id, &[payload]),
             Frame::Credit { id, bytes } => {
                 let Some(rkey) = self.stream_relay(tkey, id) else {
                     return Ok(());
@@ -691,7 +713,7 @@ impl Reactor {
         })
     }
 
-    fn on_data(&mut self, tkey: usize, id: u32, payload: &[u8]) -> Result<(), CloseReason> {
+    fn on_data(&mut self, tkey: usize, id: u32, parts: &[&[u8]]) -> Result<(), CloseReason> {
         let Some(rkey) = self.stream_relay(tkey, id) else {
             // A stream we already closed: its last frames may still be in flight.
             return Ok(());
@@ -702,10 +724,11 @@ impl Reactor {
         if r.state != RelayState::Open {
             return Err(format!("stream {id}: data before the stream is open"));
         }
+        let total = parts.iter().map(|p| p.len()).sum();
         r.flow
-            .on_received(payload.len())
+            .on_received(total)
             .map_err(|v| format!("stream {id}: {v}"))?;
-        match r.write_or_queue(payload) {
+        match r.write_or_queue(parts) {
             Ok(n) => {
                 if let Some(credit) = r.flow.on_delivered(n) {
                     t.send_small(kind::CREDIT, id, &credit.to_be_bytes())?;
@@ -719,6 +742,10 @@ impl Reactor {
                 Ok(())
             }
         }
+    }
+
+    fn is_established(&self, key: usize) -> bool {
+        matches!(self.slab.get(key), Some(Entry { ep: Endpoint::Tunnel(t), .. }) if t.is_established())
     }
 
     /// A relay's socket can take bytes again: write what is pending, return credit.

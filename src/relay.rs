@@ -1,7 +1,7 @@
 //! A proxied connection: the visitor's socket on the server, the inner target's socket on
 //! the client. It carries one stream of its tunnel.
 
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -67,13 +67,16 @@ impl Relay {
         Ok(total)
     }
 
-    /// Write `bytes` straight to the socket when nothing is queued ahead of them; keep what
-    /// it refuses. Returns the bytes the socket took.
-    pub fn write_or_queue(&mut self, bytes: &[u8]) -> io::Result<usize> {
+    /// Write `parts` straight to the socket (one vectored write) when nothing is queued ahead
+    /// of them; keep what it refuses. Returns the bytes the socket took.
+    pub fn write_or_queue(&mut self, parts: &[&[u8]]) -> io::Result<usize> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut written = 0;
         if self.pending.is_empty() {
-            while written < bytes.len() {
-                match self.sock.write(&bytes[written..]) {
+            while written < total {
+                let mut iovs = [IoSlice::new(&[]); 16];
+                let n = fill_iovs(parts, written, &mut iovs);
+                match self.sock.write_vectored(&iovs[..n]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -82,8 +85,16 @@ impl Relay {
                 }
             }
         }
-        if !self.pending.push(&bytes[written..]) {
-            return Err(io::Error::other("stream buffer overflow"));
+        let mut skip = written;
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            if !self.pending.push(&p[skip..]) {
+                return Err(io::Error::other("stream buffer overflow"));
+            }
+            skip = 0;
         }
         Ok(written)
     }
@@ -94,5 +105,40 @@ impl Relay {
             let _ = self.sock.shutdown(std::net::Shutdown::Write);
             self.write_shut = true;
         }
+    }
+}
+
+/// Point `iovs` at what remains of `parts` after the first `skip` bytes. Returns how many
+/// entries were filled.
+fn fill_iovs<'a>(parts: &[&'a [u8]], mut skip: usize, iovs: &mut [IoSlice<'a>]) -> usize {
+    let mut n = 0;
+    for p in parts {
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        if n == iovs.len() {
+            break;
+        }
+        iovs[n] = IoSlice::new(&p[skip..]);
+        skip = 0;
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iovs_skip_what_was_written() {
+        let parts: [&[u8]; 3] = [b"abc", b"de", b"fgh"];
+        let mut iovs = [IoSlice::new(&[]); 4];
+        assert_eq!(fill_iovs(&parts, 0, &mut iovs), 3);
+        assert_eq!(fill_iovs(&parts, 4, &mut iovs), 2);
+        assert_eq!(&*iovs[0], b"e");
+        assert_eq!(&*iovs[1], b"fgh");
+        assert_eq!(fill_iovs(&parts, 8, &mut iovs), 0);
     }
 }

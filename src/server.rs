@@ -49,6 +49,7 @@ pub struct ServerRole {
 
 /// Bind every port, then serve until SIGINT or SIGTERM.
 pub fn run(cfg: ServerConfig) -> io::Result<()> {
+    sys::tune_allocator();
     match sys::raise_nofile_limit() {
         Ok(n) => debug!("open file limit: {n}"),
         Err(e) => warn!("cannot read the open file limit: {e}"),
