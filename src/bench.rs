@@ -1330,8 +1330,40 @@ struct Env {
     _dir: TempDir,
 }
 
+/// Target services on loopback and a server and client (child processes of `exe`) carrying
+/// them through a tunnel: what the criterion benches measure end to end.
+pub struct Harness(Env);
+
+impl Harness {
+    pub fn start(exe: &std::path::Path) -> Result<Harness, String> {
+        Env::start_with(Some(exe)).map(Harness)
+    }
+
+    /// The echo service, directly or through the tunnel.
+    pub fn echo(&self, tunnel: bool) -> SocketAddr {
+        if tunnel {
+            self.0.public.echo
+        } else {
+            self.0.targets.echo
+        }
+    }
+
+    /// The sink service (reads and discards), directly or through the tunnel.
+    pub fn sink(&self, tunnel: bool) -> SocketAddr {
+        if tunnel {
+            self.0.public.sink
+        } else {
+            self.0.targets.sink
+        }
+    }
+}
+
 impl Env {
     fn start() -> Result<Env, String> {
+        Env::start_with(None)
+    }
+
+    fn start_with(exe: Option<&std::path::Path>) -> Result<Env, String> {
         let targets = Targets::start()
             .map_err(|e| format!("cannot start the target servers on 127.0.0.1: {e}"))?;
         // Ports are picked by binding port 0 and released for the server: another program may
@@ -1340,7 +1372,7 @@ impl Env {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Env::start_roles(&targets) {
+            match Env::start_roles(&targets, exe) {
                 Ok((public, client, server, dir)) => {
                     return Ok(Env {
                         targets,
@@ -1358,13 +1390,19 @@ impl Env {
         }
     }
 
-    fn start_roles(targets: &Targets) -> Result<(Endpoints, Role, Role, TempDir), StartError> {
+    fn start_roles(
+        targets: &Targets,
+        exe: Option<&std::path::Path>,
+    ) -> Result<(Endpoints, Role, Role, TempDir), StartError> {
         let fatal = |message: String| StartError {
             message,
             retry: false,
         };
-        let exe = std::env::current_exe()
-            .map_err(|e| fatal(format!("cannot find this program's own path: {e}")))?;
+        let exe = match exe {
+            Some(exe) => exe.to_path_buf(),
+            None => std::env::current_exe()
+                .map_err(|e| fatal(format!("cannot find this program's own path: {e}")))?,
+        };
         let ports = free_ports(4)
             .map_err(|e| fatal(format!("cannot pick free ports on 127.0.0.1: {e}")))?;
         let [inner, echo, sink, source] = [ports[0], ports[1], ports[2], ports[3]];
