@@ -32,7 +32,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::client::ClientRole;
-use crate::protocol::frame::{self, Frame, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, kind};
+use crate::protocol::frame::{self, Frame, HEADER_LEN, MAX_PAYLOAD, kind};
 use crate::protocol::handshake::{self, PreambleCheck};
 use crate::relay::{Relay, RelayState};
 use crate::resolve::Resolver;
@@ -511,16 +511,16 @@ impl Reactor {
                 return;
             }
             match t.read_some() {
-                Ok(0) => {
+                Ok((0, _)) => {
                     self.close_tunnel(key, "connection closed by peer".into());
                     return;
                 }
-                Ok(n) => {
+                Ok((n, room)) => {
                     t.rx.commit(n);
                     t.bytes_in += n as u64;
                     t.last_rx = now;
                     // A short read drained the socket, unless the peer is closing: then read on to EOF.
-                    let drained = n < MAX_FRAME && !t.read_closed_hint;
+                    let drained = n < room && !t.read_closed_hint;
                     if drained {
                         t.readable = false;
                     }

@@ -155,13 +155,15 @@ impl Tunnel {
         Ok(())
     }
 
-    /// One read into `rx`. `Ok(0)` is end of stream.
-    pub fn read_some(&mut self) -> io::Result<usize> {
+    /// One read into `rx`: `Ok((n, room))` with the bytes read and the room offered (a read
+    /// that filled less than the room drained the socket). `Ok((0, _))` is end of stream.
+    pub fn read_some(&mut self) -> io::Result<(usize, usize)> {
         let room = self.rx.room(MAX_FRAME);
+        let len = room.len();
         loop {
             match self.sock.read(room) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                other => return other,
+                other => return other.map(|n| (n, len)),
             }
         }
     }
