@@ -1,0 +1,1061 @@
+//! Shared harness for the loopback integration tests: temporary directories, free ports,
+//! the `tcp-forward` binary as a child process with its stderr collected line by line, and
+//! small target servers (echo, sink, source, half-close responder, ...) on loopback threads.
+//!
+//! Every wait is bounded: reads carry timeouts, log waits take a deadline, connects retry a
+//! bounded number of times. Nothing here sleeps to "let things settle".
+
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_tcp-forward");
+
+/// Default bound for "the thing should be ready by now" waits.
+pub const READY: Duration = Duration::from_secs(10);
+/// Read/write timeout on every test socket: a hang fails the test instead of blocking CI.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------
+// Temporary directory
+// ---------------------------------------------------------------------------------------
+
+/// A directory unique to one test, removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "tcp-forward-test-{}-{}-{}-{}",
+            name,
+            std::process::id(),
+            n,
+            nanos
+        ));
+        fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.path.join(name);
+        fs::write(&p, contents).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Ports and connections
+// ---------------------------------------------------------------------------------------
+
+/// A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, drop the socket).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// An address where nothing listens: bind, read the address, drop the listener.
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr")
+}
+
+/// Apply the standard timeouts to a test socket.
+pub fn with_timeouts(s: TcpStream) -> TcpStream {
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set_read_timeout");
+    s.set_write_timeout(Some(IO_TIMEOUT))
+        .expect("set_write_timeout");
+    s
+}
+
+/// Connect with bounded retries (up to `within`), for listeners that may still be starting.
+pub fn connect_retry(addr: SocketAddr, within: Duration) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + within;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(with_timeouts(s));
+            }
+            Err(e) if Instant::now() + delay >= deadline => return Err(e),
+            Err(_) => {
+                thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// A visitor: a connection to a public port on 127.0.0.1, with timeouts set.
+pub fn visit(port: u16) -> TcpStream {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    connect_retry(addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("cannot connect to public port {port}: {e}"))
+}
+
+fn is_closed_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+    )
+}
+
+/// How a connection ended when we waited for it to close.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Closed {
+    /// Orderly EOF (after `bytes` bytes of data, if any arrived).
+    Eof { bytes: u64 },
+    /// Reset or aborted.
+    Reset { bytes: u64 },
+    /// Still open when the time ran out.
+    StillOpen { bytes: u64 },
+}
+
+impl Closed {
+    pub fn is_closed(self) -> bool {
+        !matches!(self, Closed::StillOpen { .. })
+    }
+
+    /// Data bytes read before the end.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Closed::Eof { bytes } | Closed::Reset { bytes } | Closed::StillOpen { bytes } => bytes,
+        }
+    }
+}
+
+/// Read (and discard) until EOF or reset, for at most `within`.
+pub fn wait_closed(s: &mut TcpStream, within: Duration) -> Closed {
+    let deadline = Instant::now() + within;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Closed::StillOpen { bytes };
+        }
+        let left = (deadline - now).max(Duration::from_millis(1));
+        if s.set_read_timeout(Some(left)).is_err() {
+            return Closed::Reset { bytes };
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return Closed::Eof { bytes },
+            Ok(n) => bytes += n as u64,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                return Closed::StillOpen { bytes };
+            }
+            Err(e) if is_closed_error(&e) => return Closed::Reset { bytes },
+            Err(_) => return Closed::Reset { bytes },
+        }
+    }
+}
+
+/// Assert that the visitor connection is closed (EOF or reset) within `within`.
+pub fn assert_closed(s: &mut TcpStream, within: Duration, what: &str) {
+    let r = wait_closed(s, within);
+    assert!(
+        r.is_closed(),
+        "{what}: connection still open after {within:?} ({r:?})"
+    );
+}
+
+/// Read exactly `n` bytes.
+pub fn read_exact_n(s: &mut TcpStream, n: usize) -> io::Result<Vec<u8>> {
+    let mut v = vec![0u8; n];
+    s.read_exact(&mut v)?;
+    Ok(v)
+}
+
+/// Read until EOF, at most `limit` bytes (more is an error).
+pub fn read_to_eof(s: &mut TcpStream, limit: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.len() > limit {
+                    return Err(io::Error::other(format!(
+                        "more than {limit} bytes before EOF"
+                    )));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One echo round trip of `data` on a fresh visitor connection; the writer runs on its own
+/// thread so large payloads cannot deadlock on socket buffers.
+pub fn echo_roundtrip(port: u16, data: &[u8]) -> io::Result<()> {
+    let mut s = visit(port);
+    echo_on(&mut s, data)
+}
+
+/// One echo round trip on an existing connection.
+pub fn echo_on(s: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+    let mut w = s.try_clone()?;
+    let got = thread::scope(|scope| {
+        let writer = scope.spawn(move || w.write_all(data));
+        let got = read_exact_n(s, data.len());
+        let wr = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("writer panicked")));
+        wr.and(got)
+    })?;
+    if got != data {
+        let at = got.iter().zip(data).position(|(a, b)| a != b).unwrap_or(0);
+        return Err(io::Error::other(format!(
+            "echo of {} bytes differs at offset {at}",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Assert that the port echoes.
+pub fn assert_echo(port: u16, what: &str) {
+    let data = pattern(0xec40 ^ u64::from(port), 1000);
+    if let Err(e) = echo_roundtrip(port, &data) {
+        panic!("{what}: echo through public port {port} failed: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Data patterns and digests
+// ---------------------------------------------------------------------------------------
+
+fn splitmix(x: &mut u64) -> u64 {
+    *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `n` pseudo-random bytes determined by `seed`.
+pub fn pattern(seed: u64, n: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        v.extend_from_slice(&splitmix(&mut state).to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// Length and hash of a byte stream, independent of how the stream was chunked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sum {
+    pub len: u64,
+    pub hash: u64,
+}
+
+impl Sum {
+    pub fn line(&self) -> String {
+        format!("{} {:016x}\n", self.len, self.hash)
+    }
+}
+
+/// Streaming digest over 8-byte words (fast enough for hundreds of MiB in a debug build).
+#[derive(Clone)]
+pub struct Digest {
+    h: u64,
+    len: u64,
+    pending: [u8; 8],
+    npending: usize,
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Digest {
+            h: 0xcbf2_9ce4_8422_2325,
+            len: 0,
+            pending: [0; 8],
+            npending: 0,
+        }
+    }
+}
+
+impl Digest {
+    fn word(&mut self, w: u64) {
+        self.h = (self.h.rotate_left(23) ^ w).wrapping_mul(0x0000_0100_0000_01b3 | (1 << 63));
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.len += data.len() as u64;
+        if self.npending > 0 {
+            let take = (8 - self.npending).min(data.len());
+            self.pending[self.npending..self.npending + take].copy_from_slice(&data[..take]);
+            self.npending += take;
+            data = &data[take..];
+            if self.npending < 8 {
+                return;
+            }
+            let w = u64::from_le_bytes(self.pending);
+            self.word(w);
+            self.npending = 0;
+        }
+        let mut chunks = data.chunks_exact(8);
+        for c in &mut chunks {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(c);
+            self.word(u64::from_le_bytes(a));
+        }
+        let rest = chunks.remainder();
+        self.pending[..rest.len()].copy_from_slice(rest);
+        self.npending = rest.len();
+    }
+
+    pub fn finish(&self) -> Sum {
+        let mut d = self.clone();
+        let mut last = [0u8; 8];
+        last[..d.npending].copy_from_slice(&d.pending[..d.npending]);
+        d.word(u64::from_le_bytes(last));
+        d.word(d.len);
+        Sum {
+            len: self.len,
+            hash: d.h,
+        }
+    }
+}
+
+pub fn digest_of(data: &[u8]) -> Sum {
+    let mut d = Digest::default();
+    d.update(data);
+    d.finish()
+}
+
+/// The byte stream `send_pattern` writes, produced in blocks of up to 64 KiB.
+fn for_each_pattern_block(
+    seed: u64,
+    total: u64,
+    mut f: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<Sum> {
+    const BLOCK: usize = 64 * 1024;
+    let mut d = Digest::default();
+    let mut done = 0u64;
+    let mut state = seed;
+    let mut block = vec![0u8; BLOCK];
+    while done < total {
+        let n = ((total - done) as usize).min(BLOCK);
+        for c in block[..n].chunks_mut(8) {
+            let w = splitmix(&mut state).to_le_bytes();
+            c.copy_from_slice(&w[..c.len()]);
+        }
+        f(&block[..n])?;
+        d.update(&block[..n]);
+        done += n as u64;
+    }
+    Ok(d.finish())
+}
+
+/// Write `total` pattern bytes (seeded) in 64 KiB blocks; returns the digest of what was sent.
+pub fn send_pattern(s: &mut TcpStream, seed: u64, total: u64) -> io::Result<Sum> {
+    for_each_pattern_block(seed, total, |b| s.write_all(b))
+}
+
+/// The digest of what `send_pattern(_, seed, total)` sends.
+pub fn pattern_digest(seed: u64, total: u64) -> Sum {
+    for_each_pattern_block(seed, total, |_| Ok(())).unwrap_or(Sum { len: 0, hash: 0 })
+}
+
+/// Read until EOF and digest everything read.
+pub fn recv_digest(s: &mut TcpStream) -> io::Result<Sum> {
+    let mut d = Digest::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(d.finish()),
+            Ok(n) => d.update(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("after {} bytes: {e}", d.len),
+                ));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct LogState {
+    lines: Vec<String>,
+    eof: bool,
+}
+
+type SharedLog = Arc<(Mutex<LogState>, Condvar)>;
+
+/// A running `tcp-forward` process; stderr collected by a background thread. Killed on drop
+/// (SIGTERM, then SIGKILL if it does not exit in time).
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: SharedLog,
+    status: Option<ExitStatus>,
+}
+
+/// Spawn the binary with `args` (and `envs`); TCP_FORWARD_TOKEN is cleared unless given.
+pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("TCP_FORWARD_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    let log: SharedLog = Arc::new((Mutex::new(LogState::default()), Condvar::new()));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log2 = Arc::clone(&log);
+    let echo = std::env::var_os("TCP_FORWARD_TEST_ECHO").is_some();
+    let tag = name.to_string();
+    thread::spawn(move || {
+        let mut r = BufReader::new(stderr);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                    if echo {
+                        eprintln!("[{tag}] {line}");
+                    }
+                    let (m, cv) = &*log2;
+                    if let Ok(mut st) = m.lock() {
+                        st.lines.push(line);
+                    }
+                    cv.notify_all();
+                }
+            }
+        }
+        let (m, cv) = &*log2;
+        if let Ok(mut st) = m.lock() {
+            st.eof = true;
+        }
+        cv.notify_all();
+    });
+    Proc {
+        name: name.to_string(),
+        child,
+        log,
+        status: None,
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// A copy of the lines collected so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log
+            .0
+            .lock()
+            .map(|st| st.lines.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// The number of collected lines containing `substr`.
+    pub fn count(&self, substr: &str) -> usize {
+        self.log
+            .0
+            .lock()
+            .map(|st| st.lines.iter().filter(|l| l.contains(substr)).count())
+            .unwrap_or(0)
+    }
+
+    /// Wait until at least `n` lines contain `substr`; false on timeout or when stderr closes
+    /// first.
+    pub fn try_wait_for_count(&self, substr: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.log;
+        let Ok(mut st) = m.lock() else { return false };
+        loop {
+            if st.lines.iter().filter(|l| l.contains(substr)).count() >= n {
+                return true;
+            }
+            let now = Instant::now();
+            if st.eof || now >= deadline {
+                return false;
+            }
+            st = match cv.wait_timeout(st, deadline - now) {
+                Ok((g, _)) => g,
+                Err(_) => return false,
+            };
+        }
+    }
+
+    /// Like `try_wait_for_count`, but panics with the collected log on failure.
+    pub fn wait_for_count(&self, substr: &str, n: usize, timeout: Duration) {
+        if !self.try_wait_for_count(substr, n, timeout) {
+            panic!(
+                "{}: no {n} line(s) containing {substr:?} within {timeout:?}; log:\n{}",
+                self.name,
+                self.tail(80)
+            );
+        }
+    }
+
+    /// Wait for a line containing `substr` (bounded); panics with the log on failure and
+    /// returns the first matching line.
+    pub fn wait_for_line(&self, substr: &str, timeout: Duration) -> String {
+        self.wait_for_count(substr, 1, timeout);
+        self.lines()
+            .into_iter()
+            .find(|l| l.contains(substr))
+            .unwrap_or_default()
+    }
+
+    pub fn try_wait_for_line(&self, substr: &str, timeout: Duration) -> bool {
+        self.try_wait_for_count(substr, 1, timeout)
+    }
+
+    /// The last `n` lines, for failure messages.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.lines();
+        let start = lines.len().saturating_sub(n);
+        let mut s = String::new();
+        for l in &lines[start..] {
+            let _ = writeln!(s, "  | {l}");
+        }
+        s
+    }
+
+    /// Send a signal (libc::SIGTERM, SIGINT, SIGKILL, ...) to the process.
+    pub fn signal(&self, sig: i32) {
+        if self.status.is_none() {
+            // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
+            unsafe {
+                libc::kill(self.pid(), sig);
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.wait_exit(Duration::from_secs(5));
+    }
+
+    /// Wait for the process to exit, bounded; None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(s) = self.status {
+            return Some(s);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => {
+                    self.status = Some(s);
+                    // Let the reader thread collect the last lines.
+                    let _ = self.try_wait_for_eof(Duration::from_secs(2));
+                    return Some(s);
+                }
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn try_wait_for_eof(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.log;
+        let Ok(mut st) = m.lock() else { return false };
+        while !st.eof {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = match cv.wait_timeout(st, deadline - now) {
+                Ok((g, _)) => g,
+                Err(_) => return false,
+            };
+        }
+        true
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        if self.status.is_some() {
+            return false;
+        }
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// VmRSS of the process in KiB, from /proc/PID/status.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "---- {} (pid {}) log tail ----\n{}",
+                self.name,
+                self.pid(),
+                self.tail(60)
+            );
+        }
+        if self.status.is_none() {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(1)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Server and client set-up
+// ---------------------------------------------------------------------------------------
+
+/// One line of the mapping file.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    pub public: u16,
+    pub target: String,
+    pub tag: Option<String>,
+}
+
+/// A server configuration written to a temp dir as `server.cfg` + `port_mapper.cfg`.
+#[derive(Clone, Debug)]
+pub struct ServerSetup {
+    pub inner_port: u16,
+    pub mappings: Vec<Mapping>,
+    pub token: Option<String>,
+    /// Extra `[DEFAULT]` lines (e.g. "MAX_STREAMS=8").
+    pub extra: Vec<String>,
+}
+
+impl Default for ServerSetup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerSetup {
+    pub fn new() -> ServerSetup {
+        ServerSetup {
+            inner_port: free_port(),
+            mappings: Vec::new(),
+            token: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Add a mapping from a fresh public port to `target`; returns the public port.
+    pub fn map(&mut self, target: impl std::fmt::Display, tag: Option<&str>) -> u16 {
+        let public = loop {
+            let p = free_port();
+            if p != self.inner_port && !self.mappings.iter().any(|m| m.public == p) {
+                break p;
+            }
+        };
+        self.mappings.push(Mapping {
+            public,
+            target: target.to_string(),
+            tag: tag.map(String::from),
+        });
+        public
+    }
+
+    pub fn token(mut self, t: &str) -> Self {
+        self.token = Some(t.to_string());
+        self
+    }
+
+    pub fn server_cfg_text(&self) -> String {
+        let mut s = String::from("[DEFAULT]\n");
+        let _ = writeln!(s, "INNER_PORT={}", self.inner_port);
+        s.push_str("BIND_ADDR=127.0.0.1\n");
+        s.push_str("OUTER_PORTS_FILE=port_mapper.cfg\n");
+        if let Some(t) = &self.token {
+            let _ = writeln!(s, "TOKEN={t}");
+        }
+        for e in &self.extra {
+            let _ = writeln!(s, "{e}");
+        }
+        s
+    }
+
+    pub fn mapper_text(&self) -> String {
+        let mut s = String::from("[MAPPER]\n");
+        for m in &self.mappings {
+            let _ = writeln!(s, "{}={}", m.public, m.target);
+        }
+        if self.mappings.iter().any(|m| m.tag.is_some()) {
+            s.push_str("[TAG]\n");
+            for m in &self.mappings {
+                if let Some(t) = &m.tag {
+                    let _ = writeln!(s, "{}={t}", m.public);
+                }
+            }
+        }
+        s
+    }
+
+    /// Write both files into `dir`; returns the server.cfg path.
+    pub fn write(&self, dir: &TempDir) -> PathBuf {
+        dir.write("port_mapper.cfg", &self.mapper_text());
+        dir.write("server.cfg", &self.server_cfg_text())
+    }
+
+    /// Write the files and start the server; waits until it listens for clients and has
+    /// announced every public port.
+    pub fn start(&self, dir: &TempDir) -> Proc {
+        let cfg = self.write(dir);
+        start_server_cfg(&cfg, self, "server")
+    }
+}
+
+/// Start a server on an already written cfg file and wait for readiness.
+pub fn start_server_cfg(cfg: &Path, setup: &ServerSetup, name: &str) -> Proc {
+    let cfg = cfg.to_string_lossy().to_string();
+    let p = spawn(name, &["server", &cfg], &[]);
+    p.wait_for_line("listening for clients on", READY);
+    for m in &setup.mappings {
+        p.wait_for_line(&format!("public port {} ", m.public), READY);
+    }
+    p
+}
+
+/// Options for a client process.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOpts<'a> {
+    pub tag: Option<&'a str>,
+    pub token: Option<&'a str>,
+    pub env_token: Option<&'a str>,
+    pub name: Option<&'a str>,
+}
+
+/// Start a client dialling 127.0.0.1:inner_port (does not wait).
+pub fn spawn_client(inner_port: u16, o: &ClientOpts<'_>) -> Proc {
+    let port = inner_port.to_string();
+    let mut args: Vec<&str> = vec!["client", "127.0.0.1", &port];
+    if let Some(t) = o.tag {
+        args.push("--tag");
+        args.push(t);
+    }
+    if let Some(t) = o.token {
+        args.push("--token");
+        args.push(t);
+    }
+    let mut envs = Vec::new();
+    if let Some(t) = o.env_token {
+        envs.push(("TCP_FORWARD_TOKEN", t));
+    }
+    spawn(o.name.unwrap_or("client"), &args, &envs)
+}
+
+/// Start a client and wait until the server logs one more `tunnel attached` line and the
+/// client logs `tunnel up`.
+pub fn attach_client(server: &Proc, inner_port: u16, o: &ClientOpts<'_>) -> Proc {
+    let before = server.count("tunnel attached");
+    let c = spawn_client(inner_port, o);
+    if !server.try_wait_for_count("tunnel attached", before + 1, READY) {
+        panic!(
+            "client did not attach within {READY:?}\nserver log:\n{}\nclient log:\n{}",
+            server.tail(40),
+            c.tail(40)
+        );
+    }
+    c.wait_for_line("tunnel up", READY);
+    c
+}
+
+/// Server with the given setup plus one attached default-tag client.
+pub fn server_and_client(dir: &TempDir, setup: &ServerSetup) -> (Proc, Proc) {
+    let s = setup.start(dir);
+    let c = attach_client(&s, setup.inner_port, &ClientOpts::default());
+    (s, c)
+}
+
+// ---------------------------------------------------------------------------------------
+// Target servers
+// ---------------------------------------------------------------------------------------
+
+/// A loopback server running `handler` on a thread per accepted connection.
+pub struct Target {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    active: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+}
+
+struct ActiveGuard(Arc<AtomicUsize>);
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Target {
+    /// Listen on `bind` (e.g. "127.0.0.1:0") and serve each connection with `handler`.
+    pub fn spawn<F>(bind: &str, handler: F) -> io::Result<Target>
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(bind)?;
+        Ok(Self::serve(listener, handler))
+    }
+
+    pub fn serve<F>(listener: TcpListener, handler: F) -> Target
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let addr = listener.local_addr().expect("local_addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let handler = Arc::new(handler);
+        let (stop2, active2, accepted2) = (stop.clone(), active.clone(), accepted.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(s) = conn else {
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                let s = with_timeouts(s);
+                accepted2.fetch_add(1, Ordering::SeqCst);
+                active2.fetch_add(1, Ordering::SeqCst);
+                let guard = ActiveGuard(active2.clone());
+                let h = handler.clone();
+                thread::spawn(move || {
+                    let _guard = guard;
+                    h(s);
+                });
+            }
+        });
+        Target {
+            addr,
+            stop,
+            active,
+            accepted,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// "127.0.0.1:port" (or "[::1]:port") as written in a mapping.
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Connections currently being handled.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Wait (bounded) until no connection is being handled.
+    pub fn wait_idle(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.active() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Echo everything back; on EOF shut down the write half.
+    pub fn echo() -> Target {
+        Self::echo_on("127.0.0.1:0").expect("bind echo target")
+    }
+
+    pub fn echo_on(bind: &str) -> io::Result<Target> {
+        Self::spawn(bind, |mut s| {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        let _ = s.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+        })
+    }
+
+    /// Read until EOF; report the digest of what arrived, then close.
+    pub fn sink() -> (Target, Receiver<io::Result<Sum>>) {
+        let (tx, rx) = mpsc::channel();
+        let t = Self::spawn("127.0.0.1:0", move |mut s| {
+            let r = recv_digest(&mut s);
+            let _ = tx.send(r);
+        })
+        .expect("bind sink target");
+        (t, rx)
+    }
+
+    /// Send `n` pattern bytes (seed) then close.
+    pub fn source(n: u64, seed: u64) -> Target {
+        Self::spawn("127.0.0.1:0", move |mut s| {
+            let _ = send_pattern(&mut s, seed, n);
+        })
+        .expect("bind source target")
+    }
+
+    /// Read until EOF, then reply with the digest line of what was read, then close.
+    pub fn half_close_responder() -> Target {
+        Self::spawn("127.0.0.1:0", |mut s| {
+            if let Ok(sum) = recv_digest(&mut s) {
+                let _ = s.write_all(sum.line().as_bytes());
+            }
+        })
+        .expect("bind half-close responder")
+    }
+
+    /// Send `n` pattern bytes (seed) and shut down the write half, while reading until EOF at
+    /// the same time; reports (sent, received).
+    pub fn duplex(n: u64, seed: u64) -> (Target, Receiver<io::Result<(Sum, Sum)>>) {
+        let (tx, rx) = mpsc::channel();
+        let t = Self::spawn("127.0.0.1:0", move |mut s| {
+            let r = (|| {
+                let mut w = s.try_clone()?;
+                let writer = thread::spawn(move || {
+                    let r = send_pattern(&mut w, seed, n);
+                    let _ = w.shutdown(Shutdown::Write);
+                    r
+                });
+                let received = recv_digest(&mut s);
+                let sent = writer
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("panic")));
+                Ok((sent?, received?))
+            })();
+            let _ = tx.send(r);
+        })
+        .expect("bind duplex target");
+        (t, rx)
+    }
+
+    /// Write `text` and close.
+    pub fn banner(text: &'static str) -> Target {
+        Self::spawn("127.0.0.1:0", move |mut s| {
+            let _ = s.write_all(text.as_bytes());
+            let _ = s.shutdown(Shutdown::Write);
+            // Drain until the peer closes so the close is orderly.
+            let _ = wait_closed(&mut s, Duration::from_secs(5));
+        })
+        .expect("bind banner target")
+    }
+
+    /// Push data as fast as the connection takes it, up to `limit` bytes, counting bytes
+    /// accepted into `pushed`; stops when `stop` is set.
+    pub fn firehose(limit: u64, pushed: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Target {
+        Self::spawn("127.0.0.1:0", move |mut s| {
+            let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+            let block = pattern(7, 64 * 1024);
+            let mut total = 0u64;
+            while total < limit && !stop.load(Ordering::SeqCst) {
+                match s.write(&block) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        total += n as u64;
+                        pushed.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                        ) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .expect("bind firehose target")
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
+    }
+}
+
+/// Resolve "host:port" to the first address (test helper for IPv6 checks).
+pub fn resolve(s: &str) -> Option<SocketAddr> {
+    s.to_socket_addrs().ok()?.next()
+}
+
+/// Throughput in MiB/s.
+pub fn mib_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64().max(1e-6)
+}
