@@ -43,7 +43,7 @@ use crate::tunnel::{DEAD_AFTER, LINGER, PING_INTERVAL, TX_DATA_LIMIT, Tunnel};
 /// Our receive window per stream, announced in the handshake.
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Chunks of one relay read: one vectored read fills up to this many frames.
-const READ_CHUNKS: usize = 4;
+const READ_CHUNKS: usize = 16;
 /// Consecutive DATA frames of one stream written with one system call.
 const MAX_COALESCE: usize = 16;
 /// A tunnel reads at most this much per turn before others get theirs.

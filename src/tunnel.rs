@@ -13,13 +13,13 @@ use crate::protocol::handshake::NONCE_LEN;
 use crate::protocol::streams::Streams;
 
 /// Read buffer: room for several maximum frames per read system call.
-pub const RX_CAP: usize = 256 * 1024 + MAX_FRAME;
+pub const RX_CAP: usize = 1024 * 1024 + MAX_FRAME;
 /// Relays stop reading into the write buffer once it holds this much.
-pub const TX_DATA_LIMIT: usize = 256 * 1024;
+pub const TX_DATA_LIMIT: usize = 1024 * 1024;
 /// Hard cap of the write buffer. Data stays under `TX_DATA_LIMIT` plus one read; the rest is
 /// headroom for control frames, which are never held back behind data. A peer that stops
 /// reading until even that is full is cut off.
-pub const TX_CAP: usize = 1024 * 1024;
+pub const TX_CAP: usize = 4 * 1024 * 1024;
 /// Send a ping after this long.
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// A tunnel that has received nothing for this long is dead.
