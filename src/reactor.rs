@@ -414,6 +414,9 @@ impl Reactor {
                 return;
             }
             if t.next_ping <= now {
+                // Once per ping interval, hand back buffer memory a burst left behind.
+                t.rx.release();
+                t.tx.release();
                 t.next_ping = now + PING_INTERVAL;
                 let stamp = now.duration_since(t.since).as_nanos() as u64;
                 if let Err(reason) = t.send_small(kind::PING, 0, &stamp.to_be_bytes()) {
