@@ -14,7 +14,7 @@ use crate::protocol::handshake::{self, Accept, Challenge, Hello};
 use crate::reactor::{CloseReason, Endpoint, Reactor, RelaySpec, Role, STREAM_WINDOW, TimerTarget};
 use crate::relay::RelayState;
 use crate::sys::{self, Jitter};
-use crate::tunnel::{HANDSHAKE_TIMEOUT, PING_INTERVAL, Phase, Tunnel};
+use crate::tunnel::{HANDSHAKE_TIMEOUT, Phase, Tunnel};
 
 /// Time allowed to resolve and connect an inner target, or to connect the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -204,13 +204,10 @@ impl Reactor {
             }
             (Phase::AwaitAccept, Frame::Accept(p)) => {
                 let a = Accept::decode(p).map_err(|e| format!("malformed ACCEPT: {e}"))?;
-                t.phase = Phase::Established;
+                t.establish(now, Duration::from_millis(u64::from(a.heartbeat_ms)));
                 t.tag = tag;
                 t.peer_window = a.window;
                 t.streams.set_max(a.max_streams as usize);
-                t.deadline = None;
-                t.last_rx = now;
-                t.next_ping = now + PING_INTERVAL;
                 info!("tunnel up: server {} tag {}", t.peer, t.tag);
                 self.client().attempt = 0;
                 self.schedule_tunnel_tick(tkey);

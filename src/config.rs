@@ -39,6 +39,8 @@ pub const MAX_TAG_LEN: usize = 64;
 pub const DEFAULT_MAX_STREAMS: usize = 4096;
 /// Largest accepted `MAX_STREAMS`.
 pub const MAX_MAX_STREAMS: usize = 1_000_000;
+/// Ping interval when `HEARTBEAT` is not set; a tunnel silent for three intervals is dead.
+pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Mapping file used when `OUTER_PORTS_FILE` is not set, next to the server's config file.
 pub const DEFAULT_MAPPER_FILE: &str = "port_mapper.cfg";
 /// Longest host name accepted in a target or as `server_ip`.
@@ -172,6 +174,8 @@ pub struct ServerConfig {
     pub token: Option<Secret>,
     /// `MAX_STREAMS`: concurrent streams per tunnel.
     pub max_streams: usize,
+    /// `HEARTBEAT`: ping interval (seconds, 0.1 to 3600); announced to clients.
+    pub heartbeat: std::time::Duration,
     /// The mappings, sorted by public port (each port once).
     pub mappings: Vec<Mapping>,
     /// Problems that did not stop the load (ignored keys, nothing mapped): log them.
@@ -295,6 +299,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
     let mut token = None;
     let mut bind_addr = None;
     let mut max_streams = None;
+    let mut heartbeat = None;
     for e in doc.default_entries()? {
         match e.key.as_str() {
             "INNER_PORT" => {
@@ -338,6 +343,20 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
                     })?;
                 max_streams = Some(n as usize);
             }
+            "HEARTBEAT" => {
+                let secs = e
+                    .value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| (0.1..=3600.0).contains(s))
+                    .ok_or_else(|| {
+                        doc.err(
+                            e,
+                            format!("{:?} is not a number of seconds from 0.1 to 3600", e.value),
+                        )
+                    })?;
+                heartbeat = Some(std::time::Duration::from_secs_f64(secs));
+            }
             k if k == "BANDWIDTH"
                 || k == "USER_FILE"
                 || k.starts_with("REST")
@@ -371,6 +390,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         log_level,
         token,
         max_streams: max_streams.unwrap_or(DEFAULT_MAX_STREAMS),
+        heartbeat: heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
         mappings,
         warnings,
     })
@@ -1082,6 +1102,7 @@ mod tests {
         assert_eq!(cfg.log_level, None);
         assert!(cfg.token.is_none());
         assert_eq!(cfg.max_streams, 4096);
+        assert_eq!(cfg.heartbeat, DEFAULT_HEARTBEAT);
         assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
         assert_eq!(cfg.mappings.len(), 1);
         let m = &cfg.mappings[0];
@@ -1095,7 +1116,7 @@ mod tests {
         let s = Scratch::new("keys");
         let path = s.server(
             "; server\n[default]\ninner_port = 1111  # clients\n  Log_Level=debug\nToken=a#b;c  ; secret\n\
-             bind_addr=[::]\nmax_streams=1000000\n",
+             bind_addr=[::]\nmax_streams=1000000\nheartbeat=2.5\n",
             "# map\n[mapper]\n2000=db.internal:5432   # db\n1234=192.168.10.5:22 ; ssh\n\
              3000 = [2001:db8::5]:80\n[Tag]\n2000=office\n\n",
         );
@@ -1105,6 +1126,7 @@ mod tests {
         assert_eq!(cfg.token.as_ref().unwrap().expose(), b"a#b;c");
         assert_eq!(cfg.bind_addr, "::".parse::<IpAddr>().unwrap());
         assert_eq!(cfg.max_streams, 1_000_000);
+        assert_eq!(cfg.heartbeat, std::time::Duration::from_millis(2500));
         let got: Vec<(u16, String, &str)> = cfg
             .mappings
             .iter()
@@ -1331,6 +1353,11 @@ mod tests {
                 "[DEFAULT]\nINNER_PORT=1111\nMAX_STREAMS=many\n",
                 Some(3),
                 &["key MAX_STREAMS"],
+            ),
+            (
+                "[DEFAULT]\nINNER_PORT=1111\nHEARTBEAT=0.01\n",
+                Some(3),
+                &["key HEARTBEAT", "0.1 to 3600"],
             ),
             (
                 "[DEFAULT]\nINNER_PORT=1111\nOUTER_PORTS_FILE=\n",

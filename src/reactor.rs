@@ -38,7 +38,7 @@ use crate::relay::{Relay, RelayState};
 use crate::resolve::Resolver;
 use crate::server::ServerRole;
 use crate::sys;
-use crate::tunnel::{DEAD_AFTER, LINGER, PING_INTERVAL, TX_DATA_LIMIT, Tunnel};
+use crate::tunnel::{LINGER, TX_DATA_LIMIT, Tunnel};
 
 /// Our receive window per stream, announced in the handshake.
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -405,10 +405,10 @@ impl Reactor {
             return;
         }
         if t.is_established() {
-            if now.duration_since(t.last_rx) >= DEAD_AFTER {
+            if now.duration_since(t.last_rx) >= t.dead_after() {
                 let reason = format!(
-                    "nothing received for {} s: tunnel is dead",
-                    DEAD_AFTER.as_secs()
+                    "nothing received for {:.1} s: tunnel is dead",
+                    t.dead_after().as_secs_f64()
                 );
                 self.close_tunnel(key, reason);
                 return;
@@ -417,7 +417,7 @@ impl Reactor {
                 // Once per ping interval, hand back buffer memory a burst left behind.
                 t.rx.release();
                 t.tx.release();
-                t.next_ping = now + PING_INTERVAL;
+                t.next_ping = now + t.ping_interval;
                 let stamp = now.duration_since(t.since).as_nanos() as u64;
                 if let Err(reason) = t.send_small(kind::PING, 0, &stamp.to_be_bytes()) {
                     self.close_tunnel(key, reason);
@@ -435,7 +435,7 @@ impl Reactor {
         };
         let mut at = t.deadline;
         if t.is_established() {
-            let hb = t.next_ping.min(t.last_rx + DEAD_AFTER);
+            let hb = t.next_ping.min(t.last_rx + t.dead_after());
             at = Some(at.map_or(hb, |d| d.min(hb)));
         }
         if let Some(at) = at {

@@ -15,7 +15,7 @@ use crate::protocol::handshake::{self, Accept, Challenge, Hello, NONCE_LEN};
 use crate::reactor::{CloseReason, Endpoint, Entry, Reactor, RelaySpec, Role, STREAM_WINDOW};
 use crate::relay::RelayState;
 use crate::sys;
-use crate::tunnel::{LINGER, PING_INTERVAL, Phase, Tunnel};
+use crate::tunnel::{LINGER, Phase, Tunnel};
 
 /// Handshakes in progress beyond this number evict the oldest, so idle or garbage
 /// connections cannot keep a real client out.
@@ -43,6 +43,7 @@ struct Pool {
 pub struct ServerRole {
     token: Option<Secret>,
     max_streams: usize,
+    heartbeat: Duration,
     pools: HashMap<String, Pool>,
     handshakes: VecDeque<(usize, u64)>,
 }
@@ -60,6 +61,7 @@ pub fn run(cfg: ServerConfig) -> io::Result<()> {
     let role = ServerRole {
         token: cfg.token,
         max_streams: cfg.max_streams,
+        heartbeat: cfg.heartbeat,
         pools: HashMap::new(),
         handshakes: VecDeque::new(),
     };
@@ -201,9 +203,10 @@ impl Reactor {
             Role::Server(s) => s,
             Role::Client(_) => return Ok(()),
         };
-        let (token, max_streams) = (
+        let (token, max_streams, heartbeat) = (
             role.token.as_ref().map(|t| t.expose().to_vec()),
             role.max_streams,
+            role.heartbeat,
         );
         let Some(t) = self.tunnel_mut(tkey) else {
             return Ok(());
@@ -242,16 +245,14 @@ impl Reactor {
             self.schedule_tunnel_tick(tkey);
             return Ok(());
         }
-        t.phase = Phase::Established;
+        t.establish(now, heartbeat);
         t.tag = hello.tag.to_string();
         t.peer_window = hello.window;
         t.streams.set_max(max_streams);
-        t.deadline = None;
-        t.last_rx = now;
-        t.next_ping = now + PING_INTERVAL;
         let accept = Accept {
             window: STREAM_WINDOW,
             max_streams: max_streams as u32,
+            heartbeat_ms: heartbeat.as_millis() as u32,
         }
         .encode();
         t.send(&Frame::Accept(&accept))?;

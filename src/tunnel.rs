@@ -20,10 +20,8 @@ pub const TX_DATA_LIMIT: usize = 1024 * 1024;
 /// headroom for control frames, which are never held back behind data. A peer that stops
 /// reading until even that is full is cut off.
 pub const TX_CAP: usize = 4 * 1024 * 1024;
-/// Send a ping after this long.
-pub const PING_INTERVAL: Duration = Duration::from_secs(10);
-/// A tunnel that has received nothing for this long is dead.
-pub const DEAD_AFTER: Duration = Duration::from_secs(30);
+/// A tunnel that has received nothing for this many ping intervals is dead.
+pub const DEAD_AFTER_PINGS: u32 = 3;
 /// The handshake must complete within this time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A tunnel that is closing gets this long to flush its last frames.
@@ -58,6 +56,8 @@ pub struct Tunnel {
     pub peer_window: u32,
     pub last_rx: Instant,
     pub next_ping: Instant,
+    /// Ping interval, set when the handshake completes (the server's `HEARTBEAT`).
+    pub ping_interval: Duration,
     /// Handshake or linger deadline.
     pub deadline: Option<Instant>,
     /// Set when the tunnel is flushing its last frames before closing, with the reason.
@@ -88,7 +88,8 @@ impl Tunnel {
             streams: Streams::new(0),
             peer_window: 0,
             last_rx: now,
-            next_ping: now + PING_INTERVAL,
+            next_ping: now + crate::config::DEFAULT_HEARTBEAT,
+            ping_interval: crate::config::DEFAULT_HEARTBEAT,
             deadline: Some(now + HANDSHAKE_TIMEOUT),
             closing: None,
             readable: false,
@@ -103,6 +104,20 @@ impl Tunnel {
 
     pub fn is_established(&self) -> bool {
         self.phase == Phase::Established
+    }
+
+    /// Enter the established phase with the negotiated heartbeat.
+    pub fn establish(&mut self, now: Instant, ping_interval: Duration) {
+        self.phase = Phase::Established;
+        self.deadline = None;
+        self.last_rx = now;
+        self.ping_interval = ping_interval;
+        self.next_ping = now + ping_interval;
+    }
+
+    /// Silence after which the tunnel is declared dead.
+    pub fn dead_after(&self) -> Duration {
+        self.ping_interval * DEAD_AFTER_PINGS
     }
 
     /// Queue a control frame. Fails only when the peer has stopped reading for so long that

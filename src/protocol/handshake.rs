@@ -3,7 +3,7 @@
 //! ```text
 //! server -> client   PREAMBLE  CHALLENGE{flags, nonce[32]}
 //! client -> server   PREAMBLE  HELLO{window, tag, proof}
-//! server -> client   ACCEPT{window, max_streams}   or   REFUSE{reason} and close
+//! server -> client   ACCEPT{window, max_streams, heartbeat}   or   REFUSE{reason} and close
 //! ```
 //! The preamble is `TCPFWD` and a big-endian u16 version. `proof` is
 //! HMAC-SHA-256(token, "tcp-forward/1" || nonce || tag): the token never crosses the wire,
@@ -18,6 +18,8 @@ pub const PREAMBLE_LEN: usize = 8;
 pub const NONCE_LEN: usize = 32;
 pub const PROOF_LEN: usize = 32;
 pub const MAX_TAG_LEN: usize = 64;
+/// Shortest heartbeat interval a server may announce.
+pub const MIN_HEARTBEAT_MS: u32 = 100;
 const PROOF_CONTEXT: &[u8] = b"tcp-forward/1";
 const FLAG_AUTH_REQUIRED: u8 = 1;
 
@@ -143,26 +145,33 @@ pub struct Accept {
     /// The server's receive window per stream, in bytes.
     pub window: u32,
     pub max_streams: u32,
+    /// Ping interval both ends use, in milliseconds; three silent intervals mean dead.
+    pub heartbeat_ms: u32,
 }
 
 impl Accept {
     pub fn encode(&self) -> Vec<u8> {
-        let mut p = Vec::with_capacity(8);
+        let mut p = Vec::with_capacity(12);
         p.extend_from_slice(&self.window.to_be_bytes());
         p.extend_from_slice(&self.max_streams.to_be_bytes());
+        p.extend_from_slice(&self.heartbeat_ms.to_be_bytes());
         p
     }
 
     pub fn decode(p: &[u8]) -> Result<Accept, &'static str> {
-        let raw: [u8; 8] = p.try_into().map_err(|_| "accept has the wrong length")?;
-        let window = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
-        let max_streams = u32::from_be_bytes([raw[4], raw[5], raw[6], raw[7]]);
+        let raw: [u8; 12] = p.try_into().map_err(|_| "accept has the wrong length")?;
+        let word = |i: usize| u32::from_be_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
+        let (window, max_streams, heartbeat_ms) = (word(0), word(4), word(8));
         if window == 0 {
             return Err("zero window");
+        }
+        if heartbeat_ms < MIN_HEARTBEAT_MS {
+            return Err("heartbeat interval too short");
         }
         Ok(Accept {
             window,
             max_streams,
+            heartbeat_ms,
         })
     }
 }
@@ -253,9 +262,16 @@ mod tests {
         let a = Accept {
             window: 65536,
             max_streams: 10,
+            heartbeat_ms: 10_000,
         };
         assert_eq!(Accept::decode(&a.encode()), Ok(a));
-        assert!(Accept::decode(&[0; 7]).is_err());
+        assert!(Accept::decode(&[0; 11]).is_err());
+        let too_fast = Accept {
+            window: 1,
+            max_streams: 1,
+            heartbeat_ms: MIN_HEARTBEAT_MS - 1,
+        };
+        assert!(Accept::decode(&too_fast.encode()).is_err());
     }
 
     #[test]
