@@ -76,10 +76,16 @@ impl Reactor {
         }
     }
 
-    /// Start a dial cycle: resolve the server's name if needed, then connect.
+    /// Dial the next address of the current cycle, or start a cycle: resolve the server's
+    /// name if needed, then connect.
     pub(crate) fn client_reconnect(&mut self, epoch: u64) {
         let c = self.client();
         if epoch != c.epoch || c.tunnel.is_some() {
+            return;
+        }
+        if !c.candidates.is_empty() {
+            // The next address of the current cycle.
+            self.client_dial_next();
             return;
         }
         let host = c.cfg.server_host.clone();
@@ -231,7 +237,20 @@ impl Reactor {
             Phase::Connecting => warn!("cannot connect to server {}: {reason}", t.peer),
             _ => warn!("handshake with server {} failed: {reason}", t.peer),
         }
-        self.client_dial_next();
+        // Never dial from here: the caller may still hold this tunnel's slab key, which a
+        // new tunnel would reuse. A timer due now tries the next address of this cycle; a
+        // lost tunnel starts a new cycle after back-off.
+        let now = self.now;
+        let c = self.client();
+        if t.phase == Phase::Established {
+            c.candidates.clear();
+        }
+        if c.candidates.is_empty() {
+            self.schedule_reconnect();
+        } else {
+            let epoch = c.epoch;
+            self.schedule(now, TimerTarget::Reconnect(epoch));
+        }
     }
 
     pub(crate) fn client_open(

@@ -335,6 +335,15 @@ impl Reactor {
                             self.relay_connected(key);
                         }
                     }
+                    // An error (a reset from the peer, say) must end the stream even when it
+                    // is not reading for want of credit or room.
+                    RelayState::Opening | RelayState::Open
+                        if event.is_error()
+                            && let Ok(Some(e)) = r.sock.take_error() =>
+                    {
+                        debug!("stream {}: {}: {e}", r.id, r.label);
+                        self.reset_stream(key, &e.to_string());
+                    }
                     RelayState::Opening => {}
                     RelayState::Open => {
                         if event.is_writable() {
@@ -357,7 +366,7 @@ impl Reactor {
             match target {
                 TimerTarget::Entry(key, generation) => {
                     if self.generation_of(key) == Some(generation) {
-                        self.on_timer(key);
+                        self.on_timer(key, at);
                     }
                 }
                 TimerTarget::Reconnect(attempt) => self.on_reconnect_timer(attempt),
@@ -365,10 +374,12 @@ impl Reactor {
         }
     }
 
-    fn on_timer(&mut self, key: usize) {
+    fn on_timer(&mut self, key: usize, at: Instant) {
         let now = self.now;
         match self.slab.get(key).map(|e| &e.ep) {
-            Some(Endpoint::Tunnel(_)) => self.tunnel_tick(key),
+            // Only the tunnel's current tick counts; earlier-scheduled ones are stale.
+            Some(Endpoint::Tunnel(t)) if t.tick_at == Some(at) => self.tunnel_tick(key),
+            Some(Endpoint::Tunnel(_)) => {}
             Some(Endpoint::Relay(r))
                 if r.deadline.is_some_and(|d| d <= now) && r.state != RelayState::Open =>
             {
@@ -381,8 +392,11 @@ impl Reactor {
             Some(Endpoint::Resolving(p)) if p.deadline <= now => {
                 self.open_failed(key, "name resolution timed out");
             }
-            Some(Endpoint::PublicListener(_)) => self.accept_visitors(key),
-            Some(Endpoint::TunnelListener(_)) => self.accept_tunnels(key),
+            Some(Endpoint::PublicListener(_) | Endpoint::TunnelListener(_)) => {
+                if let Role::Server(_) = self.role {
+                    self.server_accept_retry(key);
+                }
+            }
             Some(Endpoint::Relay(_) | Endpoint::Resolving(_)) | None => {}
         }
     }
@@ -393,6 +407,7 @@ impl Reactor {
         let Some(t) = self.tunnel_mut(key) else {
             return;
         };
+        t.tick_at = None;
         if let Some(d) = t.deadline
             && d <= now
         {
@@ -438,9 +453,13 @@ impl Reactor {
             let hb = t.next_ping.min(t.last_rx + t.dead_after());
             at = Some(at.map_or(hb, |d| d.min(hb)));
         }
-        if let Some(at) = at {
-            self.schedule_entry(key, at);
+        // One timer per tunnel: a tick already due no later than this one reschedules itself.
+        let Some(at) = at else { return };
+        if t.tick_at.is_some_and(|current| current <= at) {
+            return;
         }
+        t.tick_at = Some(at);
+        self.schedule_entry(key, at);
     }
 
     /// One round over the ready queue: each endpoint gets one more turn.
@@ -583,6 +602,7 @@ impl Reactor {
                     t.deadline = Some(now + LINGER);
                     t.rx = rx;
                     self.mark_dirty(key);
+                    self.schedule_tunnel_tick(key);
                     return Ok(());
                 }
             }
@@ -671,7 +691,9 @@ impl Reactor {
                 Ok(())
             }
             Frame::Reset { id, reason } => {
-                if let Some(rkey) = self.stream_relay(tkey, id) {
+                // Any stream endpoint: a connected relay, or one still resolving its target.
+                let stream = self.tunnel_mut(tkey).and_then(|t| t.streams.get(id));
+                if let Some(rkey) = stream {
                     debug!("stream {id} reset by peer: {reason}");
                     self.drop_relay(rkey, true);
                 }

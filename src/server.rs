@@ -1,7 +1,7 @@
 //! The server role: listens for client tunnels on INNER_PORT and for visitors on every
 //! mapped public port; opens a stream over a tunnel of the mapping's tag for each visitor.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,6 +46,8 @@ pub struct ServerRole {
     heartbeat: Duration,
     pools: HashMap<String, Pool>,
     handshakes: VecDeque<(usize, u64)>,
+    /// Listeners with an accept retry scheduled.
+    accept_retry: HashSet<usize>,
 }
 
 /// Bind every port, then serve until SIGINT or SIGTERM.
@@ -64,6 +66,7 @@ pub fn run(cfg: ServerConfig) -> io::Result<()> {
         heartbeat: cfg.heartbeat,
         pools: HashMap::new(),
         handshakes: VecDeque::new(),
+        accept_retry: HashSet::new(),
     };
     let mut reactor = Reactor::new(Role::Server(role))?;
     let addr = SocketAddr::new(cfg.bind_addr, cfg.inner_port);
@@ -106,6 +109,16 @@ impl Reactor {
         }
     }
 
+    /// The accept retry of a listener is due.
+    pub(crate) fn server_accept_retry(&mut self, lkey: usize) {
+        self.server().accept_retry.remove(&lkey);
+        match self.slab.get(lkey).map(|e| &e.ep) {
+            Some(Endpoint::TunnelListener(_)) => self.server_accept_tunnels(lkey),
+            Some(Endpoint::PublicListener(_)) => self.server_accept_visitors(lkey),
+            _ => {}
+        }
+    }
+
     pub(crate) fn server_accept_tunnels(&mut self, lkey: usize) {
         loop {
             let Some(Entry {
@@ -134,8 +147,11 @@ impl Reactor {
         } else {
             warn!("{what}: {e}");
         }
-        // The pending connection stays in the backlog: try again soon.
-        self.schedule_entry(lkey, self.now + ACCEPT_RETRY);
+        // The pending connection stays in the backlog: try again soon, with one retry per
+        // listener however many connections wait.
+        if self.server().accept_retry.insert(lkey) {
+            self.schedule_entry(lkey, self.now + ACCEPT_RETRY);
+        }
     }
 
     fn server_new_tunnel(&mut self, sock: TcpStream, peer: SocketAddr) {
@@ -174,23 +190,21 @@ impl Reactor {
 
     /// Keep at most MAX_HANDSHAKES connections in the handshake; close the oldest first.
     fn evict_handshakes(&mut self) {
-        loop {
-            let Some(&(key, generation)) = self.server().handshakes.front() else {
-                return;
-            };
-            let pending = self.generation_of(key) == Some(generation)
-                && self.tunnel_mut(key).is_some_and(|t| !t.is_established());
-            if pending && self.server().handshakes.len() <= MAX_HANDSHAKES {
-                return;
-            }
-            self.server().handshakes.pop_front();
-            if pending {
+        // Forget connections that finished their handshake or went away, then count.
+        let mut queue = std::mem::take(&mut self.server().handshakes);
+        queue.retain(|&(key, generation)| {
+            self.generation_of(key) == Some(generation)
+                && self.tunnel_mut(key).is_some_and(|t| !t.is_established())
+        });
+        while queue.len() > MAX_HANDSHAKES {
+            if let Some((key, _)) = queue.pop_front() {
                 self.close_tunnel(
                     key,
                     "too many connections in the handshake: dropped the oldest".into(),
                 );
             }
         }
+        self.server().handshakes = queue;
     }
 
     pub(crate) fn server_handshake_frame(

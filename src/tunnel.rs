@@ -60,6 +60,8 @@ pub struct Tunnel {
     pub ping_interval: Duration,
     /// Handshake or linger deadline.
     pub deadline: Option<Instant>,
+    /// When the tunnel's one pending timer fires.
+    pub tick_at: Option<Instant>,
     /// Set when the tunnel is flushing its last frames before closing, with the reason.
     pub closing: Option<String>,
     /// The socket may hold unread bytes (a read stopped early).
@@ -91,6 +93,7 @@ impl Tunnel {
             next_ping: now + crate::config::DEFAULT_HEARTBEAT,
             ping_interval: crate::config::DEFAULT_HEARTBEAT,
             deadline: Some(now + HANDSHAKE_TIMEOUT),
+            tick_at: None,
             closing: None,
             readable: false,
             read_closed_hint: false,
