@@ -166,10 +166,6 @@ impl Tunnel {
                 Err(e) => return Err(e),
             }
         }
-        if self.tx.is_empty() && self.streams.is_empty() && self.is_established() {
-            // Idle tunnel: give the buffers back.
-            self.tx.release();
-        }
         Ok(())
     }
 
