@@ -1,6 +1,6 @@
-//! A fixed-capacity byte buffer: room at the end to read into, data at the front to write
-//! from. Memory is allocated on first use and can be released when empty, so an idle
-//! connection holds none.
+//! A bounded byte buffer: room at the end to read into, data at the front to write from.
+//! Memory is allocated on first use, grows on demand up to the cap, and can be released when
+//! empty, so an idle connection holds none.
 
 #[derive(Debug, Default)]
 pub struct Buf {
@@ -8,16 +8,26 @@ pub struct Buf {
     start: usize,
     end: usize,
     cap: usize,
+    /// Size of the first allocation.
+    initial: usize,
 }
 
 impl Buf {
-    /// A buffer that will hold at most `cap` bytes. Allocates nothing yet.
+    /// A buffer that will hold at most `cap` bytes, all allocated at first use. Allocates
+    /// nothing yet.
     pub fn new(cap: usize) -> Buf {
+        Buf::growing(cap, cap)
+    }
+
+    /// A buffer that will hold at most `cap` bytes, starting with `initial` bytes of memory
+    /// and doubling as needed: cheap when it usually holds little.
+    pub fn growing(cap: usize, initial: usize) -> Buf {
         Buf {
             mem: Vec::new(),
             start: 0,
             end: 0,
             cap,
+            initial: initial.min(cap),
         }
     }
 
@@ -58,12 +68,16 @@ impl Buf {
         if self.mem.is_empty() {
             // A zeroed allocation: large ones come straight from the OS as untouched pages,
             // which cost no resident memory until written.
-            self.mem = vec![0; self.cap];
+            self.mem = vec![0; self.initial.max(want).min(self.cap)];
         }
-        if self.cap - self.end < want && self.start > 0 {
+        if self.mem.len() - self.end < want && self.start > 0 {
             self.mem.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+        }
+        if self.mem.len() - self.end < want && self.mem.len() < self.cap {
+            let grown = (self.mem.len() * 2).max(self.end + want).min(self.cap);
+            self.mem.resize(grown, 0);
         }
         &mut self.mem[self.end..]
     }
@@ -122,6 +136,21 @@ mod tests {
         assert!(b.is_empty());
         b.release();
         assert!(!b.is_allocated());
+    }
+
+    #[test]
+    fn a_growing_buffer_doubles_up_to_its_cap() {
+        let mut b = Buf::growing(100, 10);
+        assert!(b.push(&[1; 8]));
+        assert_eq!(b.mem.len(), 10);
+        assert!(b.push(&[2; 8]));
+        assert_eq!(b.mem.len(), 20);
+        assert!(b.push(&[3; 60]));
+        assert_eq!(b.mem.len(), 76);
+        assert!(b.push(&[4; 24]));
+        assert_eq!(b.mem.len(), 100);
+        assert!(!b.push(&[5]), "full at the cap");
+        assert_eq!(&b.data()[..9], &[1, 1, 1, 1, 1, 1, 1, 1, 2]);
     }
 
     #[test]

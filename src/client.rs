@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use mio::net::TcpStream;
 
+use crate::buffer::Buf;
 use crate::config::{ClientConfig, Host, Target};
+use crate::protocol::flow::Flow;
 use crate::protocol::frame::{Frame, kind};
 use crate::protocol::handshake::{self, Accept, Challenge, Hello};
 use crate::reactor::{CloseReason, Endpoint, Reactor, RelaySpec, Role, STREAM_WINDOW, TimerTarget};
@@ -26,13 +28,16 @@ const REFUSED_MIN_ATTEMPT: u32 = 5;
 /// Resolver ticket key for the server's own name.
 const SERVER_TICKET: usize = usize::MAX;
 
-/// A stream whose target name is being resolved.
+/// A stream whose target name is being resolved. The server may already send data (and
+/// FIN) for it: they wait here, within the stream's window, for the connection.
 pub struct PendingOpen {
     pub tunnel: usize,
     pub id: u32,
     pub label: String,
     pub port: u16,
     pub deadline: Instant,
+    pub flow: Flow,
+    pub pending: Buf,
 }
 
 pub struct ClientRole {
@@ -285,15 +290,19 @@ impl Reactor {
         match tgt.host {
             Host::Ip(ip) => {
                 let addrs = vec![SocketAddr::new(ip, tgt.port)];
-                self.client_connect(tkey, id, target.to_string(), addrs, deadline)
+                let carried = self.new_stream_state(tkey);
+                self.client_connect(tkey, id, target.to_string(), addrs, deadline, carried)
             }
             Host::Name(name) => {
+                let (flow, pending) = self.new_stream_state(tkey);
                 let pending = PendingOpen {
                     tunnel: tkey,
                     id,
                     label: target.to_string(),
                     port: tgt.port,
                     deadline,
+                    flow,
+                    pending,
                 };
                 let (key, generation) = self
                     .insert(Endpoint::Resolving(pending))
@@ -317,6 +326,7 @@ impl Reactor {
         label: String,
         mut addrs: Vec<SocketAddr>,
         deadline: Instant,
+        carried: (Flow, Buf),
     ) -> Result<(), CloseReason> {
         let mut last_error = String::from("no address");
         while !addrs.is_empty() {
@@ -330,6 +340,7 @@ impl Reactor {
                         label: label.clone(),
                         candidates: addrs,
                         deadline,
+                        carried: Some(carried),
                     };
                     match self.new_relay(sock, spec) {
                         Ok(rkey) => {
@@ -386,8 +397,12 @@ impl Reactor {
                 let addrs = std::mem::take(&mut r.candidates);
                 let deadline = r.deadline.unwrap_or(self.now);
                 debug!("stream {id}: {label}: {e}; trying the next address");
-                let _ = self.remove(rkey);
-                if let Err(reason) = self.client_connect(tkey, id, label, addrs, deadline) {
+                let Some(Endpoint::Relay(old)) = self.remove(rkey) else {
+                    return;
+                };
+                let carried = (old.flow, old.pending);
+                if let Err(reason) = self.client_connect(tkey, id, label, addrs, deadline, carried)
+                {
                     self.close_tunnel(tkey, reason);
                 }
             }
@@ -405,6 +420,12 @@ impl Reactor {
             }
             self.mark_dirty(tkey);
         }
+        // What the server sent ahead of OPEN_OK goes to the target now, then its FIN if any.
+        self.relay_writable(rkey);
+        if let Some(r) = self.relay_mut(rkey) {
+            r.shutdown_write_if_drained();
+        }
+        self.finish_if_done(rkey);
         self.relay_read(rkey);
     }
 
@@ -458,12 +479,16 @@ impl Reactor {
             (p.tunnel, p.id, p.label.clone(), p.port, p.deadline);
         match result {
             Ok(addrs) => {
-                let _ = self.remove(key);
+                let Some(Endpoint::Resolving(p)) = self.remove(key) else {
+                    return;
+                };
                 let addrs = addrs
                     .into_iter()
                     .map(|a| SocketAddr::new(a.ip(), port))
                     .collect();
-                if let Err(reason) = self.client_connect(tkey, id, label, addrs, deadline) {
+                let carried = (p.flow, p.pending);
+                if let Err(reason) = self.client_connect(tkey, id, label, addrs, deadline, carried)
+                {
                     self.close_tunnel(tkey, reason);
                 }
             }

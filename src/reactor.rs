@@ -31,7 +31,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::buffer::Buf;
 use crate::client::ClientRole;
+use crate::protocol::flow::Flow;
 use crate::protocol::frame::{self, Frame, HEADER_LEN, MAX_PAYLOAD, kind};
 use crate::protocol::handshake::{self, PreambleCheck};
 use crate::relay::{Relay, RelayState};
@@ -44,6 +46,9 @@ use crate::tunnel::{LINGER, TX_DATA_LIMIT, Tunnel};
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Chunks of one relay read: one vectored read fills up to this many frames.
 const READ_CHUNKS: usize = 16;
+/// First allocation of a stream's pending buffer: most streams that ever queue anything
+/// queue little, and this stays below the allocator's threshold for mapping pages.
+const PENDING_INITIAL: usize = 16 * 1024;
 /// Consecutive DATA frames of one stream written with one system call.
 const MAX_COALESCE: usize = 16;
 /// A tunnel reads at most this much per turn before others get theirs.
@@ -71,6 +76,8 @@ pub struct RelaySpec {
     pub label: String,
     pub candidates: Vec<SocketAddr>,
     pub deadline: Instant,
+    /// The stream's flow-control state and early data, when it existed before the socket.
+    pub carried: Option<(Flow, Buf)>,
 }
 
 pub struct Entry {
@@ -344,7 +351,8 @@ impl Reactor {
                         debug!("stream {}: {}: {e}", r.id, r.label);
                         self.reset_stream(key, &e.to_string());
                     }
-                    RelayState::Opening => {}
+                    // A visitor's first bytes go out before OPEN_OK comes back.
+                    RelayState::Opening => self.relay_read(key),
                     RelayState::Open => {
                         if event.is_writable() {
                             self.relay_writable(key);
@@ -678,6 +686,11 @@ impl Reactor {
             }
             Frame::Fin { id } => {
                 let Some(rkey) = self.stream_relay(tkey, id) else {
+                    if let Some(p) = self.resolving_mut(tkey, id) {
+                        p.flow
+                            .on_fin_received()
+                            .map_err(|v| format!("stream {id}: {v}"))?;
+                    }
                     return Ok(());
                 };
                 let Some(r) = self.relay_mut(rkey) else {
@@ -739,17 +752,27 @@ impl Reactor {
     }
 
     fn on_data(&mut self, tkey: usize, id: u32, parts: &[&[u8]]) -> Result<(), CloseReason> {
+        let total = parts.iter().map(|p| p.len()).sum();
         let Some(rkey) = self.stream_relay(tkey, id) else {
-            // A stream we already closed: its last frames may still be in flight.
+            // Data sent right after OPEN, while the target's name is being resolved: keep it.
+            if let Some(p) = self.resolving_mut(tkey, id) {
+                p.flow
+                    .on_received(total)
+                    .map_err(|v| format!("stream {id}: {v}"))?;
+                trace!("stream {id}: {total} bytes wait for the target's address");
+                for part in parts {
+                    p.pending.push(part);
+                }
+            }
+            // Otherwise a stream we already closed: its last frames may still be in flight.
             return Ok(());
         };
         let Some((r, t)) = self.relay_and_tunnel(rkey) else {
             return Ok(());
         };
-        if r.state != RelayState::Open {
-            return Err(format!("stream {id}: data before the stream is open"));
+        if r.state == RelayState::Opening {
+            return Err(format!("stream {id}: data before OPEN_OK"));
         }
-        let total = parts.iter().map(|p| p.len()).sum();
         r.flow
             .on_received(total)
             .map_err(|v| format!("stream {id}: {v}"))?;
@@ -769,12 +792,24 @@ impl Reactor {
         }
     }
 
+    /// A stream of tunnel `tkey` whose target name is still being resolved.
+    fn resolving_mut(&mut self, tkey: usize, id: u32) -> Option<&mut crate::client::PendingOpen> {
+        let key = self.tunnel_mut(tkey)?.streams.get(id)?;
+        match self.slab.get_mut(key) {
+            Some(Entry {
+                ep: Endpoint::Resolving(p),
+                ..
+            }) => Some(p),
+            _ => None,
+        }
+    }
+
     fn is_established(&self, key: usize) -> bool {
         matches!(self.slab.get(key), Some(Entry { ep: Endpoint::Tunnel(t), .. }) if t.is_established())
     }
 
     /// A relay's socket can take bytes again: write what is pending, return credit.
-    fn relay_writable(&mut self, rkey: usize) {
+    pub(crate) fn relay_writable(&mut self, rkey: usize) {
         let Some((r, t)) = self.relay_and_tunnel(rkey) else {
             return;
         };
@@ -808,7 +843,9 @@ impl Reactor {
         let Some((r, t)) = self.relay_and_tunnel(rkey) else {
             return;
         };
-        if !r.readable || r.state != RelayState::Open || r.flow.fin_sent() {
+        // The server reads a visitor's first bytes before OPEN_OK (the client keeps them
+        // until its connect completes); the client reads only once connected.
+        if !r.readable || r.state == RelayState::Connecting || r.flow.fin_sent() {
             return;
         }
         let credit = r.flow.send_credit();
@@ -887,7 +924,7 @@ impl Reactor {
     }
 
     /// Close a relay whose stream finished cleanly in both directions.
-    fn finish_if_done(&mut self, rkey: usize) {
+    pub(crate) fn finish_if_done(&mut self, rkey: usize) {
         if let Some(r) = self.relay_mut(rkey)
             && r.flow.is_done()
             && r.write_shut
@@ -957,16 +994,28 @@ impl Reactor {
         }
     }
 
+    /// Fresh flow-control state and an (unallocated) buffer for a stream of tunnel `tkey`.
+    pub fn new_stream_state(&mut self, tkey: usize) -> (Flow, Buf) {
+        let peer_window = self.tunnel_mut(tkey).map_or(0, |t| t.peer_window);
+        (
+            Flow::new(peer_window, STREAM_WINDOW),
+            Buf::growing(STREAM_WINDOW as usize, PENDING_INITIAL),
+        )
+    }
+
     /// Create the relay endpoint for a freshly connected socket.
     pub fn new_relay(&mut self, sock: TcpStream, spec: RelaySpec) -> io::Result<usize> {
-        let peer_window = self.tunnel_mut(spec.tunnel).map_or(0, |t| t.peer_window);
+        let (flow, pending) = match spec.carried {
+            Some(carried) => carried,
+            None => self.new_stream_state(spec.tunnel),
+        };
         let relay = Relay {
             sock,
             tunnel: spec.tunnel,
             id: spec.id,
             state: spec.state,
-            flow: crate::protocol::flow::Flow::new(peer_window, STREAM_WINDOW),
-            pending: crate::buffer::Buf::new(STREAM_WINDOW as usize),
+            flow,
+            pending,
             readable: false,
             read_closed_hint: false,
             write_shut: false,

@@ -67,12 +67,12 @@ impl Relay {
         Ok(total)
     }
 
-    /// Write `parts` straight to the socket (one vectored write) when nothing is queued ahead
-    /// of them; keep what it refuses. Returns the bytes the socket took.
+    /// Write `parts` straight to the socket (one vectored write) when it is connected and
+    /// nothing is queued ahead of them; keep what it refuses (or all, before the connect). Returns the bytes the socket took.
     pub fn write_or_queue(&mut self, parts: &[&[u8]]) -> io::Result<usize> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut written = 0;
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.state == RelayState::Open {
             while written < total {
                 let mut iovs = [IoSlice::new(&[]); 16];
                 let n = fill_iovs(parts, written, &mut iovs);
@@ -101,7 +101,11 @@ impl Relay {
 
     /// Shut our write half once everything received has been written.
     pub fn shutdown_write_if_drained(&mut self) {
-        if self.flow.fin_received() && self.pending.is_empty() && !self.write_shut {
+        if self.state == RelayState::Open
+            && self.flow.fin_received()
+            && self.pending.is_empty()
+            && !self.write_shut
+        {
             let _ = self.sock.shutdown(std::net::Shutdown::Write);
             self.write_shut = true;
         }

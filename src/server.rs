@@ -392,11 +392,18 @@ impl Reactor {
             label,
             candidates: Vec::new(),
             deadline,
+            carried: None,
         };
         match self.new_relay(sock, spec) {
             Ok(key) => {
                 debug_assert_eq!(key, rkey);
                 debug!("stream {id}: visitor {peer} on port {port} -> {target}");
+                // A visitor that speaks first has often sent its request already: read it now
+                // so it leaves in the same tunnel write as the OPEN.
+                if let Some(r) = self.relay_mut(key) {
+                    r.readable = true;
+                }
+                self.relay_read(key);
             }
             Err(e) => {
                 warn!("cannot register visitor {peer}: {e}");
