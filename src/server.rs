@@ -196,6 +196,24 @@ impl Reactor {
             self.generation_of(key) == Some(generation)
                 && self.tunnel_mut(key).is_some_and(|t| !t.is_established())
         });
+        if queue.len() > MAX_HANDSHAKES {
+            // Over the cap: first drop connections whose peer has already gone (a burst of
+            // connect-and-close is accepted before its EOFs are read).
+            let mut gone = Vec::new();
+            queue.retain(|&(key, _)| {
+                let alive = self.tunnel_mut(key).is_some_and(|t| {
+                    !matches!(t.sock.peek(&mut [0u8; 1]), Ok(0))
+                        && t.sock.take_error().is_ok_and(|e| e.is_none())
+                });
+                if !alive {
+                    gone.push(key);
+                }
+                alive
+            });
+            for key in gone {
+                self.close_tunnel(key, "connection closed by peer".into());
+            }
+        }
         while queue.len() > MAX_HANDSHAKES {
             if let Some((key, _)) = queue.pop_front() {
                 self.close_tunnel(
