@@ -16,12 +16,16 @@ use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::ValueEnum as _;
+
+use crate::config::DEFAULT_MAPPER_FILE;
 
 /// Size of each write (upload) and read (download) in the throughput workloads.
 const CHUNK: usize = 256 * 1024;
@@ -90,34 +94,36 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 
 /// Run the benchmark; returns the process exit code (0 all went well, 1 a failure).
 pub fn run(args: BenchArgs) -> u8 {
-    let selected = |w: Workload| args.only.is_empty() || args.only.contains(&w);
-    let duration = Duration::from_secs_f64(args.seconds);
-    let mut report = Report {
-        seconds: args.seconds,
-        ..Report::default()
-    };
-
-    let nofile = raise_nofile_limit();
-    report.nofile = nofile;
-    let env = match Env::start() {
+    // Children inherit the raised limit.
+    let nofile = crate::sys::raise_nofile_limit().unwrap_or(0);
+    let mut env = match Env::start(None) {
         Ok(env) => env,
         Err(e) => {
             eprintln!("tcp-forward bench: {e}");
             return 1;
         }
     };
-    report.server_pid = env.server.pid();
-    report.client_pid = env.client.pid();
+    let mut report = Report {
+        seconds: args.seconds,
+        nofile,
+        server_pid: env.server.pid(),
+        client_pid: env.client.pid(),
+        ..Report::default()
+    };
     eprintln!(
         "bench: server (pid {}) and client (pid {}) roles running as separate processes; tunnel attached",
         report.server_pid, report.client_pid
     );
 
-    let mut env = env;
-    let outcome = run_workloads(&mut env, duration, nofile, &selected, &mut report);
-    for note in env.stop() {
-        report.notes.push(note);
-    }
+    let selected = |w: &Workload| args.only.is_empty() || args.only.contains(w);
+    let workloads: Vec<Workload> = Workload::value_variants()
+        .iter()
+        .copied()
+        .filter(selected)
+        .collect();
+    let duration = Duration::from_secs_f64(args.seconds);
+    let outcome = run_workloads(&mut env, duration, &workloads, &mut report);
+    report.notes.extend(env.stop());
     if let Err(e) = &outcome {
         eprintln!("\ntcp-forward bench: {e}");
         report.failed = true;
@@ -131,142 +137,142 @@ pub fn run(args: BenchArgs) -> u8 {
     if report.failed { 1 } else { 0 }
 }
 
-/// Run the selected workloads in order. `Err` means the run cannot go on (a role died);
-/// a single workload's failure is recorded in the report and the run continues.
+impl Workload {
+    /// What the "role exited before ..." message and the progress line call it.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Workload::Upload => ("the upload workload", "upload, 1 stream"),
+            Workload::Download => ("the download workload", "download, 1 stream"),
+            Workload::Parallel => ("the 8-stream workload", "upload, 8 streams"),
+            Workload::Rr1 => (
+                "the 1-connection round-trip workload",
+                "64 B round trips, 1 connection",
+            ),
+            Workload::Rr50 => (
+                "the 50-connection round-trip workload",
+                "64 B round trips, 50 connections",
+            ),
+            Workload::Connect => (
+                "the connection-rate workload",
+                "connect + 1 B echo + close, 8 threads",
+            ),
+            Workload::Streams => ("the 1,000-stream workload", "memory, 1,000 idle streams"),
+        }
+    }
+}
+
+/// Run the workloads in order. `Err` means the run cannot go on (a role died); a single
+/// workload's failure is recorded in the report and the run continues.
 fn run_workloads(
     env: &mut Env,
     duration: Duration,
-    nofile: u64,
-    selected: &dyn Fn(Workload) -> bool,
+    workloads: &[Workload],
     report: &mut Report,
 ) -> Result<(), String> {
     let pids = [env.server.pid(), env.client.pid()];
+    let (direct, tunnel) = (env.targets.addr, env.public);
     thread::sleep(Duration::from_millis(100));
-    report.mem_idle = read_rss_pair(pids);
-    progress_done("memory, idle", &mem_text(report.mem_idle));
+    report.mem_idle = Some(read_rss_pair(pids));
+    eprintln!("bench: memory, idle: {}", mem_text(report.mem_idle));
 
-    if selected(Workload::Upload) {
-        env.check_alive("the upload workload")?;
-        progress_start("upload, 1 stream");
-        let direct = upload(env.targets.sink, duration);
-        let before = cpu_ticks_pair(pids);
-        let tunnel = upload(env.public.sink, duration);
-        let after = cpu_ticks_pair(pids);
-        if let Ok(t) = &tunnel {
-            report.cpu_upload = cpu_per_gb(before, after, t.bytes);
-        }
-        let direct = direct.map(|t| t.gbits());
-        let tunnel = tunnel.map(|t| t.gbits());
-        report.push(
-            "upload_gbps",
-            "upload, 1 stream (Gbit/s)",
-            Kind::Rate,
-            direct,
-            tunnel,
-        );
-        progress_row(report);
-    }
-
-    if selected(Workload::Download) {
-        env.check_alive("the download workload")?;
-        progress_start("download, 1 stream");
-        let direct = download(env.targets.source, duration);
-        let before = cpu_ticks_pair(pids);
-        let tunnel = download(env.public.source, duration);
-        let after = cpu_ticks_pair(pids);
-        if let Ok(t) = &tunnel {
-            report.cpu_download = cpu_per_gb(before, after, t.bytes);
-        }
-        let direct = direct.map(|t| t.gbits());
-        let tunnel = tunnel.map(|t| t.gbits());
-        report.push(
-            "download_gbps",
-            "download, 1 stream (Gbit/s)",
-            Kind::Rate,
-            direct,
-            tunnel,
-        );
-        progress_row(report);
-    }
-
-    if selected(Workload::Parallel) {
-        env.check_alive("the 8-stream workload")?;
-        progress_start("upload, 8 streams");
-        let direct = parallel_upload(env.targets.sink, duration);
-        let sampler = RssSampler::start(pids);
-        let tunnel = parallel_upload(env.public.sink, duration);
-        report.mem_peak = sampler.finish();
-        let direct = direct.map(|t| t.gbits());
-        let tunnel = tunnel.map(|t| t.gbits());
-        report.push(
-            "parallel8_gbps",
-            "upload, 8 streams (Gbit/s)",
-            Kind::Rate,
-            direct,
-            tunnel,
-        );
-        progress_row(report);
-    }
-
-    if selected(Workload::Rr1) {
-        env.check_alive("the 1-connection round-trip workload")?;
-        progress_start("64 B round trips, 1 connection");
-        let direct = request_response(env.targets.echo, 1, duration);
-        let tunnel = request_response(env.public.echo, 1, duration);
-        report.push_samples("rr1", "64 B round trips, 1 conn", direct, tunnel);
-        progress_row(report);
-    }
-
-    if selected(Workload::Rr50) {
-        env.check_alive("the 50-connection round-trip workload")?;
-        progress_start("64 B round trips, 50 connections");
-        let direct = request_response_poll(env.targets.echo, RR_CONNS, duration);
-        let tunnel = request_response_poll(env.public.echo, RR_CONNS, duration);
-        report.push_samples("rr50", "64 B round trips, 50 conns", direct, tunnel);
-        progress_row(report);
-    }
-
-    if selected(Workload::Connect) {
-        env.check_alive("the connection-rate workload")?;
-        progress_start("connect + 1 B echo + close, 8 threads");
-        let direct = connection_rate(env.targets.echo, duration);
-        // Let the sockets of the direct run leave the accept queues before the tunnel run.
-        thread::sleep(Duration::from_millis(100));
-        let tunnel = connection_rate(env.public.echo, duration);
-        report.push_samples("connect", "connect+echo+close, 8 thr", direct, tunnel);
-        progress_row(report);
-    }
-
-    if selected(Workload::Streams) {
-        env.check_alive("the 1,000-stream workload")?;
-        progress_start("memory, 1,000 idle streams");
-        let needed = 2 * IDLE_STREAMS as u64 + 256;
-        if nofile < needed {
-            let reason = format!(
-                "1,000 idle streams skipped: the open-file limit is {nofile}, {needed} are needed (raise `ulimit -Hn`)"
-            );
-            eprintln!("skipped");
-            report.notes.push(reason);
-        } else {
-            match hold_streams(env.public.echo, IDLE_STREAMS) {
-                Ok(streams) => {
-                    thread::sleep(Duration::from_millis(200));
-                    report.mem_streams = read_rss_pair(pids);
-                    drop(streams);
-                    eprintln!("{}", mem_text(report.mem_streams));
-                }
-                Err(e) => {
-                    eprintln!("failed: {e}");
-                    report.failed = true;
-                    report
-                        .notes
-                        .push(format!("1,000 idle streams through the tunnel: {e}"));
-                }
+    for &workload in workloads {
+        let (during, title) = workload.names();
+        env.check_alive(during)?;
+        eprint!("bench: {title}: ");
+        match workload {
+            Workload::Upload => {
+                let (d, t, cpu) = bulk(upload, direct.sink, tunnel.sink, duration, pids);
+                report.cpu_upload = cpu;
+                report.push("upload_gbps", "upload, 1 stream (Gbit/s)", d, t);
+            }
+            Workload::Download => {
+                let (d, t, cpu) = bulk(download, direct.source, tunnel.source, duration, pids);
+                report.cpu_download = cpu;
+                report.push("download_gbps", "download, 1 stream (Gbit/s)", d, t);
+            }
+            Workload::Parallel => {
+                let d = parallel_upload(direct.sink, duration);
+                let sampler = RssSampler::start(pids);
+                let t = parallel_upload(tunnel.sink, duration);
+                report.mem_peak = sampler.finish();
+                let (d, t) = (d.map(Transfer::gbits), t.map(Transfer::gbits));
+                report.push("parallel8_gbps", "upload, 8 streams (Gbit/s)", d, t);
+            }
+            Workload::Rr1 => {
+                let d = request_response(direct.echo, 1, duration);
+                let t = request_response(tunnel.echo, 1, duration);
+                report.push_samples("rr1", "64 B round trips, 1 conn", d, t);
+            }
+            Workload::Rr50 => {
+                let d = request_response_poll(direct.echo, RR_CONNS, duration);
+                let t = request_response_poll(tunnel.echo, RR_CONNS, duration);
+                report.push_samples("rr50", "64 B round trips, 50 conns", d, t);
+            }
+            Workload::Connect => {
+                let d = connection_rate(direct.echo, duration);
+                // Let the sockets of the direct run leave the accept queues before the tunnel run.
+                thread::sleep(Duration::from_millis(100));
+                let t = connection_rate(tunnel.echo, duration);
+                report.push_samples("connect", "connect+echo+close, 8 thr", d, t);
+            }
+            Workload::Streams => {
+                idle_streams(tunnel.echo, pids, report);
+                continue;
             }
         }
+        eprintln!("{}", report.last_row_text());
     }
     env.check_alive("the end of the run")?;
     Ok(())
+}
+
+/// A bulk transfer directly, then through the tunnel with the roles' CPU time measured:
+/// (direct Gbit/s, tunnel Gbit/s, CPU seconds per GB of the tunnel run).
+fn bulk(
+    work: fn(SocketAddr, Duration) -> io::Result<Transfer>,
+    direct: SocketAddr,
+    tunnel: SocketAddr,
+    dur: Duration,
+    pids: [u32; 2],
+) -> (io::Result<f64>, io::Result<f64>, Option<f64>) {
+    let d = work(direct, dur);
+    let before = cpu_ticks_pair(pids);
+    let t = work(tunnel, dur);
+    let after = cpu_ticks_pair(pids);
+    let cpu = t
+        .as_ref()
+        .ok()
+        .and_then(|t| cpu_per_gb(before, after, t.bytes));
+    (d.map(Transfer::gbits), t.map(Transfer::gbits), cpu)
+}
+
+/// The memory figure with 1,000 idle streams open through the tunnel (when the open-file
+/// limit allows them); prints its own progress result.
+fn idle_streams(addr: SocketAddr, pids: [u32; 2], report: &mut Report) {
+    let needed = 2 * IDLE_STREAMS as u64 + 256;
+    if report.nofile < needed {
+        eprintln!("skipped");
+        report.notes.push(format!(
+            "1,000 idle streams skipped: the open-file limit is {}, {needed} are needed (raise `ulimit -Hn`)",
+            report.nofile
+        ));
+        return;
+    }
+    match hold_streams(addr, IDLE_STREAMS) {
+        Ok(streams) => {
+            thread::sleep(Duration::from_millis(200));
+            report.mem_streams = Some(read_rss_pair(pids));
+            drop(streams);
+            eprintln!("{}", mem_text(report.mem_streams));
+        }
+        Err(e) => {
+            eprintln!("failed: {e}");
+            report.failed = true;
+            report
+                .notes
+                .push(format!("1,000 idle streams through the tunnel: {e}"));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,22 +334,15 @@ struct Report {
 }
 
 impl Report {
-    /// Record one figure, direct and through the tunnel; a failed side is noted and marks the
+    /// Record one rate, direct and through the tunnel; a failed side is noted and marks the
     /// run as failed.
-    fn push(
-        &mut self,
-        key: &str,
-        label: &str,
-        kind: Kind,
-        direct: io::Result<f64>,
-        tunnel: io::Result<f64>,
-    ) {
+    fn push(&mut self, key: &str, label: &str, direct: io::Result<f64>, tunnel: io::Result<f64>) {
         let direct = self.take(label, "direct", direct);
         let tunnel = self.take(label, "tunnel", tunnel);
         self.rows.push(Row {
             key: key.to_string(),
             label: label.to_string(),
-            kind,
+            kind: Kind::Rate,
             direct,
             tunnel,
         });
@@ -398,6 +397,27 @@ impl Report {
                 tunnel: t.and_then(|s| s.percentile_us(p)),
             });
         }
+    }
+
+    /// The memory figures: (table label, JSON name, figure).
+    fn memory(&self) -> [(&'static str, &'static str, Option<MemPair>); 3] {
+        [
+            ("idle, tunnel attached", "idle", self.mem_idle),
+            ("1,000 idle streams open", "streams_1000", self.mem_streams),
+            (
+                "peak during 8-stream upload",
+                "peak_8_streams",
+                self.mem_peak,
+            ),
+        ]
+    }
+
+    /// The CPU figures: (table label, JSON name, figure).
+    fn cpu(&self) -> [(&'static str, &'static str, Option<f64>); 2] {
+        [
+            ("upload, 1 stream", "upload", self.cpu_upload),
+            ("download, 1 stream", "download", self.cpu_download),
+        ]
     }
 
     /// The progress text of the last workload: its rate row and, after a request/response
@@ -468,6 +488,16 @@ struct Samples {
 }
 
 impl Samples {
+    /// Samples from unsorted latencies measured over `secs`.
+    fn new(mut lat_ns: Vec<u64>, secs: f64) -> Samples {
+        lat_ns.sort_unstable();
+        Samples {
+            lat_ns,
+            secs,
+            ..Samples::default()
+        }
+    }
+
     fn rate(&self) -> f64 {
         if self.secs > 0.0 {
             self.lat_ns.len() as f64 / self.secs
@@ -571,7 +601,7 @@ fn render_table(r: &Report) -> String {
         out,
         "tcp-forward bench: 127.0.0.1, {} s per workload and path, {} cores; server (pid {}) and client (pid {}) as separate processes",
         fmt_num(r.seconds),
-        thread::available_parallelism().map_or(0, |n| n.get()),
+        cores(),
         r.server_pid,
         r.client_pid
     );
@@ -610,17 +640,13 @@ fn render_table(r: &Report) -> String {
             push_cells(&mut out, c, &width);
         }
     }
-    let mems = [
-        ("idle, tunnel attached", r.mem_idle),
-        ("1,000 idle streams open", r.mem_streams),
-        ("peak during 8-stream upload", r.mem_peak),
-    ];
-    if mems.iter().any(|(_, m)| m.is_some()) {
+    let mems = r.memory();
+    if mems.iter().any(|(_, _, m)| m.is_some()) {
         let _ = writeln!(
             out,
             "\nresident memory, VmRSS (MiB)      server   client    total"
         );
-        for (label, m) in mems {
+        for (label, _, m) in mems {
             if let Some(m) = m {
                 let _ = writeln!(
                     out,
@@ -632,15 +658,13 @@ fn render_table(r: &Report) -> String {
             }
         }
     }
-    if r.cpu_upload.is_some() || r.cpu_download.is_some() {
+    let cpu = r.cpu();
+    if cpu.iter().any(|(_, _, v)| v.is_some()) {
         let _ = writeln!(
             out,
             "\nCPU seconds per GB moved, server + client (utime + stime)"
         );
-        for (label, v) in [
-            ("upload, 1 stream", r.cpu_upload),
-            ("download, 1 stream", r.cpu_download),
-        ] {
+        for (label, _, v) in cpu {
             if let Some(v) = v {
                 let _ = writeln!(out, "{label:<32} {v:>7.3}");
             }
@@ -708,86 +732,63 @@ fn json_str(s: &str) -> String {
 
 /// The one JSON object printed with `--json`.
 fn render_json(r: &Report) -> String {
-    let mut out = String::from("{");
-    let _ = write!(
-        out,
-        "\"seconds\":{},\"address\":\"127.0.0.1\",\"roles\":\"separate processes\",\"server_pid\":{},\"client_pid\":{},\"cores\":{},\"nofile_limit\":{}",
+    let workloads: Vec<String> = r
+        .rows
+        .iter()
+        .map(|row| {
+            let mut o = format!(
+                "{}:{{\"direct\":{},\"tunnel\":{},\"ratio\":{}",
+                json_str(&row.key),
+                json_num(row.direct),
+                json_num(row.tunnel),
+                json_num(row.ratio())
+            );
+            if row.kind == Kind::Latency {
+                let added = row.direct.zip(row.tunnel).map(|(d, t)| t - d);
+                let _ = write!(o, ",\"added_us\":{}", json_num(added));
+            }
+            o.push('}');
+            o
+        })
+        .collect();
+    let mib = |k: Option<u64>| json_num(k.map(|k| k as f64 / 1024.0));
+    let memory: Vec<String> = r
+        .memory()
+        .into_iter()
+        .filter_map(|(_, name, m)| {
+            let m = m?;
+            Some(format!(
+                "\"{name}\":{{\"server\":{},\"client\":{},\"total\":{}}}",
+                mib(m.server_kib),
+                mib(m.client_kib),
+                mib(m.total_kib())
+            ))
+        })
+        .collect();
+    let cpu: Vec<String> = r
+        .cpu()
+        .into_iter()
+        .map(|(_, name, v)| format!("\"{name}\":{}", json_num(v)))
+        .collect();
+    let notes: Vec<String> = r.notes.iter().map(|n| json_str(n)).collect();
+    format!(
+        "{{\"seconds\":{},\"address\":\"127.0.0.1\",\"roles\":\"separate processes\",\"server_pid\":{},\"client_pid\":{},\"cores\":{},\"nofile_limit\":{},\"workloads\":{{{}}},\"memory_mib\":{{{}}},\"cpu_s_per_gb\":{{{}}},\"notes\":[{}],\"ok\":{}}}",
         json_num(Some(r.seconds)),
         r.server_pid,
         r.client_pid,
-        thread::available_parallelism().map_or(0, |n| n.get()),
-        r.nofile
-    );
-    out.push_str(",\"workloads\":{");
-    for (i, row) in r.rows.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(
-            out,
-            "{}:{{\"direct\":{},\"tunnel\":{},\"ratio\":{}",
-            json_str(&row.key),
-            json_num(row.direct),
-            json_num(row.tunnel),
-            json_num(row.ratio())
-        );
-        if row.kind == Kind::Latency {
-            let added = match (row.direct, row.tunnel) {
-                (Some(d), Some(t)) => Some(t - d),
-                _ => None,
-            };
-            let _ = write!(out, ",\"added_us\":{}", json_num(added));
-        }
-        out.push('}');
-    }
-    out.push_str("},\"memory_mib\":{");
-    let mems = [
-        ("idle", r.mem_idle),
-        ("streams_1000", r.mem_streams),
-        ("peak_8_streams", r.mem_peak),
-    ];
-    let mut first = true;
-    for (name, m) in mems {
-        let Some(m) = m else { continue };
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        let mib = |k: Option<u64>| json_num(k.map(|k| k as f64 / 1024.0));
-        let _ = write!(
-            out,
-            "\"{name}\":{{\"server\":{},\"client\":{},\"total\":{}}}",
-            mib(m.server_kib),
-            mib(m.client_kib),
-            mib(m.total_kib())
-        );
-    }
-    let _ = write!(
-        out,
-        "}},\"cpu_s_per_gb\":{{\"upload\":{},\"download\":{}}},\"notes\":[",
-        json_num(r.cpu_upload),
-        json_num(r.cpu_download)
-    );
-    for (i, n) in r.notes.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&json_str(n));
-    }
-    let _ = write!(out, "],\"ok\":{}}}", !r.failed);
-    out
+        cores(),
+        r.nofile,
+        workloads.join(","),
+        memory.join(","),
+        cpu.join(","),
+        notes.join(","),
+        !r.failed
+    )
 }
 
-fn progress_start(what: &str) {
-    eprint!("bench: {what}: ");
-}
-
-fn progress_done(what: &str, result: &str) {
-    eprintln!("bench: {what}: {result}");
-}
-
-fn progress_row(r: &Report) {
-    eprintln!("{}", r.last_row_text());
+/// Cores available to this process (0 when unknown).
+fn cores() -> usize {
+    thread::available_parallelism().map_or(0, |n| n.get())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -825,20 +826,8 @@ fn upload(addr: SocketAddr, dur: Duration) -> io::Result<Transfer> {
     }
     s.shutdown(Shutdown::Write)
         .map_err(|e| context(e, "upload: shutdown"))?;
-    let mut scratch = [0u8; 512];
-    loop {
-        match s.read(&mut scratch) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(context(
-                    e,
-                    "upload: waiting for the sink to confirm the end",
-                ));
-            }
-        }
-    }
+    io::copy(&mut s, &mut io::sink())
+        .map_err(|e| context(e, "upload: waiting for the sink to confirm the end"))?;
     Ok(Transfer {
         bytes,
         secs: start.elapsed().as_secs_f64(),
@@ -871,20 +860,33 @@ fn download(addr: SocketAddr, dur: Duration) -> io::Result<Transfer> {
     })
 }
 
-/// Eight uploads at once; the aggregate is all bytes over the longest stream's time.
-fn parallel_upload(addr: SocketAddr, dur: Duration) -> io::Result<Transfer> {
-    let results: Vec<io::Result<Transfer>> = thread::scope(|scope| {
-        let handles: Vec<_> = (0..PARALLEL_STREAMS)
-            .map(|_| scope.spawn(move || upload(addr, dur)))
+/// Run `work` on one scoped thread per item and collect the results in order; a thread
+/// that panicked yields `panicked()`.
+fn in_threads<I: Send, T: Send>(
+    items: impl IntoIterator<Item = I>,
+    work: impl Fn(I) -> T + Sync,
+    panicked: impl Fn() -> T,
+) -> Vec<T> {
+    let work = &work;
+    thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| scope.spawn(move || work(item)))
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("upload thread panicked")))
-            })
+            .map(|h| h.join().unwrap_or_else(|_| panicked()))
             .collect()
-    });
+    })
+}
+
+/// Eight uploads at once; the aggregate is all bytes over the longest stream's time.
+fn parallel_upload(addr: SocketAddr, dur: Duration) -> io::Result<Transfer> {
+    let results = in_threads(
+        0..PARALLEL_STREAMS,
+        |_| upload(addr, dur),
+        || Err(io::Error::other("upload thread panicked")),
+    );
     let mut total = Transfer {
         bytes: 0,
         secs: 0.0,
@@ -905,31 +907,17 @@ fn request_response(addr: SocketAddr, conns: usize, dur: Duration) -> io::Result
     }
     let start = Instant::now();
     let deadline = start + dur;
-    let results: Vec<io::Result<Vec<u64>>> = thread::scope(|scope| {
-        let handles: Vec<_> = streams
-            .into_iter()
-            .map(|s| scope.spawn(move || rr_loop(s, deadline)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("round-trip thread panicked")))
-            })
-            .collect()
-    });
+    let results = in_threads(
+        streams,
+        |s| rr_loop(s, deadline),
+        || Err(io::Error::other("round-trip thread panicked")),
+    );
     let secs = start.elapsed().as_secs_f64();
     let mut lat_ns = Vec::new();
     for r in results {
         lat_ns.extend(r?);
     }
-    lat_ns.sort_unstable();
-    Ok(Samples {
-        lat_ns,
-        secs,
-        errors: 0,
-        first_error: None,
-    })
+    Ok(Samples::new(lat_ns, secs))
 }
 
 /// 64-byte request, 64-byte response, on `conns` connections driven by one mio loop in this
@@ -1036,14 +1024,7 @@ fn request_response_poll(addr: SocketAddr, conns: usize, dur: Duration) -> io::R
             }
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    lat_ns.sort_unstable();
-    Ok(Samples {
-        lat_ns,
-        secs,
-        errors: 0,
-        first_error: None,
-    })
+    Ok(Samples::new(lat_ns, start.elapsed().as_secs_f64()))
 }
 
 /// Write one request on a non-blocking socket. With at most one 64-byte request in flight
@@ -1091,50 +1072,39 @@ fn rr_loop(mut s: TcpStream, deadline: Instant) -> io::Result<Vec<u64>> {
 fn connection_rate(addr: SocketAddr, dur: Duration) -> io::Result<Samples> {
     let start = Instant::now();
     let deadline = start + dur;
-    let parts: Vec<Samples> = thread::scope(|scope| {
-        let handles: Vec<_> = (0..CONNECT_THREADS)
-            .map(|_| scope.spawn(move || connect_loop(addr, deadline)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| Samples {
-                    errors: 1,
-                    first_error: Some("connection thread panicked".to_string()),
-                    ..Samples::default()
-                })
-            })
-            .collect()
-    });
+    let parts = in_threads(
+        0..CONNECT_THREADS,
+        |_| connect_loop(addr, deadline),
+        || Samples {
+            errors: 1,
+            first_error: Some("connection thread panicked".to_string()),
+            ..Samples::default()
+        },
+    );
     let secs = start.elapsed().as_secs_f64();
-    let mut all = Samples {
-        secs,
-        ..Samples::default()
-    };
+    let (mut lat_ns, mut errors, mut first_error) = (Vec::new(), 0, None);
     for p in parts {
-        all.lat_ns.extend(p.lat_ns);
-        all.errors += p.errors;
-        if all.first_error.is_none() {
-            all.first_error = p.first_error;
-        }
+        lat_ns.extend(p.lat_ns);
+        errors += p.errors;
+        first_error = first_error.or(p.first_error);
     }
-    if all.lat_ns.is_empty() {
-        let why = all
-            .first_error
-            .unwrap_or_else(|| "no connection completed".to_string());
+    if lat_ns.is_empty() {
+        let why = first_error.unwrap_or_else(|| "no connection completed".to_string());
         return Err(io::Error::other(why));
     }
     // A few failures are reported as a note; many mean the figure is meaningless.
-    if all.errors * 10 > all.lat_ns.len() as u64 {
-        let why = all.first_error.clone().unwrap_or_default();
+    if errors * 10 > lat_ns.len() as u64 {
         return Err(io::Error::other(format!(
-            "{} of {} connections failed (first: {why})",
-            all.errors,
-            all.errors + all.lat_ns.len() as u64
+            "{errors} of {} connections failed (first: {})",
+            errors + lat_ns.len() as u64,
+            first_error.unwrap_or_default()
         )));
     }
-    all.lat_ns.sort_unstable();
-    Ok(all)
+    Ok(Samples {
+        errors,
+        first_error,
+        ..Samples::new(lat_ns, secs)
+    })
 }
 
 fn connect_loop(addr: SocketAddr, deadline: Instant) -> Samples {
@@ -1159,10 +1129,15 @@ fn connect_loop(addr: SocketAddr, deadline: Instant) -> Samples {
 fn connect_echo_close(addr: SocketAddr) -> io::Result<()> {
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| context(e, "connect"))?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.write_all(&[0x17]).map_err(|e| context(e, "write"))?;
+    echo_byte(&mut s, 0x17)
+}
+
+/// Send one byte and expect it back.
+fn echo_byte(s: &mut TcpStream, byte: u8) -> io::Result<()> {
+    s.write_all(&[byte]).map_err(|e| context(e, "write"))?;
     let mut b = [0u8; 1];
     s.read_exact(&mut b).map_err(|e| context(e, "read"))?;
-    if b[0] != 0x17 {
+    if b[0] != byte {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "the echo came back altered",
@@ -1182,12 +1157,9 @@ fn hold_streams(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpStream>> {
                 format!("only {i} streams opened in 30 s"),
             ));
         }
-        let mut s = connect(addr).map_err(|e| context(e, &format!("stream {}", i + 1)))?;
-        s.write_all(&[0x33])
-            .map_err(|e| context(e, &format!("stream {}: write", i + 1)))?;
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b)
-            .map_err(|e| context(e, &format!("stream {}: echo", i + 1)))?;
+        let s = connect(addr)
+            .and_then(|mut s| echo_byte(&mut s, 0x33).map(|()| s))
+            .map_err(|e| io::Error::new(e.kind(), format!("stream {}: {e}", i + 1)))?;
         streams.push(s);
     }
     Ok(streams)
@@ -1212,7 +1184,7 @@ impl RssSampler {
             .spawn(move || {
                 let mut peak = MemPair::default();
                 while !flag.load(Ordering::Relaxed) {
-                    let now = read_rss_pair(pids).unwrap_or_default();
+                    let now = read_rss_pair(pids);
                     peak.server_kib = peak.server_kib.max(now.server_kib);
                     peak.client_kib = peak.client_kib.max(now.client_kib);
                     thread::sleep(Duration::from_millis(10));
@@ -1251,11 +1223,11 @@ fn read_rss(pid: u32) -> Option<u64> {
     status_kib(&status, "VmRSS")
 }
 
-fn read_rss_pair(pids: [u32; 2]) -> Option<MemPair> {
-    Some(MemPair {
+fn read_rss_pair(pids: [u32; 2]) -> MemPair {
+    MemPair {
         server_kib: read_rss(pids[0]),
         client_kib: read_rss(pids[1]),
-    })
+    }
 }
 
 /// utime + stime, in clock ticks, from the text of /proc/<pid>/stat.
@@ -1283,32 +1255,6 @@ fn clock_ticks_per_sec() -> f64 {
     if hz > 0 { hz as f64 } else { 100.0 }
 }
 
-/// Raise the soft open-file limit to the hard one (children inherit it); returns the soft
-/// limit in force afterwards.
-fn raise_nofile_limit() -> libc::rlim_t {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 0;
-    }
-    let cap: libc::rlim_t = 1 << 20;
-    let want = lim.rlim_max.min(cap);
-    if lim.rlim_cur < want {
-        let new = libc::rlimit {
-            rlim_cur: want,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
-            lim.rlim_cur = want;
-        }
-    }
-    lim.rlim_cur
-}
-
 // ---------------------------------------------------------------------------------------------
 // The environment: targets in threads, the two roles as child processes
 
@@ -1322,7 +1268,7 @@ struct Endpoints {
 
 struct Env {
     targets: Targets,
-    /// The same services through the tunnel: the server's public ports.
+    /// The target services through the tunnel: the server's public ports.
     public: Endpoints,
     // Field order matters for Drop: the client goes before the server, both before the files.
     client: Role,
@@ -1335,35 +1281,32 @@ struct Env {
 pub struct Harness(Env);
 
 impl Harness {
-    pub fn start(exe: &std::path::Path) -> Result<Harness, String> {
-        Env::start_with(Some(exe)).map(Harness)
+    pub fn start(exe: &Path) -> Result<Harness, String> {
+        Env::start(Some(exe)).map(Harness)
+    }
+
+    fn endpoints(&self, tunnel: bool) -> Endpoints {
+        if tunnel {
+            self.0.public
+        } else {
+            self.0.targets.addr
+        }
     }
 
     /// The echo service, directly or through the tunnel.
     pub fn echo(&self, tunnel: bool) -> SocketAddr {
-        if tunnel {
-            self.0.public.echo
-        } else {
-            self.0.targets.echo
-        }
+        self.endpoints(tunnel).echo
     }
 
     /// The sink service (reads and discards), directly or through the tunnel.
     pub fn sink(&self, tunnel: bool) -> SocketAddr {
-        if tunnel {
-            self.0.public.sink
-        } else {
-            self.0.targets.sink
-        }
+        self.endpoints(tunnel).sink
     }
 }
 
 impl Env {
-    fn start() -> Result<Env, String> {
-        Env::start_with(None)
-    }
-
-    fn start_with(exe: Option<&std::path::Path>) -> Result<Env, String> {
+    /// Start the targets and the roles; `exe` is this program when `None`.
+    fn start(exe: Option<&Path>) -> Result<Env, String> {
         let targets = Targets::start()
             .map_err(|e| format!("cannot start the target servers on 127.0.0.1: {e}"))?;
         // Ports are picked by binding port 0 and released for the server: another program may
@@ -1392,7 +1335,7 @@ impl Env {
 
     fn start_roles(
         targets: &Targets,
-        exe: Option<&std::path::Path>,
+        exe: Option<&Path>,
     ) -> Result<(Endpoints, Role, Role, TempDir), StartError> {
         let fatal = |message: String| StartError {
             message,
@@ -1403,22 +1346,22 @@ impl Env {
             None => std::env::current_exe()
                 .map_err(|e| fatal(format!("cannot find this program's own path: {e}")))?,
         };
-        let ports = free_ports(4)
-            .map_err(|e| fatal(format!("cannot pick free ports on 127.0.0.1: {e}")))?;
-        let [inner, echo, sink, source] = [ports[0], ports[1], ports[2], ports[3]];
+        let [inner, echo, sink, source] =
+            free_ports().map_err(|e| fatal(format!("cannot pick free ports on 127.0.0.1: {e}")))?;
         let dir = TempDir::create()
             .map_err(|e| fatal(format!("cannot create a temporary directory: {e}")))?;
-        let token = random_token();
+        let token = random_token().map_err(|e| fatal(format!("cannot make a bench token: {e}")))?;
         let cfg = dir.0.join("server.cfg");
-        let cfg_text = format!(
-            "[DEFAULT]\nINNER_PORT={inner}\nBIND_ADDR=127.0.0.1\nOUTER_PORTS_FILE=port_mapper.cfg\nTOKEN={token}\n"
-        );
+        // The mapping file goes where the server looks without OUTER_PORTS_FILE.
+        let cfg_text =
+            format!("[DEFAULT]\nINNER_PORT={inner}\nBIND_ADDR=127.0.0.1\nTOKEN={token}\n");
+        let t = targets.addr;
         let map_text = format!(
             "[MAPPER]\n{echo}={}\n{sink}={}\n{source}={}\n",
-            targets.echo, targets.sink, targets.source
+            t.echo, t.sink, t.source
         );
         std::fs::write(&cfg, cfg_text)
-            .and_then(|()| std::fs::write(dir.0.join("port_mapper.cfg"), map_text))
+            .and_then(|()| std::fs::write(dir.0.join(DEFAULT_MAPPER_FILE), map_text))
             .map_err(|e| {
                 fatal(format!(
                     "cannot write the bench configuration in {}: {e}",
@@ -1546,44 +1489,37 @@ fn wait_until(
 
 /// One byte through the echo service; false on any failure.
 fn probe_echo(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    if s.set_read_timeout(Some(Duration::from_millis(500)))
-        .is_err()
-        || s.write_all(&[0x01]).is_err()
-    {
-        return false;
-    }
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b).is_ok() && b[0] == 0x01
+    let wait = Duration::from_millis(500);
+    TcpStream::connect_timeout(&addr, wait)
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(wait))?;
+            echo_byte(&mut s, 0x01)
+        })
+        .is_ok()
 }
 
-/// `n` distinct ports the OS considers free on 127.0.0.1 right now.
-fn free_ports(n: usize) -> io::Result<Vec<u16>> {
-    let listeners = (0..n)
+/// `N` distinct ports the OS considers free on 127.0.0.1 right now.
+fn free_ports<const N: usize>() -> io::Result<[u16; N]> {
+    // All bound at once, so that they differ.
+    let listeners = (0..N)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
         .collect::<io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect()
+    let mut ports = [0; N];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
-fn random_token() -> String {
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos()) as u64;
-    seed ^= u64::from(std::process::id()) << 32;
+/// A fresh token for the bench's server and client.
+fn random_token() -> io::Result<String> {
+    let mut bytes = [0u8; 32];
+    crate::sys::random_bytes(&mut bytes)?;
     let mut out = String::from("bench-");
-    for _ in 0..4 {
-        // xorshift64*: the token only needs to differ between runs.
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        let _ = write!(out, "{:016x}", seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
     }
-    out
+    Ok(out)
 }
 
 /// A private temporary directory, removed on drop.
@@ -1675,14 +1611,13 @@ impl Role {
         self.status
     }
 
+    /// The last 10 lines of its stderr, each on a new line.
     fn tail_text(&self) -> String {
-        let lines = self
-            .tail
-            .lock()
-            .map(|t| t.iter().cloned().collect::<Vec<_>>())
-            .unwrap_or_default();
         let mut out = String::new();
-        for (line, count) in lines.iter().rev().take(10).rev() {
+        let Ok(tail) = self.tail.lock() else {
+            return out;
+        };
+        for (line, count) in tail.iter().skip(tail.len().saturating_sub(10)) {
             let _ = write!(out, "\n  {}: {line}", self.name);
             if *count > 1 {
                 let _ = write!(out, " (x{count})");
@@ -1792,9 +1727,7 @@ fn strip_ansi(s: &str) -> String {
 
 /// The echo (one mio loop), sink and source (a thread per connection) services.
 struct Targets {
-    echo: SocketAddr,
-    sink: SocketAddr,
-    source: SocketAddr,
+    addr: Endpoints,
     stop: Arc<AtomicBool>,
     echo_thread: Option<thread::JoinHandle<()>>,
 }
@@ -1814,14 +1747,16 @@ impl Targets {
             })?;
         // Built first so that an error below still stops the echo thread.
         let mut targets = Targets {
-            echo,
-            sink: loopback(0),
-            source: loopback(0),
+            addr: Endpoints {
+                echo,
+                sink: loopback(0),
+                source: loopback(0),
+            },
             stop,
             echo_thread: Some(echo_thread),
         };
-        targets.sink = spawn_acceptor("sink", Arc::clone(&targets.stop), sink_conn)?;
-        targets.source = spawn_acceptor("source", Arc::clone(&targets.stop), source_conn)?;
+        targets.addr.sink = spawn_acceptor("sink", Arc::clone(&targets.stop), sink_conn)?;
+        targets.addr.source = spawn_acceptor("source", Arc::clone(&targets.stop), source_conn)?;
         Ok(targets)
     }
 }
@@ -1830,7 +1765,7 @@ impl Drop for Targets {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Wake the blocking accept loops so they see the flag; they end on their own.
-        for addr in [self.sink, self.source] {
+        for addr in [self.addr.sink, self.addr.source] {
             if addr.port() != 0 {
                 let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(100));
             }
@@ -2155,14 +2090,12 @@ mod tests {
         r.push(
             "upload_gbps",
             "upload, 1 stream (Gbit/s)",
-            Kind::Rate,
             Ok(40.0),
             Ok(20.0),
         );
         r.push(
             "download_gbps",
             "download, 1 stream (Gbit/s)",
-            Kind::Rate,
             Ok(40.0),
             Err(io::Error::other("boom")),
         );
@@ -2284,9 +2217,8 @@ mod tests {
 
     #[test]
     fn random_tokens_differ() {
-        let a = random_token();
-        thread::sleep(Duration::from_millis(1));
-        let b = random_token();
+        let a = random_token().expect("token");
+        let b = random_token().expect("token");
         assert_eq!(a.len(), "bench-".len() + 64);
         assert_ne!(a, b);
     }
@@ -2294,23 +2226,24 @@ mod tests {
     #[test]
     fn targets_serve_echo_sink_and_source_on_loopback() {
         let targets = Targets::start().expect("targets start on 127.0.0.1");
-        assert!(probe_echo(targets.echo));
+        assert!(probe_echo(targets.addr.echo));
         let short = Duration::from_millis(50);
-        let up = upload(targets.sink, short).expect("upload to the sink");
+        let up = upload(targets.addr.sink, short).expect("upload to the sink");
         assert!(up.bytes >= CHUNK as u64);
-        let down = download(targets.source, short).expect("download from the source");
+        let down = download(targets.addr.source, short).expect("download from the source");
         assert!(down.bytes > 0);
-        let par = parallel_upload(targets.sink, short).expect("parallel upload");
+        let par = parallel_upload(targets.addr.sink, short).expect("parallel upload");
         assert!(par.bytes >= (PARALLEL_STREAMS * CHUNK) as u64);
-        let rr = request_response(targets.echo, 3, short).expect("round trips");
+        let rr = request_response(targets.addr.echo, 3, short).expect("round trips");
         assert!(!rr.lat_ns.is_empty());
         assert!(rr.lat_ns.windows(2).all(|w| w[0] <= w[1]));
-        let polled = request_response_poll(targets.echo, 5, short).expect("polled round trips");
+        let polled =
+            request_response_poll(targets.addr.echo, 5, short).expect("polled round trips");
         assert!(polled.lat_ns.len() >= 5);
         assert!(polled.lat_ns.windows(2).all(|w| w[0] <= w[1]));
-        let conns = connection_rate(targets.echo, short).expect("connection rate");
+        let conns = connection_rate(targets.addr.echo, short).expect("connection rate");
         assert!(!conns.lat_ns.is_empty());
-        let held = hold_streams(targets.echo, 20).expect("idle streams");
+        let held = hold_streams(targets.addr.echo, 20).expect("idle streams");
         assert_eq!(held.len(), 20);
     }
 
@@ -2322,7 +2255,7 @@ mod tests {
         };
         // SAFETY: getrlimit writes into the struct we own.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        let now = raise_nofile_limit();
+        let now = crate::sys::raise_nofile_limit().expect("open-file limit");
         assert!(now >= lim.rlim_cur);
     }
 

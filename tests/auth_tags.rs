@@ -25,12 +25,23 @@ fn assert_no_secret(p: &Proc) {
     );
 }
 
+/// Some `tunnel attached` line of the server names `tag`.
+fn assert_attached_with_tag(server: &Proc, tag: &str) {
+    assert!(
+        server
+            .lines()
+            .iter()
+            .any(|l| l.contains("tunnel attached") && l.contains(tag)),
+        "attach line should name tag {tag}:\n{}",
+        server.tail(10)
+    );
+}
+
 #[test]
 fn wrong_token_refused_right_token_served() {
     let dir = TempDir::new("token");
-    let echo = Target::echo();
-    let mut setup = ServerSetup::new().token(TOKEN);
-    let port = setup.map(echo.target(), None);
+    let (echo, setup, port) = echo_mapping();
+    let setup = setup.token(TOKEN);
     let server = setup.start(&dir);
     assert_eq!(
         server.count("no TOKEN set"),
@@ -54,9 +65,8 @@ fn wrong_token_refused_right_token_served() {
         "a wrong token attached:\n{}",
         server.tail(20)
     );
-    let mut v = visit(port);
-    assert_closed(
-        &mut v,
+    assert_visit_closed(
+        port,
         Duration::from_secs(2),
         "visitor while only a refused client runs",
     );
@@ -94,9 +104,8 @@ fn wrong_token_refused_right_token_served() {
 #[test]
 fn token_from_environment() {
     let dir = TempDir::new("token-env");
-    let echo = Target::echo();
-    let mut setup = ServerSetup::new().token(TOKEN);
-    let port = setup.map(echo.target(), None);
+    let (_echo, setup, port) = echo_mapping();
+    let setup = setup.token(TOKEN);
     let server = setup.start(&dir);
     let client = attach_client(
         &server,
@@ -129,14 +138,7 @@ fn client_config_file_with_tag_and_token() {
     let cfg = cfg.to_string_lossy().to_string();
     let client = spawn("client-cfg", &["client", "--config", &cfg], &[]);
     server.wait_for_line("tunnel attached", READY);
-    assert!(
-        server
-            .lines()
-            .iter()
-            .any(|l| l.contains("tunnel attached") && l.contains("cfgtag")),
-        "attach line should name the tag:\n{}",
-        server.tail(10)
-    );
+    assert_attached_with_tag(&server, "cfgtag");
     client.wait_for_line("tunnel up", READY);
     assert_echo(port, "client configured by --config");
 }
@@ -160,19 +162,11 @@ fn two_clients_with_different_tags_serve_their_own_ports() {
             ..Default::default()
         },
     );
-    assert!(
-        server
-            .lines()
-            .iter()
-            .any(|l| l.contains("tunnel attached") && l.contains("alpha")),
-        "attach line should name tag alpha:\n{}",
-        server.tail(10)
-    );
+    assert_attached_with_tag(&server, "alpha");
     assert_eq!(banner(p_alpha), "alpha");
     // Nobody serves tag beta yet.
-    let mut v = visit(p_beta);
-    assert_closed(
-        &mut v,
+    assert_visit_closed(
+        p_beta,
         Duration::from_secs(2),
         "beta visitor before a beta client",
     );
@@ -198,9 +192,8 @@ fn two_clients_with_different_tags_serve_their_own_ports() {
     // Without the alpha client, alpha's port closes visitors and beta's keeps serving.
     c_alpha.kill9();
     server.wait_for_line("tunnel detached", Duration::from_secs(5));
-    let mut v = visit(p_alpha);
-    assert_closed(
-        &mut v,
+    assert_visit_closed(
+        p_alpha,
         Duration::from_secs(2),
         "alpha visitor after its client died",
     );
@@ -211,9 +204,7 @@ fn two_clients_with_different_tags_serve_their_own_ports() {
 #[test]
 fn two_clients_with_the_same_tag_both_serve_and_survive_one_kill() {
     let dir = TempDir::new("same-tag");
-    let echo = Target::echo();
-    let mut setup = ServerSetup::new();
-    let port = setup.map(echo.target(), None);
+    let (_echo, setup, port) = echo_mapping();
     let server = setup.start(&dir);
     let mut c1 = attach_client(
         &server,

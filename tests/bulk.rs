@@ -13,9 +13,7 @@ fn sixty_four_mib_each_way_at_once_on_one_stream() {
     const N: u64 = 64 * 1024 * 1024;
     let dir = TempDir::new("bulk");
     let (duplex, reports) = Target::duplex(N, 0xb0b);
-    let mut setup = ServerSetup::new();
-    let port = setup.map(duplex.target(), None);
-    let (_server, _client) = server_and_client(&dir, &setup);
+    let (_server, _client, port) = tunnel_to(&dir, duplex.target());
 
     let mut s = visit(port);
     let mut w = s.try_clone().expect("clone");

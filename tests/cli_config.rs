@@ -48,6 +48,34 @@ fn server_cfg(dir: &TempDir, body: &str) -> String {
     dir.write("server.cfg", body).to_string_lossy().into_owned()
 }
 
+/// A valid server.cfg on a fresh inner port; returns its path.
+fn valid_server_cfg(dir: &TempDir) -> String {
+    server_cfg(
+        dir,
+        &format!(
+            "[DEFAULT]\nINNER_PORT={}\nBIND_ADDR=127.0.0.1\n",
+            free_port()
+        ),
+    )
+}
+
+/// `server.cfg` holds `cfg`, beside a valid mapping file: expect an error naming server.cfg.
+fn expect_server_cfg_error(name: &str, cfg: &str, mentions: &[&str]) {
+    let dir = TempDir::new(name);
+    mapper(&dir, &format!("[MAPPER]\n{}=127.0.0.1:9\n", free_port()));
+    let cfg = server_cfg(&dir, cfg);
+    expect_config_error(&cfg, "server.cfg", mentions);
+}
+
+/// The mapping file holds `map`, beside a valid server.cfg: expect an error naming
+/// port_mapper.cfg.
+fn expect_mapper_error(name: &str, map: &str, mentions: &[&str]) {
+    let dir = TempDir::new(name);
+    mapper(&dir, map);
+    let cfg = valid_server_cfg(&dir);
+    expect_config_error(&cfg, "port_mapper.cfg", mentions);
+}
+
 #[test]
 fn config_missing_file() {
     let dir = TempDir::new("cfg-missing");
@@ -57,109 +85,71 @@ fn config_missing_file() {
 
 #[test]
 fn config_missing_inner_port() {
-    let dir = TempDir::new("cfg-no-inner");
-    mapper(&dir, &format!("[MAPPER]\n{}=127.0.0.1:9\n", free_port()));
-    let cfg = server_cfg(&dir, "[DEFAULT]\nBIND_ADDR=127.0.0.1\nLOG_LEVEL=INFO\n");
-    expect_config_error(&cfg, "server.cfg", &["INNER_PORT"]);
+    expect_server_cfg_error(
+        "cfg-no-inner",
+        "[DEFAULT]\nBIND_ADDR=127.0.0.1\nLOG_LEVEL=INFO\n",
+        &["INNER_PORT"],
+    );
 }
 
 #[test]
 fn config_port_out_of_range() {
-    let dir = TempDir::new("cfg-70000");
-    mapper(&dir, &format!("[MAPPER]\n{}=127.0.0.1:9\n", free_port()));
-    let cfg = server_cfg(&dir, "[DEFAULT]\nINNER_PORT=70000\nBIND_ADDR=127.0.0.1\n");
-    expect_config_error(&cfg, "server.cfg", &["INNER_PORT"]);
-
+    expect_server_cfg_error(
+        "cfg-70000",
+        "[DEFAULT]\nINNER_PORT=70000\nBIND_ADDR=127.0.0.1\n",
+        &["INNER_PORT"],
+    );
     // Out of range in the mapping file too (public port and target port).
-    let dir = TempDir::new("cfg-70000-map");
-    mapper(&dir, "[MAPPER]\n70000=127.0.0.1:9\n");
-    let cfg = server_cfg(
-        &dir,
-        &format!(
-            "[DEFAULT]\nINNER_PORT={}\nBIND_ADDR=127.0.0.1\n",
-            free_port()
-        ),
-    );
-    expect_config_error(&cfg, "port_mapper.cfg", &["70000"]);
-
-    let dir = TempDir::new("cfg-70000-target");
+    expect_mapper_error("cfg-70000-map", "[MAPPER]\n70000=127.0.0.1:9\n", &["70000"]);
     let public = free_port();
-    mapper(&dir, &format!("[MAPPER]\n{public}=127.0.0.1:70000\n"));
-    let cfg = server_cfg(
-        &dir,
-        &format!(
-            "[DEFAULT]\nINNER_PORT={}\nBIND_ADDR=127.0.0.1\n",
-            free_port()
-        ),
+    expect_mapper_error(
+        "cfg-70000-target",
+        &format!("[MAPPER]\n{public}=127.0.0.1:70000\n"),
+        &[&public.to_string()],
     );
-    expect_config_error(&cfg, "port_mapper.cfg", &[&public.to_string()]);
 }
 
 #[test]
 fn config_mapping_without_port() {
-    let dir = TempDir::new("cfg-map-noport");
     let public = free_port();
-    mapper(&dir, &format!("[MAPPER]\n{public}=127.0.0.1\n"));
-    let cfg = server_cfg(
-        &dir,
-        &format!(
-            "[DEFAULT]\nINNER_PORT={}\nBIND_ADDR=127.0.0.1\n",
-            free_port()
-        ),
+    expect_mapper_error(
+        "cfg-map-noport",
+        &format!("[MAPPER]\n{public}=127.0.0.1\n"),
+        &[&public.to_string()],
     );
-    expect_config_error(&cfg, "port_mapper.cfg", &[&public.to_string()]);
 }
 
 #[test]
 fn config_duplicate_public_port() {
-    let dir = TempDir::new("cfg-dup");
     let public = free_port();
-    mapper(
-        &dir,
+    expect_mapper_error(
+        "cfg-dup",
         &format!("[MAPPER]\n{public}=127.0.0.1:22\n{public}=127.0.0.1:80\n"),
+        &[&public.to_string()],
     );
-    let cfg = server_cfg(
-        &dir,
-        &format!(
-            "[DEFAULT]\nINNER_PORT={}\nBIND_ADDR=127.0.0.1\n",
-            free_port()
-        ),
-    );
-    expect_config_error(&cfg, "port_mapper.cfg", &[&public.to_string()]);
 }
 
 #[test]
 fn config_unparsable_ini() {
-    let dir = TempDir::new("cfg-unparsable");
-    mapper(&dir, &format!("[MAPPER]\n{}=127.0.0.1:9\n", free_port()));
-    let cfg = server_cfg(&dir, &format!("[DEFAULT\nINNER_PORT={}\n", free_port()));
-    expect_config_error(&cfg, "server.cfg", &[]);
-
-    // An unparsable mapping file is named too.
-    let dir = TempDir::new("cfg-unparsable-map");
-    mapper(&dir, "[MAPPER\n1234=127.0.0.1:9\n");
-    let cfg = server_cfg(
-        &dir,
-        &format!(
-            "[DEFAULT]\nINNER_PORT={}\nBIND_ADDR=127.0.0.1\n",
-            free_port()
-        ),
+    expect_server_cfg_error(
+        "cfg-unparsable",
+        &format!("[DEFAULT\nINNER_PORT={}\n", free_port()),
+        &[],
     );
-    expect_config_error(&cfg, "port_mapper.cfg", &[]);
+    // An unparsable mapping file is named too.
+    expect_mapper_error("cfg-unparsable-map", "[MAPPER\n1234=127.0.0.1:9\n", &[]);
 }
 
 #[test]
 fn config_bad_log_level() {
-    let dir = TempDir::new("cfg-loglevel");
-    mapper(&dir, &format!("[MAPPER]\n{}=127.0.0.1:9\n", free_port()));
-    let cfg = server_cfg(
-        &dir,
+    expect_server_cfg_error(
+        "cfg-loglevel",
         &format!(
             "[DEFAULT]\nINNER_PORT={}\nBIND_ADDR=127.0.0.1\nLOG_LEVEL=LOUD\n",
             free_port()
         ),
+        &["LOG_LEVEL"],
     );
-    expect_config_error(&cfg, "server.cfg", &["LOG_LEVEL"]);
 }
 
 #[test]
@@ -168,13 +158,7 @@ fn public_port_in_use_exits_1_naming_the_port() {
     let blocker = TcpListener::bind("127.0.0.1:0").expect("bind blocker");
     let busy = blocker.local_addr().expect("addr").port();
     mapper(&dir, &format!("[MAPPER]\n{busy}=127.0.0.1:9\n"));
-    let cfg = server_cfg(
-        &dir,
-        &format!(
-            "[DEFAULT]\nINNER_PORT={}\nBIND_ADDR=127.0.0.1\n",
-            free_port()
-        ),
-    );
+    let cfg = valid_server_cfg(&dir);
     let mut p = spawn("server", &["server", &cfg], &[]);
     let status = p.wait_exit(Duration::from_secs(5));
     let log = p.log_text();
@@ -194,9 +178,7 @@ fn public_port_in_use_exits_1_naming_the_port() {
 fn signal_exits_zero(sig: i32, name: &str) {
     let dir = TempDir::new(name);
     let echo = Target::echo();
-    let mut setup = ServerSetup::new();
-    let port = setup.map(echo.target(), None);
-    let (mut server, mut client) = server_and_client(&dir, &setup);
+    let (mut server, mut client, port) = tunnel_to(&dir, echo.target());
     let mut s = visit(port);
     echo_on(&mut s, b"open stream").expect("echo");
 

@@ -15,9 +15,7 @@ use common::*;
 fn echo_mixed_sizes_on_one_connection() {
     let dir = TempDir::new("echo-mixed");
     let echo = Target::echo();
-    let mut setup = ServerSetup::new();
-    let port = setup.map(echo.target(), None);
-    let (_server, _client) = server_and_client(&dir, &setup);
+    let (_server, _client, port) = tunnel_to(&dir, echo.target());
 
     let sizes: [usize; 18] = [
         1,
@@ -65,9 +63,7 @@ fn fifty_plus_concurrent_streams_echo_distinct_data() {
     const STREAMS: usize = 64;
     let dir = TempDir::new("concurrent");
     let echo = Target::echo();
-    let mut setup = ServerSetup::new();
-    let port = setup.map(echo.target(), None);
-    let (_server, _client) = server_and_client(&dir, &setup);
+    let (_server, _client, port) = tunnel_to(&dir, echo.target());
 
     let barrier = Barrier::new(STREAMS);
     let results: Vec<Result<(), String>> = thread::scope(|scope| {
@@ -114,9 +110,7 @@ fn fifty_plus_concurrent_streams_echo_distinct_data() {
 fn half_close_visitor_first_then_full_reply() {
     let dir = TempDir::new("half-close-visitor");
     let responder = Target::half_close_responder();
-    let mut setup = ServerSetup::new();
-    let port = setup.map(responder.target(), None);
-    let (_server, _client) = server_and_client(&dir, &setup);
+    let (_server, _client, port) = tunnel_to(&dir, responder.target());
 
     for (i, n) in [0usize, 10, 1024 * 1024 + 5].into_iter().enumerate() {
         let mut s = visit(port);
@@ -139,9 +133,7 @@ fn half_close_target_first_while_visitor_still_sends() {
     let dir = TempDir::new("half-close-target");
     const GREETING: u64 = 300 * 1024;
     let (duplex, reports) = Target::duplex(GREETING, 42);
-    let mut setup = ServerSetup::new();
-    let port = setup.map(duplex.target(), None);
-    let (_server, _client) = server_and_client(&dir, &setup);
+    let (_server, _client, port) = tunnel_to(&dir, duplex.target());
 
     let mut s = visit(port);
     // The target sends its greeting and shuts down its write half at once.
@@ -177,9 +169,7 @@ fn target_sends_16_mib_and_closes_all_delivered() {
     const N: u64 = 16 * 1024 * 1024;
     let dir = TempDir::new("source-16m");
     let source = Target::source(N, 16);
-    let mut setup = ServerSetup::new();
-    let port = setup.map(source.target(), None);
-    let (_server, _client) = server_and_client(&dir, &setup);
+    let (_server, _client, port) = tunnel_to(&dir, source.target());
 
     let mut s = visit(port);
     let got = recv_digest(&mut s).expect("read until EOF");
@@ -197,10 +187,8 @@ fn ipv6_target() {
         }
     };
     let dir = TempDir::new("ipv6");
-    let mut setup = ServerSetup::new();
     let target = format!("[::1]:{}", echo.port());
-    let port = setup.map(&target, None);
-    let (_server, _client) = server_and_client(&dir, &setup);
+    let (_server, _client, port) = tunnel_to(&dir, &target);
     let data = pattern(6, 200_000);
     echo_roundtrip(port, &data).unwrap_or_else(|e| panic!("echo through {target}: {e}"));
     assert_eq!(echo.accepted(), 1);
@@ -214,9 +202,7 @@ fn hostname_target() {
     let port4 = echo4.port();
     let _echo6 = Target::echo_on(&format!("[::1]:{port4}")).ok();
     let dir = TempDir::new("hostname");
-    let mut setup = ServerSetup::new();
-    let port = setup.map(format!("localhost:{port4}"), None);
-    let (_server, _client) = server_and_client(&dir, &setup);
+    let (_server, _client, port) = tunnel_to(&dir, format!("localhost:{port4}"));
     let data = pattern(7, 50_000);
     echo_roundtrip(port, &data).unwrap_or_else(|e| panic!("echo through localhost:{port4}: {e}"));
     let mut s = visit(port);

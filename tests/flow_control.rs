@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{ErrorKind, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -87,24 +86,7 @@ fn stalled_streams_do_not_slow_others_and_memory_stays_bounded() {
         let counter = pushed_by_visitor.clone();
         let stop = stop.clone();
         thread::spawn(move || {
-            let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
-            let block = pattern(3, 64 * 1024);
-            let mut total = 0u64;
-            while total < STALL_PUSH && !stop.load(Ordering::SeqCst) {
-                match s.write(&block) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        total += n as u64;
-                        counter.fetch_add(n as u64, Ordering::SeqCst);
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                        ) => {}
-                    Err(_) => break,
-                }
-            }
+            push_until(&mut s, 3, STALL_PUSH, &counter, &stop);
             s
         })
     };
@@ -140,17 +122,7 @@ fn stalled_streams_do_not_slow_others_and_memory_stays_bounded() {
         let (sp, cp) = (server.pid(), client.pid());
         thread::spawn(move || {
             let mut max = (0u64, 0u64);
-            let rss = |pid: i32| -> u64 {
-                std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find(|l| l.starts_with("VmRSS:"))
-                            .and_then(|l| l.split_whitespace().nth(1))
-                            .and_then(|v| v.parse().ok())
-                    })
-                    .unwrap_or(0)
-            };
+            let rss = |pid: i32| rss_kib(pid).unwrap_or(0);
             let deadline = Instant::now() + Duration::from_secs(120);
             while sampling.load(Ordering::SeqCst) && Instant::now() < deadline {
                 max.0 = max.0.max(rss(sp));

@@ -12,9 +12,7 @@ use common::*;
 #[test]
 fn closed_connections_do_not_evict_a_live_handshake() {
     let dir = TempDir::new("hs-limit");
-    let echo = Target::echo();
-    let mut setup = ServerSetup::new();
-    setup.map(echo.target(), None);
+    let (_echo, setup, _) = echo_mapping();
     let server = setup.start(&dir);
     let inner = ("127.0.0.1", setup.inner_port);
 

@@ -12,10 +12,8 @@ use common::*;
 const DETECT_WITHIN: Duration = Duration::from_secs(5);
 
 fn setup_with_fast_heartbeat() -> (ServerSetup, Target, u16) {
-    let echo = Target::echo();
-    let mut setup = ServerSetup::new();
+    let (echo, mut setup, port) = echo_mapping();
     setup.extra.push("HEARTBEAT=0.3".to_string());
-    let port = setup.map(echo.target(), None);
     (setup, echo, port)
 }
 
@@ -29,6 +27,21 @@ impl Drop for Cont {
             libc::kill(self.0, libc::SIGCONT);
         }
     }
+}
+
+/// SIGCONT to `stopped` (the server or the client); the client must attach anew and the
+/// public port serve again.
+fn resume_and_reattach(server: &Proc, client: &Proc, stopped: &Proc, port: u16) {
+    let before = server.count("tunnel attached");
+    stopped.signal(libc::SIGCONT);
+    assert!(
+        server.try_wait_for_count("tunnel attached", before + 1, READY),
+        "client did not reattach once the {} ran again:\n{}\n{}",
+        stopped.name,
+        server.tail(20),
+        client.tail(20)
+    );
+    assert_echo(port, &format!("after the {} came back", stopped.name));
 }
 
 #[test]
@@ -56,15 +69,7 @@ fn server_drops_a_silent_client_and_its_streams() {
     assert_closed(&mut open, DETECT_WITHIN, "visitor of the dead tunnel");
 
     // Once the client runs again it finds its tunnel closed and attaches anew.
-    let before = server.count("tunnel attached");
-    client.signal(libc::SIGCONT);
-    assert!(
-        server.try_wait_for_count("tunnel attached", before + 1, READY),
-        "client did not reattach after SIGCONT:\n{}\n{}",
-        server.tail(20),
-        client.tail(20)
-    );
-    assert_echo(port, "after the client came back");
+    resume_and_reattach(&server, &client, &client, port);
 }
 
 #[test]
@@ -83,13 +88,5 @@ fn client_drops_a_silent_server_and_reconnects() {
     );
     client.wait_for_line("reconnecting in", DETECT_WITHIN);
 
-    let before = server.count("tunnel attached");
-    server.signal(libc::SIGCONT);
-    assert!(
-        server.try_wait_for_count("tunnel attached", before + 1, READY),
-        "client did not reattach once the server ran again:\n{}\n{}",
-        server.tail(20),
-        client.tail(20)
-    );
-    assert_echo(port, "after the server came back");
+    resume_and_reattach(&server, &client, &server, port);
 }

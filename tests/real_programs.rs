@@ -8,19 +8,20 @@
 mod common;
 
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{
-    BIN, READY, ServerSetup, TempDir, echo_on, free_port, pattern, server_and_client, with_timeouts,
+    BIN, Proc, READY, TempDir, echo_on, free_port, is_transient, pattern, spawn_cmd, tunnel_to,
+    with_timeouts,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -28,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------
-// Local helpers: locating programs, bounded commands, daemons with collected stderr
+// Local helpers: locating programs, bounded commands, daemons on free ports
 // ---------------------------------------------------------------------------------------
 
 fn is_root() -> bool {
@@ -155,126 +156,6 @@ fn run_ok(program: &Path, args: &[&str]) -> Result<Output, String> {
     }
 }
 
-type Lines = Arc<(Mutex<(Vec<String>, bool)>, Condvar)>;
-
-/// A long-running child process with stderr collected line by line; SIGTERM, then SIGKILL,
-/// on drop.
-struct Daemon {
-    name: String,
-    child: Child,
-    lines: Lines,
-}
-
-impl Daemon {
-    fn spawn(name: &str, cmd: &mut Command) -> io::Result<Daemon> {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let lines: Lines = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
-        let stderr = child.stderr.take();
-        let l2 = Arc::clone(&lines);
-        let echo = std::env::var_os("TCP_FORWARD_TEST_ECHO").is_some();
-        let tag = name.to_string();
-        thread::spawn(move || {
-            if let Some(stderr) = stderr {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if echo {
-                        eprintln!("[{tag}] {line}");
-                    }
-                    if let Ok(mut st) = l2.0.lock() {
-                        st.0.push(line);
-                    }
-                    l2.1.notify_all();
-                }
-            }
-            if let Ok(mut st) = l2.0.lock() {
-                st.1 = true;
-            }
-            l2.1.notify_all();
-        });
-        Ok(Daemon {
-            name: name.to_string(),
-            child,
-            lines,
-        })
-    }
-
-    /// Wait for a line containing any of `needles`; returns the needle's index, or None on
-    /// timeout or when stderr closes first.
-    fn wait_any(&self, needles: &[&str], timeout: Duration) -> Option<usize> {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.lines;
-        let mut st = m.lock().ok()?;
-        loop {
-            for (i, n) in needles.iter().enumerate() {
-                if st.0.iter().any(|l| l.contains(n)) {
-                    return Some(i);
-                }
-            }
-            let now = Instant::now();
-            if st.1 || now >= deadline {
-                return None;
-            }
-            st = cv.wait_timeout(st, deadline - now).ok()?.0;
-        }
-    }
-
-    fn wait_line(&self, needle: &str, timeout: Duration) {
-        if self.wait_any(&[needle], timeout).is_none() {
-            panic!(
-                "{}: no line containing {needle:?} within {timeout:?}; log:\n{}",
-                self.name,
-                self.log()
-            );
-        }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.lines
-            .0
-            .lock()
-            .map(|st| st.0.iter().filter(|l| l.contains(needle)).count())
-            .unwrap_or(0)
-    }
-
-    fn log(&self) -> String {
-        self.lines
-            .0
-            .lock()
-            .map(|st| {
-                let start = st.0.len().saturating_sub(40);
-                st.0[start..].iter().map(|l| format!("  | {l}\n")).collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            eprintln!("---- {} log tail ----\n{}", self.name, self.log());
-        }
-        if let Ok(None) = self.child.try_wait() {
-            // SAFETY: kill(2) on our own child, not yet reaped.
-            unsafe {
-                libc::kill(self.child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while let Ok(None) = self.child.try_wait() {
-                if Instant::now() >= deadline {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
 /// Start a daemon listening on a fresh free port, retrying with another port when the one
 /// chosen was taken in the meantime. `make` builds the command for a port; `ready` and
 /// `in_use` are stderr substrings. Err (a skip reason) when it does not start.
@@ -283,12 +164,12 @@ fn start_on_free_port(
     mut make: impl FnMut(u16) -> io::Result<Command>,
     ready: &str,
     in_use: &str,
-) -> Result<(Daemon, u16), String> {
+) -> Result<(Proc, u16), String> {
     let mut last = String::new();
     for _ in 0..3 {
         let port = free_port();
         let mut cmd = make(port).map_err(|e| format!("{name}: set-up: {e}"))?;
-        let d = Daemon::spawn(name, &mut cmd).map_err(|e| format!("{name}: spawn: {e}"))?;
+        let d = spawn_cmd(name, &mut cmd).map_err(|e| format!("{name}: spawn: {e}"))?;
         match d.wait_any(&[ready, in_use], Duration::from_secs(10)) {
             Some(0) => {
                 // Listening per its log; make sure the port answers.
@@ -298,11 +179,11 @@ fn start_on_free_port(
                 }
                 last = format!("{name} logged {ready:?} but port {port} does not answer");
             }
-            Some(_) => last = format!("port {port} taken:\n{}", d.log()),
+            Some(_) => last = format!("port {port} taken:\n{}", d.tail(40)),
             None => {
                 return Err(format!(
                     "{name} did not start (no {ready:?} in its log):\n{}",
-                    d.log()
+                    d.tail(40)
                 ));
             }
         }
@@ -323,7 +204,7 @@ fn current_user() -> Option<String> {
     (out.success() && !name.is_empty()).then_some(name)
 }
 
-fn start_sshd(dir: &TempDir, sshd: &Path, keygen: &Path) -> Result<(Daemon, u16), String> {
+fn start_sshd(dir: &TempDir, sshd: &Path, keygen: &Path) -> Result<(Proc, u16), String> {
     let d = dir.path();
     let host_key = d.join("host_key");
     let user_key = d.join("user_key");
@@ -413,13 +294,11 @@ fn ssh_through_the_tunnel() {
         return eprintln!(
             "SKIP: ssh_through_the_tunnel: ssh {dest} straight to sshd fails: {}\nsshd:\n{}",
             direct.describe(),
-            sshd_proc.log()
+            sshd_proc.tail(40)
         );
     }
 
-    let mut setup = ServerSetup::new();
-    let public = setup.map(format!("127.0.0.1:{sshd_port}"), None);
-    let (server, _client) = server_and_client(&dir, &setup);
+    let (server, _client, public) = tunnel_to(&dir, format!("127.0.0.1:{sshd_port}"));
 
     // A command.
     let t = Instant::now();
@@ -467,7 +346,7 @@ fn ssh_through_the_tunnel() {
 
 const INDEX: &str = "<!doctype html><title>tcp-forward</title><p>through the tunnel</p>\n";
 
-fn start_nginx(dir: &TempDir, nginx: &Path) -> Result<(Daemon, u16), String> {
+fn start_nginx(dir: &TempDir, nginx: &Path) -> Result<(Proc, u16), String> {
     let d = dir.path().to_path_buf();
     let www = d.join("www");
     fs::create_dir_all(&www).map_err(|e| e.to_string())?;
@@ -542,9 +421,7 @@ fn http_through_the_tunnel() {
         Err(why) => return eprintln!("SKIP: http_through_the_tunnel: {why}"),
     };
 
-    let mut setup = ServerSetup::new();
-    let public = setup.map(format!("127.0.0.1:{nginx_port}"), None);
-    let (server, _client) = server_and_client(&dir, &setup);
+    let (server, _client, public) = tunnel_to(&dir, format!("127.0.0.1:{nginx_port}"));
     let base = format!("http://127.0.0.1:{public}");
     let curl_cmd = || {
         let mut c = Command::new(&curl);
@@ -731,11 +608,7 @@ fn echo_until_eof(s: TcpStream, stop: &AtomicBool) {
                     return;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
+            Err(e) if is_transient(&e) => {}
             Err(_) => return,
         }
     }
@@ -873,16 +746,16 @@ fn netns_topology() {
         "port_mapper.cfg",
         &format!("[MAPPER]\n{PUBLIC_PORT}={echo_addr}\n"),
     );
-    let server = Daemon::spawn(
+    let server = spawn_cmd(
         "server",
         Command::new(&ip)
             .args(["netns", "exec", &public, BIN, "server"])
             .arg(&cfg),
     )
     .expect("spawn server in public");
-    server.wait_line("listening for clients on", READY);
-    server.wait_line(&format!("public port {PUBLIC_PORT} "), READY);
-    let client = Daemon::spawn(
+    server.wait_for_line("listening for clients on", READY);
+    server.wait_for_line(&format!("public port {PUBLIC_PORT} "), READY);
+    let client = spawn_cmd(
         "client",
         Command::new(&ip).args([
             "netns",
@@ -895,8 +768,8 @@ fn netns_topology() {
         ]),
     )
     .expect("spawn client in inner");
-    client.wait_line("tunnel up", READY);
-    server.wait_line("tunnel attached", READY);
+    client.wait_for_line("tunnel up", READY);
+    server.wait_for_line("tunnel attached", READY);
 
     // From outside, through public's port, to inner's echo.
     let visitor = SocketAddr::V4(SocketAddrV4::new(public_ip_out, PUBLIC_PORT));
@@ -915,12 +788,12 @@ fn netns_topology() {
         Ok(total) => eprintln!("outside -> {visitor} -> inner echo: {total} bytes echoed"),
         Err(e) => panic!(
             "echo from outside through {visitor}: {e}\nserver:\n{}\nclient:\n{}",
-            server.log(),
-            client.log()
+            server.tail(40),
+            client.tail(40)
         ),
     }
     assert!(echo.accepted.load(Ordering::SeqCst) >= 4);
-    assert_eq!(server.count("tunnel detached"), 0, "{}", server.log());
+    assert_eq!(server.count("tunnel detached"), 0, "{}", server.tail(40));
     drop(client);
     drop(server);
     drop(echo);

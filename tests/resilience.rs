@@ -43,9 +43,8 @@ fn refused_target_closes_visitor_and_other_mapping_keeps_working() {
     echo_on(&mut open, b"after").expect("the open stream keeps working");
     assert_echo(p_good, "new visitor on the other mapping");
     // And the refused mapping keeps refusing cleanly, without harming the tunnel.
-    let mut v2 = visit(p_bad);
-    assert_closed(
-        &mut v2,
+    assert_visit_closed(
+        p_bad,
         Duration::from_secs(5),
         "second visitor of the refused target",
     );
@@ -55,15 +54,12 @@ fn refused_target_closes_visitor_and_other_mapping_keeps_working() {
 #[test]
 fn no_client_attached_closes_visitor_at_once() {
     let dir = TempDir::new("no-client");
-    let echo = Target::echo();
-    let mut setup = ServerSetup::new();
-    let port = setup.map(echo.target(), None);
+    let (echo, setup, port) = echo_mapping();
     let server = setup.start(&dir);
 
     let started = Instant::now();
-    let mut v = visit(port);
-    assert_closed(
-        &mut v,
+    assert_visit_closed(
+        port,
         Duration::from_secs(2),
         "visitor with no client attached",
     );
@@ -71,9 +67,8 @@ fn no_client_attached_closes_visitor_at_once() {
     server.wait_for_line("no client for tag", Duration::from_secs(2));
     assert!(took < Duration::from_secs(2), "closing took {took:?}");
     // The listener stays open: a second visitor is also accepted and closed.
-    let mut v2 = visit(port);
-    assert_closed(
-        &mut v2,
+    assert_visit_closed(
+        port,
         Duration::from_secs(2),
         "second visitor with no client",
     );
@@ -84,9 +79,7 @@ fn no_client_attached_closes_visitor_at_once() {
 #[test]
 fn client_sigkill_closes_streams_server_keeps_listening_restart_serves() {
     let dir = TempDir::new("client-kill");
-    let echo = Target::echo();
-    let mut setup = ServerSetup::new();
-    let port = setup.map(echo.target(), None);
+    let (_echo, setup, port) = echo_mapping();
     let (server, mut client) = server_and_client(&dir, &setup);
 
     let mut streams: Vec<TcpStream> = (0..5).map(|_| visit(port)).collect();
@@ -107,9 +100,8 @@ fn client_sigkill_closes_streams_server_keeps_listening_restart_serves() {
     server.wait_for_line("tunnel detached", Duration::from_secs(5));
 
     // Still listening; no client now.
-    let mut v = visit(port);
-    assert_closed(
-        &mut v,
+    assert_visit_closed(
+        port,
         Duration::from_secs(2),
         "visitor while no client is attached",
     );
@@ -122,9 +114,7 @@ fn client_sigkill_closes_streams_server_keeps_listening_restart_serves() {
 #[test]
 fn server_killed_and_restarted_client_reattaches_by_itself() {
     let dir = TempDir::new("server-kill");
-    let echo = Target::echo();
-    let mut setup = ServerSetup::new();
-    let port = setup.map(echo.target(), None);
+    let (echo, setup, port) = echo_mapping();
     let cfg = setup.write(&dir);
     let mut server = start_server_cfg(&cfg, &setup, "server");
     let client = attach_client(&server, setup.inner_port, &ClientOpts::default());
@@ -152,9 +142,7 @@ fn server_killed_and_restarted_client_reattaches_by_itself() {
 #[test]
 fn garbage_and_idle_connections_do_not_block_a_real_client() {
     let dir = TempDir::new("garbage");
-    let echo = Target::echo();
-    let mut setup = ServerSetup::new();
-    let port = setup.map(echo.target(), None);
+    let (_echo, setup, port) = echo_mapping();
     let server = setup.start(&dir);
     let inner = SocketAddr::from(([127, 0, 0, 1], setup.inner_port));
 
@@ -207,10 +195,8 @@ fn garbage_and_idle_connections_do_not_block_a_real_client() {
 #[test]
 fn stream_cap_refuses_extra_visitors_cleanly() {
     let dir = TempDir::new("max-streams");
-    let echo = Target::echo();
-    let mut setup = ServerSetup::new();
+    let (_echo, mut setup, port) = echo_mapping();
     setup.extra.push("MAX_STREAMS=4".to_string());
-    let port = setup.map(echo.target(), None);
     let (_server, _client) = server_and_client(&dir, &setup);
 
     let mut held: Vec<TcpStream> = (0..4).map(|_| visit(port)).collect();

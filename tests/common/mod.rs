@@ -190,6 +190,39 @@ pub fn assert_closed(s: &mut TcpStream, within: Duration, what: &str) {
     );
 }
 
+/// Connect a visitor to `port` and assert that it is closed (EOF or reset) within `within`.
+pub fn assert_visit_closed(port: u16, within: Duration, what: &str) {
+    let mut v = visit(port);
+    assert_closed(&mut v, within, what);
+}
+
+/// Errors after which a socket loop with timeouts just tries again.
+pub fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
+}
+
+/// Write pattern blocks (seeded) as fast as the connection takes them, up to `limit` bytes,
+/// counting the bytes accepted into `pushed`; stops when `stop` is set or on an error.
+pub fn push_until(s: &mut TcpStream, seed: u64, limit: u64, pushed: &AtomicU64, stop: &AtomicBool) {
+    let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+    let block = pattern(seed, 64 * 1024);
+    let mut total = 0u64;
+    while total < limit && !stop.load(Ordering::SeqCst) {
+        match s.write(&block) {
+            Ok(0) => return,
+            Ok(n) => {
+                total += n as u64;
+                pushed.fetch_add(n as u64, Ordering::SeqCst);
+            }
+            Err(e) if is_transient(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Read exactly `n` bytes.
 pub fn read_exact_n(s: &mut TcpStream, n: usize) -> io::Result<Vec<u8>> {
     let mut v = vec![0u8; n];
@@ -424,8 +457,8 @@ struct LogState {
 
 type SharedLog = Arc<(Mutex<LogState>, Condvar)>;
 
-/// A running `tcp-forward` process; stderr collected by a background thread. Killed on drop
-/// (SIGTERM, then SIGKILL if it does not exit in time).
+/// A running child process (`tcp-forward`, or a program a test drives); stderr collected by
+/// a background thread. Killed on drop (SIGTERM, then SIGKILL if it does not exit in time).
 pub struct Proc {
     pub name: String,
     child: Child,
@@ -438,14 +471,20 @@ pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("TCP_FORWARD_TOKEN")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env_remove("RUST_LOG");
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    spawn_cmd(name, &mut cmd).unwrap_or_else(|e| panic!("spawn {BIN}: {e}"))
+}
+
+/// Spawn `cmd` with no stdin, stdout discarded and stderr collected line by line.
+pub fn spawn_cmd(name: &str, cmd: &mut Command) -> io::Result<Proc> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let log: SharedLog = Arc::new((Mutex::new(LogState::default()), Condvar::new()));
     let stderr = child.stderr.take().expect("piped stderr");
     let log2 = Arc::clone(&log);
@@ -477,12 +516,12 @@ pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
         }
         cv.notify_all();
     });
-    Proc {
+    Ok(Proc {
         name: name.to_string(),
         child,
         log,
         status: None,
-    }
+    })
 }
 
 impl Proc {
@@ -512,25 +551,41 @@ impl Proc {
             .unwrap_or(0)
     }
 
-    /// Wait until at least `n` lines contain `substr`; false on timeout or when stderr closes
-    /// first.
-    pub fn try_wait_for_count(&self, substr: &str, n: usize, timeout: Duration) -> bool {
+    /// Wait until `found` gives a value for the log collected so far; None on timeout or
+    /// when stderr closes first.
+    fn wait_log<T>(&self, timeout: Duration, found: impl Fn(&LogState) -> Option<T>) -> Option<T> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.log;
-        let Ok(mut st) = m.lock() else { return false };
+        let mut st = m.lock().ok()?;
         loop {
-            if st.lines.iter().filter(|l| l.contains(substr)).count() >= n {
-                return true;
+            if let Some(v) = found(&st) {
+                return Some(v);
             }
             let now = Instant::now();
             if st.eof || now >= deadline {
-                return false;
+                return None;
             }
-            st = match cv.wait_timeout(st, deadline - now) {
-                Ok((g, _)) => g,
-                Err(_) => return false,
-            };
+            st = cv.wait_timeout(st, deadline - now).ok()?.0;
         }
+    }
+
+    /// Wait until at least `n` lines contain `substr`; false on timeout or when stderr closes
+    /// first.
+    pub fn try_wait_for_count(&self, substr: &str, n: usize, timeout: Duration) -> bool {
+        self.wait_log(timeout, |st| {
+            (st.lines.iter().filter(|l| l.contains(substr)).count() >= n).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Wait for a line containing any of `needles`; returns the index of the first needle
+    /// found, or None on timeout or when stderr closes first.
+    pub fn wait_any(&self, needles: &[&str], timeout: Duration) -> Option<usize> {
+        self.wait_log(timeout, |st| {
+            needles
+                .iter()
+                .position(|n| st.lines.iter().any(|l| l.contains(n)))
+        })
     }
 
     /// Like `try_wait_for_count`, but panics with the collected log on failure.
@@ -610,20 +665,7 @@ impl Proc {
     }
 
     fn try_wait_for_eof(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.log;
-        let Ok(mut st) = m.lock() else { return false };
-        while !st.eof {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            st = match cv.wait_timeout(st, deadline - now) {
-                Ok((g, _)) => g,
-                Err(_) => return false,
-            };
-        }
-        true
+        self.wait_log(timeout, |st| st.eof.then_some(())).is_some()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -633,11 +675,9 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// VmRSS of the process in KiB, from /proc/PID/status.
+    /// VmRSS of the process in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
-        let s = fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+        rss_kib(self.pid())
     }
 }
 
@@ -653,7 +693,7 @@ impl Drop for Proc {
         }
         if self.status.is_none() {
             self.signal(libc::SIGTERM);
-            if self.wait_exit(Duration::from_secs(1)).is_none() {
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
             }
@@ -824,6 +864,24 @@ pub fn server_and_client(dir: &TempDir, setup: &ServerSetup) -> (Proc, Proc) {
     let s = setup.start(dir);
     let c = attach_client(&s, setup.inner_port, &ClientOpts::default());
     (s, c)
+}
+
+/// An echo target and a server setup mapping one fresh public port to it (default tag):
+/// (target, setup, public port).
+pub fn echo_mapping() -> (Target, ServerSetup, u16) {
+    let echo = Target::echo();
+    let mut setup = ServerSetup::new();
+    let port = setup.map(echo.target(), None);
+    (echo, setup, port)
+}
+
+/// A server mapping one fresh public port to `target`, with one attached default-tag
+/// client: (server, client, public port).
+pub fn tunnel_to(dir: &TempDir, target: impl std::fmt::Display) -> (Proc, Proc, u16) {
+    let mut setup = ServerSetup::new();
+    let port = setup.map(target, None);
+    let (server, client) = server_and_client(dir, &setup);
+    (server, client, port)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1019,24 +1077,7 @@ impl Target {
     /// accepted into `pushed`; stops when `stop` is set.
     pub fn firehose(limit: u64, pushed: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> Target {
         Self::spawn("127.0.0.1:0", move |mut s| {
-            let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
-            let block = pattern(7, 64 * 1024);
-            let mut total = 0u64;
-            while total < limit && !stop.load(Ordering::SeqCst) {
-                match s.write(&block) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        total += n as u64;
-                        pushed.fetch_add(n as u64, Ordering::SeqCst);
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                        ) => {}
-                    Err(_) => return,
-                }
-            }
+            push_until(&mut s, 7, limit, &pushed, &stop);
         })
         .expect("bind firehose target")
     }
@@ -1053,6 +1094,13 @@ impl Drop for Target {
 /// Resolve "host:port" to the first address (test helper for IPv6 checks).
 pub fn resolve(s: &str) -> Option<SocketAddr> {
     s.to_socket_addrs().ok()?.next()
+}
+
+/// VmRSS of a process in KiB, from /proc/PID/status.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Throughput in MiB/s.
