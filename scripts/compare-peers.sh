@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Compare tcp-forward with other TCP tunnels on loopback.
 #
-# Peers: direct (no tunnel), socat (one relay hop), rathole, bore, ssh -R, tcp-forward.
+# Peers: direct (no tunnel), socat (one relay hop), relay-chain (two chained blocking
+# relays, examples/reference_relay.rs: the tunnel's shape without multiplexing), rathole,
+# bore, ssh -R, tcp-forward.
 # Tests through each: iperf3 single stream (both directions), iperf3 -P 8, wrk against
 # nginx serving a ~600 byte file, redis-benchmark GET/SET; plus resident memory and CPU
 # seconds per GB of each tunnel's processes. Each measurement is repeated R times (rounds
@@ -21,7 +23,8 @@ Usage: scripts/compare-peers.sh [options]
 
   -t, --seconds N     duration of each iperf3 / wrk run (default 5; env DURATION or SECONDS)
   -r, --repeats N     rounds; the median is reported (default 3; env R or REPEATS)
-  -p, --peers LIST    comma list out of: direct,socat,rathole,bore,ssh,tcp-forward (default all;
+  -p, --peers LIST    comma list out of: direct,socat,relay-chain,rathole,bore,ssh,tcp-forward
+                      (default all;
                       direct is always measured, ratios need it)
       --bin PATH      tcp-forward binary (default target/release/tcp-forward; env TCP_FORWARD_BIN)
       --no-redis      skip redis-benchmark
@@ -41,12 +44,13 @@ if [[ -z $DURATION && $START_SECONDS_ENV -gt 0 ]]; then
 fi
 DURATION=${DURATION:-5}
 REPEATS=${R:-${REPEATS:-3}}
-PEERS=direct,socat,rathole,bore,ssh,tcp-forward
+PEERS=direct,socat,relay-chain,rathole,bore,ssh,tcp-forward
 WITH_REDIS=1
 JSON_OUT=
 MD_OUT=
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TF_BIN=${TCP_FORWARD_BIN:-$REPO/target/release/tcp-forward}
+REF_BIN=$REPO/target/release/examples/reference_relay
 TOKEN="peer-bench-token"
 # socat's own listen backlog is 5: 50 wrk connections then overflow the accept queue and
 # SYN retransmits put ~1 s into the p99. 1024 matches the other peers; empty = socat default.
@@ -273,6 +277,25 @@ setup_socat() {
         PEER_PIDS+=("$LAST_PID")
     done
     wait_listening 10 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" || { SETUP_ERR="socat did not listen"; return 1; }
+}
+
+setup_relay_chain() {
+    [[ -x $REF_BIN ]] || { SETUP_ERR="$REF_BIN missing (cargo build --release --example reference_relay)"; return 1; }
+    local hops
+    read -r PUB_IPERF PUB_HTTP PUB_REDIS < <(ports 3)
+    read -r -a hops < <(ports 3)
+    PEER_PIDS=()
+    local pub hop target i=0
+    for pub in "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS"; do
+        target=$(( i == 0 ? IPERF_PORT : (i == 1 ? HTTP_PORT : REDIS_PORT) ))
+        hop=${hops[$i]}
+        start_bg "$TMP/relay-$hop.log" "$REF_BIN" "$hop" "$target" copy
+        PEER_PIDS+=("$LAST_PID")
+        start_bg "$TMP/relay-$pub.log" "$REF_BIN" "$pub" "$hop" copy
+        PEER_PIDS+=("$LAST_PID")
+        i=$((i + 1))
+    done
+    wait_listening 10 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" "${hops[@]}" || { SETUP_ERR="reference relays did not listen"; return 1; }
 }
 
 setup_rathole() {
@@ -552,6 +575,7 @@ version_of() { # peer -> one line
     local b
     case $1 in
     direct) echo "kernel $(uname -r)" ;;
+    relay-chain) [[ -x $REF_BIN ]] && echo "two chained examples/reference_relay (blocking, 2 threads per connection, 256 KiB copies)" ;;
     socat) b=$(find_bin socat) && "$b" -V 2>/dev/null | awk -v bl="${SOCAT_BACKLOG:-default}" '/socat version/{print "socat " $3 ", TCP-LISTEN:p,fork,reuseaddr,backlog=" bl; exit}' ;;
     rathole) b=$(find_bin rathole) && "$b" --version 2>/dev/null | awk '/Build Version:/{print "rathole " $3; exit}' ;;
     bore) b=$(find_bin bore) && "$b" --version 2>/dev/null | head -n 1 ;;
@@ -573,7 +597,7 @@ SELECTED=(direct)
 for p in "${PEER_LIST[@]}"; do
     case $p in
     direct) ;;
-    socat | rathole | bore | ssh | tcp-forward) SELECTED+=("$p") ;;
+    socat | relay-chain | rathole | bore | ssh | tcp-forward) SELECTED+=("$p") ;;
     *) echo "unknown peer: $p" >&2; exit 2 ;;
     esac
 done
