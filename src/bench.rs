@@ -6,7 +6,9 @@
 //! source) run in threads of the bench process on 127.0.0.1, on ports chosen by the OS. Every
 //! workload runs twice in the same run: directly (bench thread -> target) and through the tunnel
 //! (bench thread -> public port -> server -> tunnel -> client -> target); the table shows both
-//! figures and the tunnel/direct ratio.
+//! figures and the tunnel/direct ratio. One workload runs through the tunnel only, since a direct
+//! path has no shared tunnel to stall: the round trips of one stream before and while another
+//! stream through the same tunnel is stalled (its reader never reads), and their ratio.
 //!
 //! Everything is bounded: each workload stops after its duration, every socket has read and
 //! write timeouts, and the roles are stopped (SIGTERM, then SIGKILL) on every path out.
@@ -15,10 +17,11 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -47,6 +50,16 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lines of each role's stderr kept for error messages.
 const TAIL_LINES: usize = 30;
+/// A stalled stream counts as stalled once nothing has moved on it for this long...
+const STALL_QUIET: Duration = Duration::from_millis(100);
+/// ...and at least this long after it was opened.
+const STALL_SETTLE: Duration = Duration::from_millis(300);
+/// A stream still moving this long after its reader stopped reading is buffered without bound.
+const STALL_LIMIT: Duration = Duration::from_secs(3);
+/// How long the source connection of a closed stalled stream gets to end.
+const SOURCE_END_TIMEOUT: Duration = Duration::from_secs(2);
+/// The stalled-stream target: another stream's round trips/s keep this share of their rate.
+const STALLED_TARGET_RATIO: f64 = 0.9;
 
 /// Options of `tcp-forward bench`.
 #[derive(Debug, clap::Args)]
@@ -79,6 +92,8 @@ pub enum Workload {
     Connect,
     /// Memory with 1,000 idle streams open
     Streams,
+    /// 64-byte round trips on 1 connection before and while another stream is stalled
+    Stalled,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -157,6 +172,10 @@ impl Workload {
                 "connect + 1 B echo + close, 8 threads",
             ),
             Workload::Streams => ("the 1,000-stream workload", "memory, 1,000 idle streams"),
+            Workload::Stalled => (
+                "the stalled-stream workload",
+                "64 B round trips, 1 connection, before and while another stream is stalled",
+            ),
         }
     }
 }
@@ -219,6 +238,10 @@ fn run_workloads(
                 idle_streams(tunnel.echo, pids, report);
                 continue;
             }
+            Workload::Stalled => {
+                stalled_stream(tunnel, &env.targets.source_stats, duration, pids, report);
+                continue;
+            }
         }
         eprintln!("{}", report.last_row_text());
     }
@@ -275,6 +298,125 @@ fn idle_streams(addr: SocketAddr, pids: [u32; 2], report: &mut Report) {
     }
 }
 
+/// The stalled-stream workload, through the tunnel only: 64-byte round trips on one connection
+/// to the echo service; then a second stream from the source, never read, and the same round
+/// trips again while it stays stalled, with the roles' memory at the end; then the stalled
+/// stream is closed and its source connection must end. Prints its own progress result.
+fn stalled_stream(
+    tunnel: Endpoints,
+    source: &SourceStats,
+    dur: Duration,
+    pids: [u32; 2],
+    report: &mut Report,
+) {
+    let unstalled = request_response(tunnel.echo, 1, dur);
+    // A source connection of an earlier workload still ending would blur the stall detection.
+    let _ = wait_sources_ended(source, SOURCE_END_TIMEOUT);
+    let stalled = match open_stalled(tunnel.source, source) {
+        Ok((stream, stall)) => {
+            report.stall = Some(stall);
+            let r = request_response(tunnel.echo, 1, dur);
+            report.mem_stalled = Some(read_rss_pair(pids));
+            drop(stream);
+            r
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("the other stream did not stall: {e}"),
+        )),
+    };
+    if let Err(e) = wait_sources_ended(source, SOURCE_END_TIMEOUT) {
+        report.notes.push(format!("stalled stream: {e}"));
+    }
+    let sides = ["unstalled", "stalled"];
+    report.stalled_rows =
+        report.sample_rows("rr1", "64 B round trips, 1 conn", sides, unstalled, stalled);
+    let mut text = rows_text(&report.stalled_rows, sides);
+    if let Some(st) = report.stall {
+        let _ = write!(
+            text,
+            "; stalled after {:.2} s holding {} MiB; memory while stalled: {}",
+            st.after_s,
+            fmt_mib(Some(st.held_bytes / 1024)),
+            mem_text(report.mem_stalled)
+        );
+    }
+    eprintln!("{text}");
+}
+
+/// Open a stream from the source at `addr` and never read it. Returns once nothing has moved
+/// on it for `STALL_QUIET` (neither the bytes the source has written nor those waiting at this
+/// end), at least `STALL_SETTLE` after it was opened. `Err` when it still moves after
+/// `STALL_LIMIT` (something on the path buffers it without bound) or nothing ever arrived.
+fn open_stalled(addr: SocketAddr, source: &SourceStats) -> io::Result<(TcpStream, Stall)> {
+    let written = || source.written.load(Ordering::Relaxed);
+    let base = written();
+    let s = connect(addr)?;
+    let start = Instant::now();
+    let mut last = (written(), queued_bytes(&s));
+    let mut quiet_since = start;
+    loop {
+        thread::sleep(Duration::from_millis(10));
+        let now = (written(), queued_bytes(&s));
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if start.elapsed() >= STALL_SETTLE
+            && quiet_since.elapsed() >= STALL_QUIET
+            && last.1.is_some_and(|q| q > 0)
+        {
+            let stall = Stall {
+                after_s: quiet_since.duration_since(start).as_secs_f64(),
+                held_bytes: last.0.saturating_sub(base),
+            };
+            return Ok((s, stall));
+        }
+        if start.elapsed() >= STALL_LIMIT {
+            let why = if last.1.is_some_and(|q| q > 0) {
+                "still moving"
+            } else {
+                "nothing arrived"
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{why} {} s after it was opened ({} MiB written by the source)",
+                    STALL_LIMIT.as_secs(),
+                    fmt_mib(Some(last.0.saturating_sub(base) / 1024))
+                ),
+            ));
+        }
+    }
+}
+
+/// Bytes waiting in a socket's receive queue (`None` when the kernel does not say).
+fn queued_bytes(s: &TcpStream) -> Option<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer; the descriptor is owned by `s`.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 { u64::try_from(n).ok() } else { None }
+}
+
+/// Wait until every connection of the source service has ended (its thread returned and
+/// closed the socket); `Err` after `timeout`.
+fn wait_sources_ended(source: &SourceStats, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let open = source.open.load(Ordering::Relaxed);
+        if open == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{open} source connection(s) still writing {} s after the reader closed \
+                 (the close did not reach the target; the source's write timeout ends them)",
+                timeout.as_secs()
+            ));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Results
 
@@ -304,6 +446,16 @@ impl Row {
     }
 }
 
+/// How the stalled stream of the stalled-stream workload came to a stop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stall {
+    /// Seconds from opening the stream until it stopped moving.
+    after_s: f64,
+    /// Bytes the source wrote until then: what the path holds for the reader that does not read
+    /// (a 256 KiB write blocked midway is not counted).
+    held_bytes: u64,
+}
+
 /// Resident memory of the server and client roles, in KiB.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct MemPair {
@@ -327,6 +479,11 @@ struct Report {
     mem_idle: Option<MemPair>,
     mem_streams: Option<MemPair>,
     mem_peak: Option<MemPair>,
+    /// The stalled-stream workload (tunnel only): rows whose `direct` holds the figure before
+    /// the other stream stalled and `tunnel` the figure while it is.
+    stalled_rows: Vec<Row>,
+    stall: Option<Stall>,
+    mem_stalled: Option<MemPair>,
     cpu_upload: Option<f64>,
     cpu_download: Option<f64>,
     notes: Vec<String>,
@@ -367,9 +524,24 @@ impl Report {
         direct: io::Result<Samples>,
         tunnel: io::Result<Samples>,
     ) {
-        let direct = self.take(label, "direct", direct);
-        let tunnel = self.take(label, "tunnel", tunnel);
-        for (side, s) in [("direct", &direct), ("tunnel", &tunnel)] {
+        let rows = self.sample_rows(key, label, ["direct", "tunnel"], direct, tunnel);
+        self.rows.extend(rows);
+    }
+
+    /// A rate row and p50/p99 latency rows from two request/response measurements, the first
+    /// in each row's `direct`, the second in its `tunnel`; `sides` names them in the notes. A
+    /// failed side is noted and marks the run as failed.
+    fn sample_rows(
+        &mut self,
+        key: &str,
+        label: &str,
+        sides: [&str; 2],
+        direct: io::Result<Samples>,
+        tunnel: io::Result<Samples>,
+    ) -> Vec<Row> {
+        let direct = self.take(label, sides[0], direct);
+        let tunnel = self.take(label, sides[1], tunnel);
+        for (side, s) in [(sides[0], &direct), (sides[1], &tunnel)] {
             if let Some(s) = s
                 && s.errors > 0
             {
@@ -381,15 +553,15 @@ impl Report {
             }
         }
         let (d, t) = (direct.as_ref(), tunnel.as_ref());
-        self.rows.push(Row {
+        let mut rows = vec![Row {
             key: format!("{key}_per_s"),
             label: format!("{label} (/s)"),
             kind: Kind::Rate,
             direct: d.map(Samples::rate),
             tunnel: t.map(Samples::rate),
-        });
+        }];
         for p in [50.0, 99.0] {
-            self.rows.push(Row {
+            rows.push(Row {
                 key: format!("{key}_p{p}_us"),
                 label: format!("{label}, p{p} (µs)"),
                 kind: Kind::Latency,
@@ -397,10 +569,11 @@ impl Report {
                 tunnel: t.and_then(|s| s.percentile_us(p)),
             });
         }
+        rows
     }
 
     /// The memory figures: (table label, JSON name, figure).
-    fn memory(&self) -> [(&'static str, &'static str, Option<MemPair>); 3] {
+    fn memory(&self) -> [(&'static str, &'static str, Option<MemPair>); 4] {
         [
             ("idle, tunnel attached", "idle", self.mem_idle),
             ("1,000 idle streams open", "streams_1000", self.mem_streams),
@@ -408,6 +581,11 @@ impl Report {
                 "peak during 8-stream upload",
                 "peak_8_streams",
                 self.mem_peak,
+            ),
+            (
+                "while one stream is stalled",
+                "stalled_stream",
+                self.mem_stalled,
             ),
         ]
     }
@@ -428,36 +606,44 @@ impl Report {
             Some(_) => 1,
             None => 0,
         };
-        let mut out = String::new();
-        for row in &self.rows[self.rows.len() - n..] {
-            if !out.is_empty() {
-                out.push_str("; ");
+        rows_text(&self.rows[self.rows.len() - n..], ["direct", "tunnel"])
+    }
+}
+
+/// The progress text of rows: a rate row as both figures and their ratio, a latency row as
+/// both figures; `sides` names the figures of a rate row.
+fn rows_text(rows: &[Row], sides: [&str; 2]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        match row.kind {
+            Kind::Rate => {
+                let _ = write!(
+                    out,
+                    "{} {}, {} {}",
+                    sides[0],
+                    opt_num(row.direct),
+                    sides[1],
+                    opt_num(row.tunnel)
+                );
+                if let Some(r) = row.ratio() {
+                    let _ = write!(out, " (ratio {})", fmt_ratio(r));
+                }
             }
-            match row.kind {
-                Kind::Rate => {
-                    let _ = write!(
-                        out,
-                        "direct {}, tunnel {}",
-                        opt_num(row.direct),
-                        opt_num(row.tunnel)
-                    );
-                    if let Some(r) = row.ratio() {
-                        let _ = write!(out, " (ratio {})", fmt_ratio(r));
-                    }
-                }
-                Kind::Latency => {
-                    let name = row.key.rsplit('_').nth(1).unwrap_or("");
-                    let _ = write!(
-                        out,
-                        "{name} {} -> {} µs",
-                        opt_num(row.direct),
-                        opt_num(row.tunnel)
-                    );
-                }
+            Kind::Latency => {
+                let name = row.key.rsplit('_').nth(1).unwrap_or("");
+                let _ = write!(
+                    out,
+                    "{name} {} -> {} µs",
+                    opt_num(row.direct),
+                    opt_num(row.tunnel)
+                );
             }
         }
-        out
     }
+    out
 }
 
 /// Outcome of a bulk transfer.
@@ -605,40 +791,32 @@ fn render_table(r: &Report) -> String {
         r.server_pid,
         r.client_pid
     );
-    if !r.rows.is_empty() {
-        let header = ["workload", "direct", "tunnel", "tunnel/direct"];
-        let cells: Vec<[String; 4]> = r
-            .rows
-            .iter()
-            .map(|row| {
-                let ratio = match (row.ratio(), row.kind, row.direct, row.tunnel) {
-                    (Some(q), Kind::Latency, Some(d), Some(t)) => {
-                        format!("{} ({} µs)", fmt_ratio(q), fmt_signed(t - d))
-                    }
-                    (Some(q), _, _, _) => fmt_ratio(q),
-                    _ => "-".to_string(),
-                };
-                [
-                    row.label.clone(),
-                    opt_num(row.direct),
-                    opt_num(row.tunnel),
-                    ratio,
-                ]
-            })
-            .collect();
-        let mut width = header.map(|h| h.chars().count());
-        for c in &cells {
-            for (w, s) in width.iter_mut().zip(c) {
-                *w = (*w).max(s.chars().count());
-            }
-        }
-        let _ = writeln!(out);
-        push_cells(&mut out, &header.map(str::to_string), &width);
-        let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
-        let _ = writeln!(out, "{}", rule.join("  "));
-        for c in &cells {
-            push_cells(&mut out, c, &width);
-        }
+    push_table(
+        &mut out,
+        ["workload", "direct", "tunnel", "tunnel/direct"],
+        &r.rows,
+    );
+    if !r.stalled_rows.is_empty() {
+        push_table(
+            &mut out,
+            [
+                "tunnel, another stream stalled",
+                "unstalled",
+                "stalled",
+                "stalled/unstalled",
+            ],
+            &r.stalled_rows,
+        );
+        let _ = match r.stall {
+            Some(st) => writeln!(
+                out,
+                "(the stalled stream stopped {:.2} s after it opened, holding {} MiB; target: round trips/s stalled/unstalled >= {})",
+                st.after_s,
+                fmt_mib(Some(st.held_bytes / 1024)),
+                fmt_ratio(STALLED_TARGET_RATIO)
+            ),
+            None => writeln!(out, "(the other stream did not stall)"),
+        };
     }
     let mems = r.memory();
     if mems.iter().any(|(_, _, m)| m.is_some()) {
@@ -677,6 +855,45 @@ fn render_table(r: &Report) -> String {
         }
     }
     out
+}
+
+/// A blank line, then a table of rows: a header, a rule, and each row's label, both figures
+/// and their ratio (with the added time for a latency). Nothing when there are no rows.
+fn push_table(out: &mut String, header: [&str; 4], rows: &[Row]) {
+    if rows.is_empty() {
+        return;
+    }
+    let cells: Vec<[String; 4]> = rows
+        .iter()
+        .map(|row| {
+            let ratio = match (row.ratio(), row.kind, row.direct, row.tunnel) {
+                (Some(q), Kind::Latency, Some(d), Some(t)) => {
+                    format!("{} ({} µs)", fmt_ratio(q), fmt_signed(t - d))
+                }
+                (Some(q), _, _, _) => fmt_ratio(q),
+                _ => "-".to_string(),
+            };
+            [
+                row.label.clone(),
+                opt_num(row.direct),
+                opt_num(row.tunnel),
+                ratio,
+            ]
+        })
+        .collect();
+    let mut width = header.map(|h| h.chars().count());
+    for c in &cells {
+        for (w, s) in width.iter_mut().zip(c) {
+            *w = (*w).max(s.chars().count());
+        }
+    }
+    let _ = writeln!(out);
+    push_cells(out, &header.map(str::to_string), &width);
+    let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
+    let _ = writeln!(out, "{}", rule.join("  "));
+    for c in &cells {
+        push_cells(out, c, &width);
+    }
 }
 
 fn push_cells(out: &mut String, cells: &[String; 4], width: &[usize; 4]) {
@@ -732,25 +949,39 @@ fn json_str(s: &str) -> String {
 
 /// The one JSON object printed with `--json`.
 fn render_json(r: &Report) -> String {
-    let workloads: Vec<String> = r
-        .rows
-        .iter()
-        .map(|row| {
-            let mut o = format!(
-                "{}:{{\"direct\":{},\"tunnel\":{},\"ratio\":{}",
-                json_str(&row.key),
-                json_num(row.direct),
-                json_num(row.tunnel),
-                json_num(row.ratio())
-            );
-            if row.kind == Kind::Latency {
-                let added = row.direct.zip(row.tunnel).map(|(d, t)| t - d);
-                let _ = write!(o, ",\"added_us\":{}", json_num(added));
-            }
-            o.push('}');
-            o
-        })
-        .collect();
+    let rows_json = |rows: &[Row], sides: [&str; 2]| -> Vec<String> {
+        rows.iter()
+            .map(|row| {
+                let mut o = format!(
+                    "{}:{{\"{}\":{},\"{}\":{},\"ratio\":{}",
+                    json_str(&row.key),
+                    sides[0],
+                    json_num(row.direct),
+                    sides[1],
+                    json_num(row.tunnel),
+                    json_num(row.ratio())
+                );
+                if row.kind == Kind::Latency {
+                    let added = row.direct.zip(row.tunnel).map(|(d, t)| t - d);
+                    let _ = write!(o, ",\"added_us\":{}", json_num(added));
+                }
+                o.push('}');
+                o
+            })
+            .collect()
+    };
+    let workloads = rows_json(&r.rows, ["direct", "tunnel"]);
+    let mut stalled = rows_json(&r.stalled_rows, ["unstalled", "stalled"]);
+    if let Some(st) = r.stall {
+        stalled.push(format!(
+            "\"stalled_after_s\":{}",
+            json_num(Some(st.after_s))
+        ));
+        stalled.push(format!(
+            "\"held_mib\":{}",
+            json_num(Some(st.held_bytes as f64 / (1024.0 * 1024.0)))
+        ));
+    }
     let mib = |k: Option<u64>| json_num(k.map(|k| k as f64 / 1024.0));
     let memory: Vec<String> = r
         .memory()
@@ -772,13 +1003,14 @@ fn render_json(r: &Report) -> String {
         .collect();
     let notes: Vec<String> = r.notes.iter().map(|n| json_str(n)).collect();
     format!(
-        "{{\"seconds\":{},\"address\":\"127.0.0.1\",\"roles\":\"separate processes\",\"server_pid\":{},\"client_pid\":{},\"cores\":{},\"nofile_limit\":{},\"workloads\":{{{}}},\"memory_mib\":{{{}}},\"cpu_s_per_gb\":{{{}}},\"notes\":[{}],\"ok\":{}}}",
+        "{{\"seconds\":{},\"address\":\"127.0.0.1\",\"roles\":\"separate processes\",\"server_pid\":{},\"client_pid\":{},\"cores\":{},\"nofile_limit\":{},\"workloads\":{{{}}},\"stalled_stream\":{{{}}},\"memory_mib\":{{{}}},\"cpu_s_per_gb\":{{{}}},\"notes\":[{}],\"ok\":{}}}",
         json_num(Some(r.seconds)),
         r.server_pid,
         r.client_pid,
         cores(),
         r.nofile,
         workloads.join(","),
+        stalled.join(","),
         memory.join(","),
         cpu.join(","),
         notes.join(","),
@@ -1728,8 +1960,19 @@ fn strip_ansi(s: &str) -> String {
 /// The echo (one mio loop), sink and source (a thread per connection) services.
 struct Targets {
     addr: Endpoints,
+    source_stats: Arc<SourceStats>,
     stop: Arc<AtomicBool>,
     echo_thread: Option<thread::JoinHandle<()>>,
+}
+
+/// What the connections of the source service have done: the stalled-stream workload watches
+/// them come to a stop, and end once their reader closes.
+#[derive(Debug, Default)]
+struct SourceStats {
+    /// Bytes written by all of them so far.
+    written: AtomicU64,
+    /// Connections whose thread has not ended yet.
+    open: AtomicUsize,
 }
 
 impl Targets {
@@ -1752,11 +1995,15 @@ impl Targets {
                 sink: loopback(0),
                 source: loopback(0),
             },
+            source_stats: Arc::new(SourceStats::default()),
             stop,
             echo_thread: Some(echo_thread),
         };
         targets.addr.sink = spawn_acceptor("sink", Arc::clone(&targets.stop), sink_conn)?;
-        targets.addr.source = spawn_acceptor("source", Arc::clone(&targets.stop), source_conn)?;
+        let stats = Arc::clone(&targets.source_stats);
+        targets.addr.source = spawn_acceptor("source", Arc::clone(&targets.stop), move |s| {
+            source_conn(s, &stats)
+        })?;
         Ok(targets)
     }
 }
@@ -1779,7 +2026,7 @@ impl Drop for Targets {
 fn spawn_acceptor(
     name: &str,
     stop: Arc<AtomicBool>,
-    serve: fn(TcpStream),
+    serve: impl Fn(TcpStream) + Clone + Send + 'static,
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(loopback(0))?;
     let addr = listener.local_addr()?;
@@ -1796,6 +2043,7 @@ fn spawn_acceptor(
                     thread::sleep(Duration::from_millis(5));
                     continue;
                 };
+                let serve = serve.clone();
                 let _ = thread::Builder::new()
                     .name(conn_name.clone())
                     .spawn(move || serve(conn));
@@ -1818,11 +2066,24 @@ fn sink_conn(mut s: TcpStream) {
     }
 }
 
-/// Write 256 KiB chunks until the peer goes away (or a write stalls for 10 s).
-fn source_conn(mut s: TcpStream) {
+/// Write 256 KiB chunks until the peer goes away (or a write stalls for 10 s), counting the
+/// bytes written and the connections still open in `stats`.
+fn source_conn(mut s: TcpStream, stats: &SourceStats) {
+    stats.open.fetch_add(1, Ordering::Relaxed);
     let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
     let buf = vec![0xa5_u8; CHUNK];
-    while s.write_all(&buf).is_ok() {}
+    loop {
+        match s.write(&buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                stats.written.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    drop(s);
+    stats.open.fetch_sub(1, Ordering::Relaxed);
 }
 
 const ECHO_LISTENER: mio::Token = mio::Token(usize::MAX);
@@ -2111,9 +2372,34 @@ mod tests {
             first_error: Some("refused".to_string()),
         };
         r.push_samples("rr1", "64 B round trips, 1 conn", Ok(direct), Ok(tunnel));
+        let unstalled = Samples {
+            lat_ns: vec![30_000; 100],
+            secs: 1.0,
+            ..Samples::default()
+        };
+        let stalled = Samples {
+            lat_ns: vec![40_000; 90],
+            secs: 1.0,
+            ..Samples::default()
+        };
+        r.stalled_rows = r.sample_rows(
+            "rr1",
+            "64 B round trips, 1 conn",
+            ["unstalled", "stalled"],
+            Ok(unstalled),
+            Ok(stalled),
+        );
+        r.stall = Some(Stall {
+            after_s: 0.25,
+            held_bytes: 3 * 1024 * 1024,
+        });
         r.mem_idle = Some(MemPair {
             server_kib: Some(2048),
             client_kib: Some(1024),
+        });
+        r.mem_stalled = Some(MemPair {
+            server_kib: Some(4096),
+            client_kib: Some(3072),
         });
         r.cpu_upload = Some(0.4);
         r
@@ -2150,6 +2436,37 @@ mod tests {
             text,
             "direct 100, tunnel 50.0 (ratio 0.50); p50 10.0 -> 20.0 µs; p99 10.0 -> 20.0 µs"
         );
+        let keys: Vec<&str> = r.stalled_rows.iter().map(|row| row.key.as_str()).collect();
+        assert_eq!(keys, ["rr1_per_s", "rr1_p50_us", "rr1_p99_us"]);
+        assert_eq!(r.stalled_rows[0].ratio(), Some(0.9));
+        assert_eq!(
+            rows_text(&r.stalled_rows, ["unstalled", "stalled"]),
+            "unstalled 100, stalled 90.0 (ratio 0.90); p50 30.0 -> 40.0 µs; p99 30.0 -> 40.0 µs"
+        );
+    }
+
+    #[test]
+    fn a_failed_stalled_side_is_noted_by_its_name() {
+        let mut r = Report::default();
+        let rows = r.sample_rows(
+            "rr1",
+            "64 B round trips, 1 conn",
+            ["unstalled", "stalled"],
+            Ok(Samples::new(vec![5_000; 10], 1.0)),
+            Err(io::Error::other(
+                "the other stream did not stall: still moving",
+            )),
+        );
+        assert!(r.failed);
+        assert_eq!(rows[0].direct, Some(10.0));
+        assert_eq!(rows[0].tunnel, None);
+        assert_eq!(
+            r.notes,
+            ["64 B round trips, 1 conn, stalled: the other stream did not stall: still moving"]
+        );
+        // Without the workload, neither the section nor its figures appear.
+        assert!(!render_table(&Report::default()).contains("stalled"));
+        assert!(render_json(&Report::default()).contains("\"stalled_stream\":{},"));
     }
 
     #[test]
@@ -2176,6 +2493,26 @@ mod tests {
         assert!(table.contains("0.400"));
         assert!(!table.contains("1,000 idle streams open"));
         assert!(table.contains("- download, 1 stream (Gbit/s), tunnel: boom"));
+        let stalled: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("tunnel, another stream stalled"))
+            .collect();
+        assert!(
+            stalled[0].ends_with("unstalled  stalled  stalled/unstalled"),
+            "{table}"
+        );
+        assert!(
+            stalled[2].starts_with("64 B round trips, 1 conn (/s)"),
+            "{table}"
+        );
+        assert!(stalled[2].ends_with("100     90.0  0.90"), "{table}");
+        assert!(
+            stalled[3].ends_with("30.0     40.0  1.33 (+10.0 µs)"),
+            "{table}"
+        );
+        assert!(stalled[5].contains("stopped 0.25 s after it opened, holding 3.0 MiB"));
+        assert!(table.contains("while one stream is stalled"));
+        assert!(table.contains("    4.0      3.0      7.0"), "{table}");
     }
 
     #[test]
@@ -2209,7 +2546,16 @@ mod tests {
                 "\"rr1_p50_us\":{\"direct\":10,\"tunnel\":20,\"ratio\":2,\"added_us\":10}"
             )
         );
-        assert!(json.contains("\"memory_mib\":{\"idle\":{\"server\":2,\"client\":1,\"total\":3}}"));
+        assert!(json.contains(
+            "\"memory_mib\":{\"idle\":{\"server\":2,\"client\":1,\"total\":3},\"stalled_stream\":{\"server\":4,\"client\":3,\"total\":7}}"
+        ));
+        assert!(
+            json.contains(
+                "\"stalled_stream\":{\"rr1_per_s\":{\"unstalled\":100,\"stalled\":90,\"ratio\":0.9},\"rr1_p50_us\":{\"unstalled\":30,\"stalled\":40,\"ratio\":1.3333,\"added_us\":10},"
+            ),
+            "{json}"
+        );
+        assert!(json.contains(",\"stalled_after_s\":0.25,\"held_mib\":3},"));
         assert!(json.contains("\"cpu_s_per_gb\":{\"upload\":0.4,\"download\":null}"));
         assert!(json.contains("\"roles\":\"separate processes\""));
         assert!(json.ends_with("\"ok\":false}"));
@@ -2245,6 +2591,21 @@ mod tests {
         assert!(!conns.lat_ns.is_empty());
         let held = hold_streams(targets.addr.echo, 20).expect("idle streams");
         assert_eq!(held.len(), 20);
+    }
+
+    #[test]
+    fn a_stream_never_read_stalls_and_its_source_ends_when_it_closes() {
+        let targets = Targets::start().expect("targets start on 127.0.0.1");
+        let stats = &targets.source_stats;
+        let (stream, stall) =
+            open_stalled(targets.addr.source, stats).expect("the unread stream stalls");
+        assert!(stall.held_bytes > 0);
+        assert!(stall.after_s < STALL_LIMIT.as_secs_f64());
+        assert!(queued_bytes(&stream).is_some_and(|q| q > 0));
+        assert_eq!(stats.open.load(Ordering::Relaxed), 1);
+        drop(stream);
+        wait_sources_ended(stats, SOURCE_END_TIMEOUT)
+            .expect("the source connection ends once its reader closes");
     }
 
     #[test]
