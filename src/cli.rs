@@ -48,7 +48,7 @@ pub struct ClientArgs {
     /// Read SERVER_IP, SERVER_PORT, TAG, TOKEN and LOG_LEVEL from a forward_client.cfg file
     #[arg(long, value_name = "FILE", conflicts_with_all = ["server_ip", "server_port"])]
     pub config: Option<PathBuf>,
-    /// Tag announced to the server: it serves the public ports mapped to this tag [default: default]
+    /// Tag to announce: the server sends this client the ports mapped to it [default: default]
     #[arg(long)]
     pub tag: Option<String>,
     /// Shared secret proving this client to the server (or set TCP_FORWARD_TOKEN)

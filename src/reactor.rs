@@ -49,6 +49,9 @@ const READ_CHUNKS: usize = 16;
 /// First allocation of a stream's pending buffer: most streams that ever queue anything
 /// queue little, and this stays below the allocator's threshold for mapping pages.
 const PENDING_INITIAL: usize = 16 * 1024;
+/// A tunnel's buffers are returned this long after they last drained (and refilled on
+/// demand): a burst leaves no memory behind, a busy tunnel reallocates once per interval.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 /// Consecutive DATA frames of one stream written with one system call.
 const MAX_COALESCE: usize = 16;
 /// A tunnel reads at most this much per turn before others get theirs.
@@ -416,6 +419,12 @@ impl Reactor {
             return;
         };
         t.tick_at = None;
+        if t.release_at.is_some_and(|at| at <= now) {
+            // A burst is over: hand back the memory it made the buffers touch.
+            t.release_at = None;
+            t.rx.release();
+            t.tx.release();
+        }
         if let Some(d) = t.deadline
             && d <= now
         {
@@ -437,9 +446,6 @@ impl Reactor {
                 return;
             }
             if t.next_ping <= now {
-                // Once per ping interval, hand back buffer memory a burst left behind.
-                t.rx.release();
-                t.tx.release();
                 t.next_ping = now + t.ping_interval;
                 let stamp = now.duration_since(t.since).as_nanos() as u64;
                 if let Err(reason) = t.send_small(kind::PING, 0, &stamp.to_be_bytes()) {
@@ -456,7 +462,10 @@ impl Reactor {
         let Some(t) = self.tunnel_mut(key) else {
             return;
         };
-        let mut at = t.deadline;
+        let mut at = match (t.deadline, t.release_at) {
+            (Some(d), Some(r)) => Some(d.min(r)),
+            (d, r) => d.or(r),
+        };
         if t.is_established() {
             let hb = t.next_ping.min(t.last_rx + t.dead_after());
             at = Some(at.map_or(hb, |d| d.min(hb)));
@@ -505,6 +514,7 @@ impl Reactor {
 
     /// Write a tunnel's queued frames; wake relays waiting for room; finish a closing tunnel.
     pub fn flush_tunnel(&mut self, key: usize) {
+        let now = self.now;
         let Some(t) = self.tunnel_mut(key) else {
             return;
         };
@@ -515,6 +525,14 @@ impl Reactor {
             self.close_tunnel(key, format!("write failed: {e}"));
             return;
         }
+        if t.tx.is_empty() && t.release_at.is_none() && (t.tx.is_allocated() || t.rx.is_allocated())
+        {
+            t.release_at = Some(now + IDLE_RELEASE);
+            self.schedule_tunnel_tick(key);
+        }
+        let Some(t) = self.tunnel_mut(key) else {
+            return;
+        };
         if t.tx.len() < TX_DATA_LIMIT && !t.blocked.is_empty() {
             let blocked = std::mem::take(&mut t.blocked);
             for rkey in blocked {
@@ -549,7 +567,8 @@ impl Reactor {
                     t.rx.commit(n);
                     t.bytes_in += n as u64;
                     t.last_rx = now;
-                    // A short read drained the socket, unless the peer is closing: then read on to EOF.
+                    // A short read drained the socket, unless the peer is closing: then read
+                    // on to EOF.
                     let drained = n < room && !t.read_closed_hint;
                     if drained {
                         t.readable = false;
@@ -696,6 +715,9 @@ impl Reactor {
                 let Some(r) = self.relay_mut(rkey) else {
                     return Ok(());
                 };
+                if r.state == RelayState::Opening {
+                    return Err(format!("stream {id}: FIN before OPEN_OK"));
+                }
                 r.flow
                     .on_fin_received()
                     .map_err(|v| format!("stream {id}: {v}"))?;
@@ -805,7 +827,10 @@ impl Reactor {
     }
 
     fn is_established(&self, key: usize) -> bool {
-        matches!(self.slab.get(key), Some(Entry { ep: Endpoint::Tunnel(t), .. }) if t.is_established())
+        self.slab.get(key).is_some_and(|e| match &e.ep {
+            Endpoint::Tunnel(t) => t.is_established(),
+            _ => false,
+        })
     }
 
     /// A relay's socket can take bytes again: write what is pending, return credit.

@@ -68,7 +68,8 @@ impl Relay {
     }
 
     /// Write `parts` straight to the socket (one vectored write) when it is connected and
-    /// nothing is queued ahead of them; keep what it refuses (or all, before the connect). Returns the bytes the socket took.
+    /// nothing is queued ahead of them; keep what it refuses (or all, before the connect).
+    /// Returns the bytes the socket took.
     pub fn write_or_queue(&mut self, parts: &[&[u8]]) -> io::Result<usize> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut written = 0;

@@ -48,6 +48,8 @@ pub struct ServerRole {
     handshakes: VecDeque<(usize, u64)>,
     /// Listeners with an accept retry scheduled.
     accept_retry: HashSet<usize>,
+    /// The loop turn of the last scan for closed handshakes.
+    last_reap: Option<std::time::Instant>,
 }
 
 /// Bind every port, then serve until SIGINT or SIGTERM.
@@ -67,6 +69,7 @@ pub fn run(cfg: ServerConfig) -> io::Result<()> {
         pools: HashMap::new(),
         handshakes: VecDeque::new(),
         accept_retry: HashSet::new(),
+        last_reap: None,
     };
     let mut reactor = Reactor::new(Role::Server(role))?;
     let addr = SocketAddr::new(cfg.bind_addr, cfg.inner_port);
@@ -196,15 +199,20 @@ impl Reactor {
             self.generation_of(key) == Some(generation)
                 && self.tunnel_mut(key).is_some_and(|t| !t.is_established())
         });
-        if queue.len() > MAX_HANDSHAKES {
+        let now = self.now;
+        if queue.len() > MAX_HANDSHAKES && self.server().last_reap != Some(now) {
             // Over the cap: first drop connections whose peer has already gone (a burst of
-            // connect-and-close is accepted before its EOFs are read).
+            // connect-and-close is accepted before its EOFs or resets are read). Once per
+            // loop turn at most: under a flood of accepts this scan is the costly part.
+            self.server().last_reap = Some(now);
             let mut gone = Vec::new();
             queue.retain(|&(key, _)| {
-                let alive = self.tunnel_mut(key).is_some_and(|t| {
-                    !matches!(t.sock.peek(&mut [0u8; 1]), Ok(0))
-                        && t.sock.take_error().is_ok_and(|e| e.is_none())
-                });
+                let alive =
+                    self.tunnel_mut(key)
+                        .is_some_and(|t| match t.sock.peek(&mut [0u8; 1]) {
+                            Ok(n) => n > 0,
+                            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                        });
                 if !alive {
                     gone.push(key);
                 }
@@ -382,7 +390,8 @@ impl Reactor {
             Err(why) => {
                 let max = self.server().max_streams;
                 warn!(
-                    "{why} ({max} streams) on every client of tag {tag}: closing visitor {peer} on port {port}"
+                    "{why} ({max} streams) on every client of tag {tag}: \
+                     closing visitor {peer} on port {port}"
                 );
                 return;
             }

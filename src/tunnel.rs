@@ -62,6 +62,8 @@ pub struct Tunnel {
     pub deadline: Option<Instant>,
     /// When the tunnel's one pending timer fires.
     pub tick_at: Option<Instant>,
+    /// When to return the buffers' memory, if they are empty then.
+    pub release_at: Option<Instant>,
     /// Set when the tunnel is flushing its last frames before closing, with the reason.
     pub closing: Option<String>,
     /// The socket may hold unread bytes (a read stopped early).
@@ -94,6 +96,7 @@ impl Tunnel {
             ping_interval: crate::config::DEFAULT_HEARTBEAT,
             deadline: Some(now + HANDSHAKE_TIMEOUT),
             tick_at: None,
+            release_at: None,
             closing: None,
             readable: false,
             read_closed_hint: false,
