@@ -29,6 +29,7 @@ Usage: scripts/compare-peers.sh [options]
       --bin PATH      tcp-forward binary (default target/release/tcp-forward; env TCP_FORWARD_BIN)
       --no-redis      skip redis-benchmark
   env SOCAT_BACKLOG   listen backlog for socat (default 1024; empty = socat's default of 5)
+  env RELAY_MODE      relay-chain mode: copy (default) or splice
       --json FILE     also write results as JSON
   -o, --output FILE   also write the Markdown report to FILE
   -h, --help          this text
@@ -51,6 +52,7 @@ MD_OUT=
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TF_BIN=${TCP_FORWARD_BIN:-$REPO/target/release/tcp-forward}
 REF_BIN=$REPO/target/release/examples/reference_relay
+RELAY_MODE=${RELAY_MODE:-copy} # relay-chain: copy (256 KiB buffer) or splice (through a pipe)
 TOKEN="peer-bench-token"
 # socat's own listen backlog is 5: 50 wrk connections then overflow the accept queue and
 # SYN retransmits put ~1 s into the p99. 1024 matches the other peers; empty = socat default.
@@ -289,9 +291,9 @@ setup_relay_chain() {
     for pub in "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS"; do
         target=$(( i == 0 ? IPERF_PORT : (i == 1 ? HTTP_PORT : REDIS_PORT) ))
         hop=${hops[$i]}
-        start_bg "$TMP/relay-$hop.log" "$REF_BIN" "$hop" "$target" copy
+        start_bg "$TMP/relay-$hop.log" "$REF_BIN" "$hop" "$target" "$RELAY_MODE"
         PEER_PIDS+=("$LAST_PID")
-        start_bg "$TMP/relay-$pub.log" "$REF_BIN" "$pub" "$hop" copy
+        start_bg "$TMP/relay-$pub.log" "$REF_BIN" "$pub" "$hop" "$RELAY_MODE"
         PEER_PIDS+=("$LAST_PID")
         i=$((i + 1))
     done
@@ -575,7 +577,7 @@ version_of() { # peer -> one line
     local b
     case $1 in
     direct) echo "kernel $(uname -r)" ;;
-    relay-chain) [[ -x $REF_BIN ]] && echo "two chained examples/reference_relay (blocking, 2 threads per connection, 256 KiB copies)" ;;
+    relay-chain) [[ -x $REF_BIN ]] && echo "two chained examples/reference_relay (blocking, 2 threads per connection, mode $RELAY_MODE)" ;;
     socat) b=$(find_bin socat) && "$b" -V 2>/dev/null | awk -v bl="${SOCAT_BACKLOG:-default}" '/socat version/{print "socat " $3 ", TCP-LISTEN:p,fork,reuseaddr,backlog=" bl; exit}' ;;
     rathole) b=$(find_bin rathole) && "$b" --version 2>/dev/null | awk '/Build Version:/{print "rathole " $3; exit}' ;;
     bore) b=$(find_bin bore) && "$b" --version 2>/dev/null | head -n 1 ;;
