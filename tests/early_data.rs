@@ -35,18 +35,20 @@ fn early_data_for_a_refused_target_is_dropped_and_the_tunnel_lives_on() {
     let dir = TempDir::new("early-refused");
     let echo = Target::echo();
     let mut setup = ServerSetup::new();
-    let bad = setup.map(refused_addr(), None);
+    let refused = RefusedPort::new();
+    let bad = setup.map(refused.addr(), None);
     let good = setup.map(echo.target(), None);
     let (_server, client) = server_and_client(&dir, &setup);
 
     let mut v = visit(bad);
     let _ = v.write_all(&pattern(5, 200 * 1024));
     let _ = v.shutdown(Shutdown::Write);
-    assert_closed(
-        &mut v,
-        Duration::from_secs(5),
-        "visitor of a refused target",
+    let r = wait_closed(&mut v, Duration::from_secs(5));
+    assert!(
+        r.is_closed(),
+        "visitor of a refused target still open: {r:?}"
     );
+    assert_eq!(r.bytes(), 0, "no data may come from a refused target");
     client.wait_for_line("cannot connect to", Duration::from_secs(5));
     assert_echo(good, "after early data for a refused target");
 }

@@ -12,7 +12,8 @@ use common::*;
 #[test]
 fn refused_target_closes_visitor_and_other_mapping_keeps_working() {
     let dir = TempDir::new("refused");
-    let refused = refused_addr();
+    let refused_port = RefusedPort::new();
+    let refused = refused_port.addr();
     let echo = Target::echo();
     let mut setup = ServerSetup::new();
     let p_bad = setup.map(refused, None);

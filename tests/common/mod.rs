@@ -82,10 +82,56 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
-/// An address where nothing listens: bind, read the address, drop the listener.
-pub fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr")
+/// A loopback port where nothing listens and nothing else can start listening while this
+/// value lives: a socket bound to it without `listen()`. Connections to it are refused.
+/// (Binding and dropping a listener would free the port for the next `bind(0)` of a test
+/// running alongside, which then answers instead.)
+pub struct RefusedPort {
+    fd: std::os::fd::OwnedFd,
+    addr: SocketAddr,
+}
+
+impl RefusedPort {
+    pub fn new() -> RefusedPort {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain socket calls on a descriptor we own; results are checked.
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(raw >= 0, "socket: {}", io::Error::last_os_error());
+            let fd = std::os::fd::OwnedFd::from_raw_fd(raw);
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                (&sin as *const libc::sockaddr_in).cast(),
+                len,
+            );
+            assert_eq!(rc, 0, "bind: {}", io::Error::last_os_error());
+            let mut got = len;
+            let rc = libc::getsockname(
+                fd.as_raw_fd(),
+                (&mut sin as *mut libc::sockaddr_in).cast(),
+                &mut got,
+            );
+            assert_eq!(rc, 0, "getsockname: {}", io::Error::last_os_error());
+            let addr =
+                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, u16::from_be(sin.sin_port)));
+            RefusedPort { fd, addr }
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        let _ = &self.fd;
+        self.addr
+    }
+}
+
+impl Default for RefusedPort {
+    fn default() -> Self {
+        RefusedPort::new()
+    }
 }
 
 /// Apply the standard timeouts to a test socket.
