@@ -12,7 +12,7 @@ use crate::buffer::Buf;
 use crate::config::{ClientConfig, Host, Target};
 use crate::protocol::flow::Flow;
 use crate::protocol::frame::{Frame, kind};
-use crate::protocol::handshake::{self, Accept, Challenge, Hello};
+use crate::protocol::handshake::{self, Accept, Challenge, Hello, NONCE_LEN};
 use crate::reactor::{CloseReason, Endpoint, Reactor, RelaySpec, Role, STREAM_WINDOW, TimerTarget};
 use crate::relay::RelayState;
 use crate::sys::{self, Jitter};
@@ -200,21 +200,47 @@ impl Reactor {
                 if ch.auth_required && token.is_none() {
                     error!("the server requires a token: pass --token or set TCP_FORWARD_TOKEN");
                 }
-                let proof = token.map(|tok| handshake::proof(&tok, &ch.nonce, &tag));
+                let proof = token
+                    .as_ref()
+                    .map(|tok| handshake::proof(tok, &ch.nonce, &tag));
+                let mut nonce = [0u8; NONCE_LEN];
+                sys::random_bytes(&mut nonce).map_err(|e| e.to_string())?;
                 let hello = Hello {
                     window: STREAM_WINDOW,
                     tag: &tag,
+                    nonce,
                     proof,
                 }
                 .encode();
                 t.send_raw(&handshake::preamble())?;
                 t.send(&Frame::Hello(&hello))?;
-                t.phase = Phase::AwaitAccept;
+                t.phase = Phase::AwaitAccept {
+                    client_nonce: nonce,
+                    server_nonce: ch.nonce,
+                };
                 self.mark_dirty(tkey);
                 Ok(())
             }
-            (Phase::AwaitAccept, Frame::Accept(p)) => {
+            (
+                Phase::AwaitAccept {
+                    client_nonce,
+                    server_nonce,
+                },
+                Frame::Accept(p),
+            ) => {
                 let a = Accept::decode(p).map_err(|e| format!("malformed ACCEPT: {e}"))?;
+                // With a token the server must prove it too: an impostor would otherwise get
+                // a client that connects wherever it is told, inside the private network.
+                if let Some(tok) = &token {
+                    let proven = a.proof.is_some_and(|proof| {
+                        handshake::verify_server(tok, &client_nonce, &server_nonce, &tag, &proof)
+                    });
+                    if !proven {
+                        error!("the server did not prove that it knows the token: not serving it");
+                        self.client().refused = true;
+                        return Err("server authentication failed".into());
+                    }
+                }
                 t.establish(now, Duration::from_millis(u64::from(a.heartbeat_ms)));
                 t.tag = tag;
                 t.peer_window = a.window;

@@ -293,6 +293,9 @@ impl Reactor {
             window: STREAM_WINDOW,
             max_streams: max_streams as u32,
             heartbeat_ms: heartbeat.as_millis() as u32,
+            proof: token
+                .as_ref()
+                .map(|tok| handshake::server_proof(tok, &hello.nonce, &nonce, hello.tag)),
         }
         .encode();
         t.send(&Frame::Accept(&accept))?;

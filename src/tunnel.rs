@@ -37,8 +37,11 @@ pub enum Phase {
     },
     /// Client: waiting for the server's preamble and challenge.
     AwaitChallenge,
-    /// Client: hello sent, waiting for accept or refuse.
-    AwaitAccept,
+    /// Client: hello sent, waiting for accept or refuse; the nonces check the server's proof.
+    AwaitAccept {
+        client_nonce: [u8; NONCE_LEN],
+        server_nonce: [u8; NONCE_LEN],
+    },
     Established,
 }
 

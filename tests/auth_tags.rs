@@ -266,3 +266,36 @@ fn two_clients_with_the_same_tag_both_serve_and_survive_one_kill() {
         held.len()
     );
 }
+
+#[test]
+fn a_client_with_a_token_does_not_serve_a_server_that_cannot_prove_it() {
+    // A server without the token stands for an impostor (a hijacked name or address): it
+    // accepts anyone, but cannot answer the client's nonce. The client must not serve it,
+    // or the impostor could make it connect anywhere inside the private network.
+    let dir = TempDir::new("server-proof");
+    let (_echo, setup, port) = echo_mapping();
+    let server = setup.start(&dir);
+    let client = spawn_client(
+        setup.inner_port,
+        &ClientOpts {
+            token: Some(TOKEN),
+            ..Default::default()
+        },
+    );
+    client.wait_for_line("did not prove", Duration::from_secs(5));
+    assert_eq!(
+        client.count("tunnel up"),
+        0,
+        "the client served an unproven server:\n{}",
+        client.tail(10)
+    );
+    // The server sees the client go away, and its visitors are not carried.
+    server.wait_for_line("tunnel detached", Duration::from_secs(5));
+    let mut v = visit(port);
+    assert_closed(
+        &mut v,
+        Duration::from_secs(5),
+        "visitor with no proven client",
+    );
+    assert_no_secret(&client);
+}

@@ -20,7 +20,8 @@ pub const PROOF_LEN: usize = 32;
 pub const MAX_TAG_LEN: usize = 64;
 /// Shortest heartbeat interval a server may announce.
 pub const MIN_HEARTBEAT_MS: u32 = 100;
-const PROOF_CONTEXT: &[u8] = b"tcp-forward/1";
+const CLIENT_CONTEXT: &[u8] = b"tcp-forward/1 client";
+const SERVER_CONTEXT: &[u8] = b"tcp-forward/1 server";
 const FLAG_AUTH_REQUIRED: u8 = 1;
 
 /// The 8 bytes each side sends before its first frame.
@@ -93,6 +94,8 @@ pub struct Hello<'a> {
     /// The client's receive window per stream, in bytes.
     pub window: u32,
     pub tag: &'a str,
+    /// The client's challenge to the server, answered in ACCEPT.
+    pub nonce: [u8; NONCE_LEN],
     pub proof: Option<[u8; PROOF_LEN]>,
 }
 
@@ -102,13 +105,8 @@ impl Hello<'_> {
         p.extend_from_slice(&self.window.to_be_bytes());
         p.push(self.tag.len() as u8);
         p.extend_from_slice(self.tag.as_bytes());
-        match &self.proof {
-            Some(proof) => {
-                p.push(PROOF_LEN as u8);
-                p.extend_from_slice(proof);
-            }
-            None => p.push(0),
-        }
+        p.extend_from_slice(&self.nonce);
+        put_proof(&mut p, self.proof.as_ref());
         p
     }
 
@@ -122,21 +120,18 @@ impl Hello<'_> {
         }
         let (tag, rest) = rest.split_at_checked(tag_len).ok_or(bad)?;
         let tag = std::str::from_utf8(tag).map_err(|_| "tag is not UTF-8")?;
-        let (&proof_len, rest) = rest.split_first().ok_or(bad)?;
-        let proof = match (usize::from(proof_len), rest.len()) {
-            (0, 0) => None,
-            (PROOF_LEN, PROOF_LEN) => {
-                let mut proof = [0; PROOF_LEN];
-                proof.copy_from_slice(rest);
-                Some(proof)
-            }
-            _ => return Err(bad),
-        };
+        let (nonce, rest) = rest.split_first_chunk::<NONCE_LEN>().ok_or(bad)?;
+        let proof = take_proof(rest).ok_or(bad)?;
         let window = u32::from_be_bytes(*window);
         if window == 0 {
             return Err("zero window");
         }
-        Ok(Hello { window, tag, proof })
+        Ok(Hello {
+            window,
+            tag,
+            nonce: *nonce,
+            proof,
+        })
     }
 }
 
@@ -147,21 +142,25 @@ pub struct Accept {
     pub max_streams: u32,
     /// Ping interval both ends use, in milliseconds; three silent intervals mean dead.
     pub heartbeat_ms: u32,
+    /// With a token: the server's answer to the client's nonce.
+    pub proof: Option<[u8; PROOF_LEN]>,
 }
 
 impl Accept {
     pub fn encode(&self) -> Vec<u8> {
-        let mut p = Vec::with_capacity(12);
+        let mut p = Vec::with_capacity(13 + PROOF_LEN);
         p.extend_from_slice(&self.window.to_be_bytes());
         p.extend_from_slice(&self.max_streams.to_be_bytes());
         p.extend_from_slice(&self.heartbeat_ms.to_be_bytes());
+        put_proof(&mut p, self.proof.as_ref());
         p
     }
 
     pub fn decode(p: &[u8]) -> Result<Accept, &'static str> {
-        let raw: [u8; 12] = p.try_into().map_err(|_| "accept has the wrong length")?;
+        let (raw, rest) = p.split_first_chunk::<12>().ok_or("accept is truncated")?;
         let word = |i: usize| u32::from_be_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
         let (window, max_streams, heartbeat_ms) = (word(0), word(4), word(8));
+        let proof = take_proof(rest).ok_or("accept has a malformed proof")?;
         if window == 0 {
             return Err("zero window");
         }
@@ -172,27 +171,87 @@ impl Accept {
             window,
             max_streams,
             heartbeat_ms,
+            proof,
         })
     }
 }
 
-fn mac(token: &[u8], nonce: &[u8; NONCE_LEN], tag: &str) -> Hmac<Sha256> {
+fn mac(token: &[u8], context: &[u8], nonces: &[&[u8; NONCE_LEN]], tag: &str) -> Hmac<Sha256> {
     let mut m =
         <Hmac<Sha256> as KeyInit>::new_from_slice(token).expect("HMAC takes keys of any length");
-    m.update(PROOF_CONTEXT);
-    m.update(nonce);
+    m.update(context);
+    for nonce in nonces {
+        m.update(*nonce);
+    }
     m.update(tag.as_bytes());
     m
 }
 
-/// The client's proof that it knows `token`.
+/// The client's proof that it knows `token`, over the server's nonce.
 pub fn proof(token: &[u8], nonce: &[u8; NONCE_LEN], tag: &str) -> [u8; PROOF_LEN] {
-    mac(token, nonce, tag).finalize().into_bytes().into()
+    mac(token, CLIENT_CONTEXT, &[nonce], tag)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Check a client's proof in constant time.
 pub fn verify(token: &[u8], nonce: &[u8; NONCE_LEN], tag: &str, proof: &[u8]) -> bool {
-    mac(token, nonce, tag).verify_slice(proof).is_ok()
+    mac(token, CLIENT_CONTEXT, &[nonce], tag)
+        .verify_slice(proof)
+        .is_ok()
+}
+
+/// The server's proof that it knows `token`, over both nonces: a client never serves a
+/// server that cannot give it, so an impostor cannot reach into the private network.
+pub fn server_proof(
+    token: &[u8],
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+    tag: &str,
+) -> [u8; PROOF_LEN] {
+    mac(token, SERVER_CONTEXT, &[client_nonce, server_nonce], tag)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Check the server's proof in constant time.
+pub fn verify_server(
+    token: &[u8],
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+    tag: &str,
+    proof: &[u8],
+) -> bool {
+    mac(token, SERVER_CONTEXT, &[client_nonce, server_nonce], tag)
+        .verify_slice(proof)
+        .is_ok()
+}
+
+/// Append an optional proof: its length (0 or 32), then its bytes.
+fn put_proof(p: &mut Vec<u8>, proof: Option<&[u8; PROOF_LEN]>) {
+    match proof {
+        Some(proof) => {
+            p.push(PROOF_LEN as u8);
+            p.extend_from_slice(proof);
+        }
+        None => p.push(0),
+    }
+}
+
+/// An optional proof that must end the payload. `None` when malformed.
+fn take_proof(rest: &[u8]) -> Option<Option<[u8; PROOF_LEN]>> {
+    let (&len, rest) = rest.split_first()?;
+    match (usize::from(len), rest.len()) {
+        (0, 0) => Some(None),
+        (PROOF_LEN, PROOF_LEN) => {
+            let mut proof = [0; PROOF_LEN];
+            proof.copy_from_slice(rest);
+            Some(Some(proof))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +278,7 @@ mod tests {
             let h = Hello {
                 window: 1 << 20,
                 tag: "lab-1",
+                nonce: [5; NONCE_LEN],
                 proof,
             };
             assert_eq!(Hello::decode(&h.encode()), Ok(h.clone()));
@@ -230,6 +290,7 @@ mod tests {
         let good = Hello {
             window: 5,
             tag: "t",
+            nonce: [2; NONCE_LEN],
             proof: Some([1; PROOF_LEN]),
         }
         .encode();
@@ -244,6 +305,7 @@ mod tests {
         let zero_window = Hello {
             window: 0,
             tag: "t",
+            nonce: [0; NONCE_LEN],
             proof: None,
         }
         .encode();
@@ -259,17 +321,24 @@ mod tests {
         assert_eq!(Challenge::decode(&c.encode()), Ok(c));
         assert!(Challenge::decode(&[0x80; 1 + NONCE_LEN]).is_err());
         assert!(Challenge::decode(&[0; 5]).is_err());
-        let a = Accept {
-            window: 65536,
-            max_streams: 10,
-            heartbeat_ms: 10_000,
-        };
-        assert_eq!(Accept::decode(&a.encode()), Ok(a));
-        assert!(Accept::decode(&[0; 11]).is_err());
+        for proof in [None, Some([8u8; PROOF_LEN])] {
+            let a = Accept {
+                window: 65536,
+                max_streams: 10,
+                heartbeat_ms: 10_000,
+                proof,
+            };
+            let wire = a.encode();
+            assert_eq!(Accept::decode(&wire), Ok(a));
+            for cut in 0..wire.len() {
+                assert!(Accept::decode(&wire[..cut]).is_err(), "cut {cut}");
+            }
+        }
         let too_fast = Accept {
             window: 1,
             max_streams: 1,
             heartbeat_ms: MIN_HEARTBEAT_MS - 1,
+            proof: None,
         };
         assert!(Accept::decode(&too_fast.encode()).is_err());
     }
@@ -283,5 +352,19 @@ mod tests {
         assert!(!verify(b"secret", &[4; NONCE_LEN], "default", &p));
         assert!(!verify(b"secret", &nonce, "other", &p));
         assert!(!verify(b"secret", &nonce, "default", &p[..31]));
+    }
+
+    #[test]
+    fn server_proof_binds_both_nonces_and_differs_from_the_client_proof() {
+        let (c, s) = ([1; NONCE_LEN], [2; NONCE_LEN]);
+        let p = server_proof(b"secret", &c, &s, "default");
+        assert!(verify_server(b"secret", &c, &s, "default", &p));
+        assert!(!verify_server(b"wrong", &c, &s, "default", &p));
+        assert!(
+            !verify_server(b"secret", &s, &c, "default", &p),
+            "nonces swapped"
+        );
+        assert!(!verify_server(b"secret", &c, &s, "other", &p));
+        assert_ne!(p, proof(b"secret", &s, "default"));
     }
 }
