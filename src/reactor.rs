@@ -800,6 +800,7 @@ impl Reactor {
             .map_err(|v| format!("stream {id}: {v}"))?;
         match r.write_or_queue(parts) {
             Ok(n) => {
+                r.bytes_written += n as u64;
                 if let Some(credit) = r.flow.on_delivered(n) {
                     t.send_small(kind::CREDIT, id, &credit.to_be_bytes())?;
                     self.mark_dirty(tkey);
@@ -845,6 +846,7 @@ impl Reactor {
         let tkey = r.tunnel;
         match r.flush_pending() {
             Ok(n) => {
+                r.bytes_written += n as u64;
                 r.shutdown_write_if_drained();
                 let credit = if n > 0 { r.flow.on_delivered(n) } else { None };
                 if let Some(credit) = credit {
@@ -933,6 +935,7 @@ impl Reactor {
                 }
                 t.tx.commit(framed);
                 r.flow.on_sent(n);
+                r.bytes_read += n as u64;
                 if n < want && !r.read_closed_hint {
                     r.readable = false; // a short read drained the socket
                 } else {
@@ -954,7 +957,10 @@ impl Reactor {
             && r.flow.is_done()
             && r.write_shut
         {
-            debug!("stream {} ({}) finished", r.id, r.label);
+            debug!(
+                "stream {} ({}) finished: {} bytes read, {} written",
+                r.id, r.label, r.bytes_read, r.bytes_written
+            );
             self.drop_relay(rkey, false);
         }
     }
@@ -983,6 +989,10 @@ impl Reactor {
         if let Some(Endpoint::Relay(r)) = self.remove(rkey)
             && abort
         {
+            debug!(
+                "stream {id} ({}) reset: {} bytes read, {} written",
+                r.label, r.bytes_read, r.bytes_written
+            );
             sys::set_abortive_close(&r.sock);
         }
         if let Some(t) = self.tunnel_mut(tkey) {
@@ -1045,6 +1055,8 @@ impl Reactor {
             read_closed_hint: false,
             write_shut: false,
             queued: false,
+            bytes_read: 0,
+            bytes_written: 0,
             deadline: Some(spec.deadline),
             label: spec.label,
             candidates: spec.candidates,

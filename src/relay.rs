@@ -37,6 +37,9 @@ pub struct Relay {
     pub write_shut: bool,
     /// In the reactor's ready queue.
     pub queued: bool,
+    /// Bytes read from the socket (sent into the tunnel) and written to it.
+    pub bytes_read: u64,
+    pub bytes_written: u64,
     /// Connect or open deadline.
     pub deadline: Option<Instant>,
     /// What the stream connects, for logs: the target on the client, the visitor on the server.
