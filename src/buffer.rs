@@ -39,10 +39,6 @@ impl Buf {
         self.start == self.end
     }
 
-    pub fn capacity(&self) -> usize {
-        self.cap
-    }
-
     /// Bytes that can still be added (after compaction).
     pub fn free(&self) -> usize {
         self.cap - self.len()

@@ -300,7 +300,7 @@ impl Reactor {
         let parsed = Target::parse(target);
         let refusal = match &parsed {
             Err(e) => Some(format!("bad target {target:?}: {e}")),
-            Ok(_) if t.streams.len() >= t.streams_max() => Some("stream limit reached".to_string()),
+            Ok(_) if t.streams.len() >= t.streams.max() => Some("stream limit reached".to_string()),
             Ok(_) => None,
         };
         if let Some(reason) = refusal {
@@ -520,12 +520,5 @@ impl Reactor {
             }
             Err(e) => self.client_open_failed(key, &e),
         }
-    }
-}
-
-impl Tunnel {
-    /// The stream limit the server announced.
-    fn streams_max(&self) -> usize {
-        self.streams.max()
     }
 }

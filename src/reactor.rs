@@ -497,18 +497,11 @@ impl Reactor {
     }
 
     fn flush_dirty(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
+        while let Some(key) = self.dirty.pop() {
             if let Some(t) = self.tunnel_mut(key) {
                 t.dirty = false;
                 self.flush_tunnel(key);
             }
-        }
-        // Reuse the allocation.
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
         }
     }
 
