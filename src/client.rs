@@ -402,17 +402,24 @@ impl Reactor {
         Ok(())
     }
 
-    pub(crate) fn client_relay_connected(&mut self, rkey: usize) {
+    /// A connecting relay's socket reported writable, an error or a hang-up. `clean` (writable
+    /// with neither) means the connection is up: epoll reports a connecting socket writable
+    /// only once it is established, so the socket need not be asked.
+    pub(crate) fn client_relay_connected(&mut self, rkey: usize, clean: bool) {
         let Some(r) = self.relay_mut(rkey) else {
             return;
         };
-        let failure = match r.sock.take_error() {
-            Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => match r.sock.peer_addr() {
-                Ok(_) => None,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
-                Err(e) => Some(e),
-            },
+        let failure = if clean {
+            None
+        } else {
+            match r.sock.take_error() {
+                Ok(Some(e)) | Err(e) => Some(e),
+                Ok(None) => match r.sock.peer_addr() {
+                    Ok(_) => None,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+                    Err(e) => Some(e),
+                },
+            }
         };
         if let Some(e) = failure {
             if r.candidates.is_empty() {

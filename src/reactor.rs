@@ -160,19 +160,12 @@ impl Reactor {
         Ok((key, generation))
     }
 
-    /// Remove an endpoint and deregister its socket. The socket closes when dropped.
+    /// Remove an endpoint. Its socket closes when dropped, and closing an epoll-registered
+    /// socket (never duplicated here) removes its registration: no deregister call is needed,
+    /// which saves a system call per stream. Events already returned for the key are ignored
+    /// by its generation.
     pub fn remove(&mut self, key: usize) -> Option<Endpoint> {
-        let entry = self.slab.try_remove(key)?;
-        let registry = self.poll.registry();
-        let mut ep = entry.ep;
-        let _ = match &mut ep {
-            Endpoint::TunnelListener(l) => registry.deregister(l),
-            Endpoint::PublicListener(p) => registry.deregister(&mut p.sock),
-            Endpoint::Tunnel(t) => registry.deregister(&mut t.sock),
-            Endpoint::Relay(r) => registry.deregister(&mut r.sock),
-            Endpoint::Resolving(_) => Ok(()),
-        };
-        Some(ep)
+        self.slab.try_remove(key).map(|entry| entry.ep)
     }
 
     pub fn generation_of(&self, key: usize) -> Option<u64> {
@@ -341,8 +334,11 @@ impl Reactor {
                 }
                 match r.state {
                     RelayState::Connecting => {
+                        // Writable without error or hang-up: the connection is up.
+                        let clean =
+                            event.is_writable() && !event.is_error() && !event.is_write_closed();
                         if event.is_writable() || event.is_error() || event.is_write_closed() {
-                            self.relay_connected(key);
+                            self.relay_connected(key, clean);
                         }
                     }
                     // An error (a reset from the peer, say) must end the stream even when it
@@ -1120,9 +1116,9 @@ impl Reactor {
         }
     }
 
-    fn relay_connected(&mut self, key: usize) {
+    fn relay_connected(&mut self, key: usize, clean: bool) {
         if let Role::Client(_) = self.role {
-            self.client_relay_connected(key);
+            self.client_relay_connected(key, clean);
         }
     }
 

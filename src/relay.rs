@@ -103,14 +103,18 @@ impl Relay {
         Ok(written)
     }
 
-    /// Shut our write half once everything received has been written.
+    /// Shut our write half once everything received has been written. When our read half
+    /// has already ended, the stream is done and the close that follows sends the FIN: the
+    /// shutdown call is skipped.
     pub fn shutdown_write_if_drained(&mut self) {
         if self.state == RelayState::Open
             && self.flow.fin_received()
             && self.pending.is_empty()
             && !self.write_shut
         {
-            let _ = self.sock.shutdown(std::net::Shutdown::Write);
+            if !self.flow.fin_sent() {
+                let _ = self.sock.shutdown(std::net::Shutdown::Write);
+            }
             self.write_shut = true;
         }
     }

@@ -89,6 +89,9 @@ pub fn run(cfg: ServerConfig) -> io::Result<()> {
                 format!("cannot listen on public port {}: {e}", m.public_port),
             )
         })?;
+        if let Err(e) = sys::set_listener_nodelay(&sock) {
+            warn!("public port {}: cannot set TCP_NODELAY: {e}", m.public_port);
+        }
         let target = m.target.to_string();
         info!(
             "public port {} -> {} (tag {})",
@@ -399,7 +402,9 @@ impl Reactor {
                 return;
             }
         };
-        let _ = sock.set_nodelay(true);
+        if !sys::ACCEPTED_INHERIT_NODELAY {
+            let _ = sock.set_nodelay(true);
+        }
         let rkey = self.slab.vacant_key();
         let Some(t) = self.tunnel_mut(tkey) else {
             return;
