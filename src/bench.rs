@@ -192,6 +192,7 @@ fn run_workloads(
     let (direct, tunnel) = (env.targets.addr, env.public);
     thread::sleep(Duration::from_millis(100));
     report.mem_idle = Some(read_rss_pair(pids));
+    report.mem_idle_anon = Some(read_mem_pair(pids, "RssAnon"));
     eprintln!("bench: memory, idle: {}", mem_text(report.mem_idle));
 
     for &workload in workloads {
@@ -477,6 +478,9 @@ struct Report {
     client_pid: u32,
     rows: Vec<Row>,
     mem_idle: Option<MemPair>,
+    /// The anonymous part of `mem_idle`: the memory the processes own, without the code
+    /// and library pages mapped from files (shared, and counted by VmRSS in each process).
+    mem_idle_anon: Option<MemPair>,
     mem_streams: Option<MemPair>,
     mem_peak: Option<MemPair>,
     /// The stalled-stream workload (tunnel only): rows whose `direct` holds the figure before
@@ -573,9 +577,14 @@ impl Report {
     }
 
     /// The memory figures: (table label, JSON name, figure).
-    fn memory(&self) -> [(&'static str, &'static str, Option<MemPair>); 4] {
+    fn memory(&self) -> [(&'static str, &'static str, Option<MemPair>); 5] {
         [
             ("idle, tunnel attached", "idle", self.mem_idle),
+            (
+                "  of which anonymous (RssAnon)",
+                "idle_anonymous",
+                self.mem_idle_anon,
+            ),
             ("1,000 idle streams open", "streams_1000", self.mem_streams),
             (
                 "peak during 8-stream upload",
@@ -1450,16 +1459,20 @@ fn status_kib(status: &str, field: &str) -> Option<u64> {
     })
 }
 
-fn read_rss(pid: u32) -> Option<u64> {
+fn read_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status_kib(&status, "VmRSS")
+    status_kib(&status, field)
+}
+
+fn read_mem_pair(pids: [u32; 2], field: &str) -> MemPair {
+    MemPair {
+        server_kib: read_status_kib(pids[0], field),
+        client_kib: read_status_kib(pids[1], field),
+    }
 }
 
 fn read_rss_pair(pids: [u32; 2]) -> MemPair {
-    MemPair {
-        server_kib: read_rss(pids[0]),
-        client_kib: read_rss(pids[1]),
-    }
+    read_mem_pair(pids, "VmRSS")
 }
 
 /// utime + stime, in clock ticks, from the text of /proc/<pid>/stat.
@@ -2305,7 +2318,8 @@ mod tests {
         assert_eq!(stat_cpu_ticks("1 (x) S 1 2"), None);
         let own = cpu_ticks(std::process::id());
         assert!(own.is_some());
-        assert!(read_rss(std::process::id()).is_some_and(|kib| kib > 0));
+        assert!(read_status_kib(std::process::id(), "VmRSS").is_some_and(|kib| kib > 0));
+        assert!(read_status_kib(std::process::id(), "RssAnon").is_some_and(|kib| kib > 0));
     }
 
     #[test]
