@@ -69,6 +69,9 @@ pub enum Endpoint {
     Relay(Relay),
     /// Client: a stream whose target name is being resolved.
     Resolving(crate::client::PendingOpen),
+    /// Removed in this turn of the loop; the key is freed when the turn ends (see
+    /// [`Reactor::remove`]).
+    Closed,
 }
 
 /// What a new relay carries: its stream, its state and what to log.
@@ -113,6 +116,8 @@ pub struct Reactor {
     ready: VecDeque<usize>,
     /// Tunnels with bytes queued in this turn.
     dirty: Vec<usize>,
+    /// Keys removed in this turn, freed when it ends.
+    removed: Vec<usize>,
     next_generation: u64,
     pub now: Instant,
     fd_limit_logged: Option<Instant>,
@@ -131,6 +136,7 @@ impl Reactor {
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
             dirty: Vec::new(),
+            removed: Vec::new(),
             next_generation: 1,
             now: Instant::now(),
             fd_limit_logged: None,
@@ -154,7 +160,7 @@ impl Reactor {
             }
             Endpoint::Tunnel(t) => registry.register(&mut t.sock, token, both)?,
             Endpoint::Relay(r) => registry.register(&mut r.sock, token, both)?,
-            Endpoint::Resolving(_) => {}
+            Endpoint::Resolving(_) | Endpoint::Closed => {}
         }
         entry.insert(Entry { generation, ep });
         Ok((key, generation))
@@ -162,10 +168,24 @@ impl Reactor {
 
     /// Remove an endpoint. Its socket closes when dropped, and closing an epoll-registered
     /// socket (never duplicated here) removes its registration: no deregister call is needed,
-    /// which saves a system call per stream. Events already returned for the key are ignored
-    /// by its generation.
+    /// which saves a system call per stream. The key stays taken by a `Closed` marker until
+    /// the turn ends, so that events of this turn already returned for the old socket, and
+    /// queued work, find the marker rather than a new endpoint that reused the key.
     pub fn remove(&mut self, key: usize) -> Option<Endpoint> {
-        self.slab.try_remove(key).map(|entry| entry.ep)
+        let entry = self.slab.get_mut(key)?;
+        if matches!(entry.ep, Endpoint::Closed) {
+            return None;
+        }
+        entry.generation = 0; // no timer or resolution matches it
+        self.removed.push(key);
+        Some(std::mem::replace(&mut entry.ep, Endpoint::Closed))
+    }
+
+    /// Free the keys removed in this turn.
+    pub(crate) fn free_removed(&mut self) {
+        for key in self.removed.drain(..) {
+            self.slab.remove(key);
+        }
     }
 
     pub fn generation_of(&self, key: usize) -> Option<u64> {
@@ -295,6 +315,7 @@ impl Reactor {
             self.run_timers();
             self.run_ready();
             self.flush_dirty();
+            self.free_removed();
         }
     }
 
@@ -360,7 +381,7 @@ impl Reactor {
                     }
                 }
             }
-            Endpoint::Resolving(_) => {}
+            Endpoint::Resolving(_) | Endpoint::Closed => {}
         }
     }
 
@@ -404,7 +425,7 @@ impl Reactor {
                     self.server_accept_retry(key);
                 }
             }
-            Some(Endpoint::Relay(_) | Endpoint::Resolving(_)) | None => {}
+            Some(Endpoint::Relay(_) | Endpoint::Resolving(_) | Endpoint::Closed) | None => {}
         }
     }
 

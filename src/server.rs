@@ -499,3 +499,38 @@ impl Reactor {
         self.reset_stream(rkey, reason);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reactor() -> Reactor {
+        let role = ServerRole {
+            token: None,
+            max_streams: 8,
+            heartbeat: Duration::from_secs(10),
+            pools: HashMap::new(),
+            handshakes: VecDeque::new(),
+            accept_retry: HashSet::new(),
+            last_reap: None,
+        };
+        Reactor::new(Role::Server(role)).unwrap()
+    }
+
+    /// A removed endpoint's key is not handed to a new endpoint in the same turn, so an
+    /// event already returned for the old socket cannot reach the new one.
+    #[test]
+    fn removed_keys_are_reused_only_after_the_turn() {
+        let mut r = reactor();
+        let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (key, generation) = r.insert(Endpoint::TunnelListener(listener)).unwrap();
+        assert_eq!(r.generation_of(key), Some(generation));
+        assert!(matches!(r.remove(key), Some(Endpoint::TunnelListener(_))));
+        assert!(r.remove(key).is_none(), "a second remove finds the marker");
+        assert_eq!(r.generation_of(key), Some(0), "no timer matches the marker");
+        assert_ne!(r.slab.vacant_key(), key);
+        r.free_removed();
+        assert!(r.generation_of(key).is_none());
+        assert_eq!(r.slab.vacant_key(), key);
+    }
+}
