@@ -402,24 +402,19 @@ impl Reactor {
         Ok(())
     }
 
-    /// A connecting relay's socket reported writable, an error or a hang-up. `clean` (writable
-    /// with neither) means the connection is up: epoll reports a connecting socket writable
-    /// only once it is established, so the socket need not be asked.
-    pub(crate) fn client_relay_connected(&mut self, rkey: usize, clean: bool) {
+    /// A connecting relay's socket reported writable (connected) or, when `failed`, an
+    /// error or a hang-up. Only a failure needs asking the socket why.
+    pub(crate) fn client_relay_connected(&mut self, rkey: usize, failed: bool) {
         let Some(r) = self.relay_mut(rkey) else {
             return;
         };
-        let failure = if clean {
-            None
+        let failure = if failed {
+            Some(match r.sock.take_error() {
+                Ok(Some(e)) | Err(e) => e,
+                Ok(None) => io::Error::new(io::ErrorKind::NotConnected, "connection closed"),
+            })
         } else {
-            match r.sock.take_error() {
-                Ok(Some(e)) | Err(e) => Some(e),
-                Ok(None) => match r.sock.peer_addr() {
-                    Ok(_) => None,
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
-                    Err(e) => Some(e),
-                },
-            }
+            None
         };
         if let Some(e) = failure {
             if r.candidates.is_empty() {

@@ -176,7 +176,6 @@ impl Reactor {
         if matches!(entry.ep, Endpoint::Closed) {
             return None;
         }
-        entry.generation = 0; // no timer or resolution matches it
         self.removed.push(key);
         Some(std::mem::replace(&mut entry.ep, Endpoint::Closed))
     }
@@ -188,8 +187,13 @@ impl Reactor {
         }
     }
 
+    /// The generation of a live endpoint (none for a removed one, so that no timer or
+    /// resolution matches it).
     pub fn generation_of(&self, key: usize) -> Option<u64> {
-        self.slab.get(key).map(|e| e.generation)
+        self.slab
+            .get(key)
+            .filter(|e| !matches!(e.ep, Endpoint::Closed))
+            .map(|e| e.generation)
     }
 
     pub fn tunnel_mut(&mut self, key: usize) -> Option<&mut Tunnel> {
@@ -355,11 +359,11 @@ impl Reactor {
                 }
                 match r.state {
                     RelayState::Connecting => {
-                        // Writable without error or hang-up: the connection is up.
-                        let clean =
-                            event.is_writable() && !event.is_error() && !event.is_write_closed();
-                        if event.is_writable() || event.is_error() || event.is_write_closed() {
-                            self.relay_connected(key, clean);
+                        // Epoll reports a connecting socket writable only once it is
+                        // established, and with an error or hang-up when the connect failed.
+                        let failed = event.is_error() || event.is_write_closed();
+                        if event.is_writable() || failed {
+                            self.relay_connected(key, failed);
                         }
                     }
                     // An error (a reset from the peer, say) must end the stream even when it
@@ -1137,9 +1141,9 @@ impl Reactor {
         }
     }
 
-    fn relay_connected(&mut self, key: usize, clean: bool) {
+    fn relay_connected(&mut self, key: usize, failed: bool) {
         if let Role::Client(_) = self.role {
-            self.client_relay_connected(key, clean);
+            self.client_relay_connected(key, failed);
         }
     }
 

@@ -129,6 +129,8 @@ mod tests {
         set_listener_nodelay(&listener).unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
-        assert_eq!(accepted.nodelay().unwrap(), ACCEPTED_INHERIT_NODELAY);
+        if ACCEPTED_INHERIT_NODELAY {
+            assert!(accepted.nodelay().unwrap());
+        }
     }
 }
