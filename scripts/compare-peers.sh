@@ -629,11 +629,18 @@ for ((round = 1; round <= REPEATS; round++)); do
     for peer in "${SELECTED[@]}"; do
         [[ -n ${SKIPPED[$peer]:-} ]] && continue
         log "round $round/$REPEATS: $peer"
-        SETUP_ERR=
         fn=setup_${peer//-/_}
-        if ! $fn || ! check_path; then
-            skip "$peer" "${SETUP_ERR:-setup failed} (round $round)"
+        # Two attempts: a port picked free can be taken by another program before the peer
+        # binds it.
+        ok=
+        for attempt in 1 2; do
+            SETUP_ERR=
+            if $fn && check_path; then ok=1; break; fi
+            log "  $peer setup attempt $attempt failed: ${SETUP_ERR:-setup failed}"
             teardown_peer
+        done
+        if [[ -z $ok ]]; then
+            skip "$peer" "${SETUP_ERR:-setup failed} (round $round)"
             continue
         fi
         measure_peer "$peer" "$round"
