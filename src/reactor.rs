@@ -18,7 +18,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::io::{self, IoSliceMut, Read};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +34,9 @@ use slab::Slab;
 use crate::buffer::Buf;
 use crate::client::ClientRole;
 use crate::protocol::flow::Flow;
-use crate::protocol::frame::{self, Frame, HEADER_LEN, MAX_PAYLOAD, kind};
+use crate::protocol::frame::{
+    self, Frame, HEADER_LEN, LONG_HEADER_LEN, MAX_LONG_PAYLOAD, MAX_PAYLOAD, kind,
+};
 use crate::protocol::handshake::{self, PreambleCheck};
 use crate::relay::{Relay, RelayState};
 use crate::resolve::Resolver;
@@ -44,8 +46,6 @@ use crate::tunnel::{LINGER, TX_DATA_LIMIT, Tunnel};
 
 /// Our receive window per stream, announced in the handshake.
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
-/// Chunks of one relay read: one vectored read fills up to this many frames.
-const READ_CHUNKS: usize = 16;
 /// First allocation of a stream's pending buffer: most streams that ever queue anything
 /// queue little, and this stays below the allocator's threshold for mapping pages.
 const PENDING_INITIAL: usize = 16 * 1024;
@@ -899,29 +899,23 @@ impl Reactor {
             }
             return; // resumed by the tunnel's flush
         }
-        let want = credit.min(READ_CHUNKS * MAX_PAYLOAD);
-        let chunks = want.div_ceil(MAX_PAYLOAD);
-        let room = t.tx.room(want + chunks * HEADER_LEN);
-        if room.len() < want + chunks * HEADER_LEN {
+        // One read straight into the tunnel's write buffer, after room for the header: a
+        // long DATA header when the credit allows more than a short frame carries.
+        let want = credit.min(MAX_LONG_PAYLOAD);
+        let header_len = if want > MAX_PAYLOAD {
+            LONG_HEADER_LEN
+        } else {
+            HEADER_LEN
+        };
+        let room = t.tx.room(header_len + want);
+        if room.len() < header_len + want {
             t.blocked.push(rkey);
             return;
         }
-        // Chunk k: a header at k * MAX_FRAME, then up to MAX_PAYLOAD bytes of payload.
-        let result = {
-            let mut iovs: [IoSliceMut<'_>; READ_CHUNKS] =
-                std::array::from_fn(|_| IoSliceMut::new(&mut []));
-            let mut rest = &mut room[..want + chunks * HEADER_LEN];
-            for (k, iov) in iovs.iter_mut().enumerate().take(chunks) {
-                let len = (want - k * MAX_PAYLOAD).min(MAX_PAYLOAD);
-                let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(HEADER_LEN + len);
-                *iov = IoSliceMut::new(&mut chunk[HEADER_LEN..]);
-                rest = tail;
-            }
-            loop {
-                match (&r.sock).read_vectored(&mut iovs[..chunks]) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    other => break other,
-                }
+        let result = loop {
+            match (&r.sock).read(&mut room[header_len..header_len + want]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other,
             }
         };
         let id = r.id;
@@ -939,15 +933,12 @@ impl Reactor {
                 self.finish_if_done(rkey);
             }
             Ok(n) => {
-                let mut left = n;
-                let mut framed = 0;
-                while left > 0 {
-                    let len = left.min(MAX_PAYLOAD);
-                    frame::put_header(&mut room[framed..], kind::DATA, id, len);
-                    framed += HEADER_LEN + len;
-                    left -= len;
+                if header_len == LONG_HEADER_LEN {
+                    frame::put_long_header(room, id, n);
+                } else {
+                    frame::put_header(room, kind::DATA, id, n);
                 }
-                t.tx.commit(framed);
+                t.tx.commit(header_len + n);
                 r.flow.on_sent(n);
                 r.bytes_read += n as u64;
                 if n < want && !r.read_closed_hint {

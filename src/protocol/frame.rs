@@ -6,9 +6,11 @@
 //! |  type  | flags  |  payload length |            stream id              |
 //! +--------+--------+--------+--------+--------+--------+--------+--------+
 //! ```
-//! All integers are big-endian. `flags` is reserved and must be zero. Decoding checks the
-//! header before looking at the payload, separates "need more bytes" from "malformed", and
-//! borrows payloads from the caller's buffer (no copy, no allocation).
+//! All integers are big-endian. `flags` must be zero, except that a DATA frame may set
+//! [`FLAG_LONG`]: its length field is then zero and a 4-byte length follows the header
+//! (a 12-byte header), for payloads up to [`MAX_LONG_PAYLOAD`]. Decoding checks the header
+//! before looking at the payload, separates "need more bytes" from "malformed", and borrows
+//! payloads from the caller's buffer (no copy, no allocation).
 
 use std::fmt;
 
@@ -16,8 +18,14 @@ use std::fmt;
 pub const HEADER_LEN: usize = 8;
 /// Largest payload a frame may carry.
 pub const MAX_PAYLOAD: usize = u16::MAX as usize;
-/// Largest encoded frame.
+/// Largest encoded frame with the short header.
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD;
+/// DATA flag: a 4-byte payload length follows the header.
+pub const FLAG_LONG: u8 = 0x01;
+/// Size of a long DATA frame's header.
+pub const LONG_HEADER_LEN: usize = HEADER_LEN + 4;
+/// Largest payload of a long DATA frame (a stream's whole window).
+pub const MAX_LONG_PAYLOAD: usize = 1024 * 1024;
 /// Longest `host:port` an OPEN frame may name.
 pub const MAX_TARGET_LEN: usize = 300;
 /// Longest reason text in OPEN_FAIL, RESET, REFUSE and GOAWAY.
@@ -90,7 +98,12 @@ pub enum FrameError {
     UnknownType(u8),
     ReservedFlags(u8),
     TooLong(usize),
-    BadPayload { kind: u8, why: &'static str },
+    /// A long DATA frame's length is zero, over the limit, or its short length is not zero.
+    BadLongLength(usize),
+    BadPayload {
+        kind: u8,
+        why: &'static str,
+    },
     StreamIdZero(u8),
     UnexpectedStreamId(u8),
 }
@@ -101,6 +114,10 @@ impl fmt::Display for FrameError {
             FrameError::UnknownType(t) => write!(f, "unknown frame type 0x{t:02x}"),
             FrameError::ReservedFlags(b) => write!(f, "reserved flag bits set (0x{b:02x})"),
             FrameError::TooLong(n) => write!(f, "frame payload of {n} bytes exceeds {MAX_PAYLOAD}"),
+            FrameError::BadLongLength(n) => write!(
+                f,
+                "long data frame of {n} bytes (must be 1 to {MAX_LONG_PAYLOAD}, short length 0)"
+            ),
             FrameError::BadPayload { kind, why } => {
                 write!(f, "malformed payload in frame type 0x{kind:02x}: {why}")
             }
@@ -127,6 +144,72 @@ pub fn put_header(out: &mut [u8], kind: u8, id: u32, len: usize) {
     out[1] = 0;
     out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
     out[4..8].copy_from_slice(&id.to_be_bytes());
+}
+
+/// Write a long DATA header (`LONG_HEADER_LEN` bytes) into `out`.
+#[inline]
+pub fn put_long_header(out: &mut [u8], id: u32, len: usize) {
+    debug_assert!((1..=MAX_LONG_PAYLOAD).contains(&len));
+    out[0] = kind::DATA;
+    out[1] = FLAG_LONG;
+    out[2..4].copy_from_slice(&[0, 0]);
+    out[4..8].copy_from_slice(&id.to_be_bytes());
+    out[8..12].copy_from_slice(&(len as u32).to_be_bytes());
+}
+
+/// Where a frame's payload starts and how long it is, from its header.
+struct Header {
+    kind: u8,
+    id: u32,
+    header_len: usize,
+    len: usize,
+}
+
+/// Parse and check the header at the front of `buf`; `Ok(None)` when it is incomplete.
+fn header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let t = buf[0];
+    let short = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+    let id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    check_header(t, id, short)?;
+    match buf[1] {
+        0 => Ok(Some(Header {
+            kind: t,
+            id,
+            header_len: HEADER_LEN,
+            len: short,
+        })),
+        FLAG_LONG if t == kind::DATA => {
+            if buf.len() < LONG_HEADER_LEN {
+                return Ok(None);
+            }
+            let len = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+            if short != 0 || len == 0 || len > MAX_LONG_PAYLOAD {
+                return Err(FrameError::BadLongLength(len));
+            }
+            Ok(Some(Header {
+                kind: t,
+                id,
+                header_len: LONG_HEADER_LEN,
+                len,
+            }))
+        }
+        flags => Err(FrameError::ReservedFlags(flags)),
+    }
+}
+
+/// A DATA frame at the front of `buf` whose header is complete and payload is not:
+/// `(stream id, header length, payload length)`. Lets a receiver pass on a long payload
+/// as it arrives instead of buffering it whole.
+pub fn partial_data(buf: &[u8]) -> Option<(u32, usize, usize)> {
+    match header(buf) {
+        Ok(Some(h)) if h.kind == kind::DATA && buf.len() < h.header_len + h.len => {
+            Some((h.id, h.header_len, h.len))
+        }
+        _ => None,
+    }
 }
 
 /// Append one frame to `out`.
@@ -189,21 +272,20 @@ fn clip(s: &str) -> &[u8] {
 /// frame used the first `n` bytes. `Err`: the bytes are not a valid frame; the stream of
 /// frames cannot be trusted past this point.
 pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
-    if buf.len() < HEADER_LEN {
+    let Some(Header {
+        kind: t,
+        id,
+        header_len,
+        len,
+    }) = header(buf)?
+    else {
         return Ok(None);
-    }
-    let t = buf[0];
-    if buf[1] != 0 {
-        return Err(FrameError::ReservedFlags(buf[1]));
-    }
-    let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-    let id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    check_header(t, id, len)?;
-    let total = HEADER_LEN + len;
+    };
+    let total = header_len + len;
     if buf.len() < total {
         return Ok(None);
     }
-    let p = &buf[HEADER_LEN..total];
+    let p = &buf[header_len..total];
     let bad = |why| FrameError::BadPayload { kind: t, why };
     let text = |p: &'_ [u8], max: usize| -> Result<(), FrameError> {
         if p.len() > max {
@@ -425,8 +507,13 @@ mod tests {
             Err(FrameError::UnknownType(0x99))
         );
         assert_eq!(
-            decode(&hdr(kind::DATA, 1, 10, 1)),
-            Err(FrameError::ReservedFlags(1))
+            decode(&hdr(kind::DATA, 2, 10, 1)),
+            Err(FrameError::ReservedFlags(2))
+        );
+        assert_eq!(
+            decode(&hdr(kind::CREDIT, FLAG_LONG, 4, 1)),
+            Err(FrameError::ReservedFlags(FLAG_LONG)),
+            "only DATA may be long"
         );
         assert_eq!(
             decode(&hdr(kind::DATA, 0, 10, 0)),
@@ -437,6 +524,51 @@ mod tests {
             Err(FrameError::UnexpectedStreamId(kind::PING))
         );
         assert_eq!(decode(&hdr(kind::DATA, 0, 10, 1)), Ok(None));
+    }
+
+    fn long_data(id: u32, len: usize) -> Vec<u8> {
+        let mut b = vec![0; LONG_HEADER_LEN];
+        put_long_header(&mut b, id, len);
+        b.extend((0..len).map(|i| (i % 251) as u8));
+        b
+    }
+
+    #[test]
+    fn long_data_frames_round_trip_and_stream() {
+        let len = 200_000;
+        let b = long_data(7, len);
+        let (f, n) = decode(&b).unwrap().unwrap();
+        assert_eq!(n, LONG_HEADER_LEN + len);
+        assert!(matches!(f, Frame::Data { id: 7, payload } if payload == &b[LONG_HEADER_LEN..]));
+        assert_eq!(partial_data(&b), None, "a complete frame is not partial");
+        for cut in [0, 1, HEADER_LEN, LONG_HEADER_LEN - 1] {
+            assert_eq!(decode(&b[..cut]), Ok(None));
+            assert_eq!(partial_data(&b[..cut]), None, "header incomplete at {cut}");
+        }
+        for cut in [LONG_HEADER_LEN, LONG_HEADER_LEN + 1, n - 1] {
+            assert_eq!(decode(&b[..cut]), Ok(None));
+            assert_eq!(partial_data(&b[..cut]), Some((7, LONG_HEADER_LEN, len)));
+        }
+        // A short DATA frame in progress is reported too; other frames never are.
+        let mut short = vec![0; HEADER_LEN];
+        put_header(&mut short, kind::DATA, 3, 100);
+        assert_eq!(partial_data(&short), Some((3, HEADER_LEN, 100)));
+        put_header(&mut short, kind::RESET, 3, 100);
+        assert_eq!(partial_data(&short), None);
+        // The largest long frame decodes; the bounds are checked from the header alone.
+        let max = long_data(1, MAX_LONG_PAYLOAD);
+        assert!(decode(&max).unwrap().is_some());
+        let mut bad = max[..LONG_HEADER_LEN].to_vec();
+        bad[8..12].copy_from_slice(&(MAX_LONG_PAYLOAD as u32 + 1).to_be_bytes());
+        assert_eq!(
+            decode(&bad),
+            Err(FrameError::BadLongLength(MAX_LONG_PAYLOAD + 1))
+        );
+        bad[8..12].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(decode(&bad), Err(FrameError::BadLongLength(0)));
+        bad[8..12].copy_from_slice(&5u32.to_be_bytes());
+        bad[2..4].copy_from_slice(&5u16.to_be_bytes());
+        assert_eq!(decode(&bad), Err(FrameError::BadLongLength(5)));
     }
 
     #[test]

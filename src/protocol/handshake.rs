@@ -13,7 +13,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 pub const MAGIC: [u8; 6] = *b"TCPFWD";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 pub const PREAMBLE_LEN: usize = 8;
 pub const NONCE_LEN: usize = 32;
 pub const PROOF_LEN: usize = 32;
@@ -269,7 +269,8 @@ mod tests {
             PreambleCheck::NotTcpForward
         );
         assert_eq!(check_preamble(b"TCX"), PreambleCheck::NotTcpForward);
-        assert_eq!(check_preamble(b"TCPFWD\x00\x02"), PreambleCheck::Version(2));
+        assert_eq!(check_preamble(b"TCPFWD\x00\x01"), PreambleCheck::Version(1));
+        assert_eq!(check_preamble(b"TCPFWD\x00\x03"), PreambleCheck::Version(3));
     }
 
     #[test]
