@@ -42,7 +42,7 @@ use crate::relay::{Relay, RelayState};
 use crate::resolve::Resolver;
 use crate::server::ServerRole;
 use crate::sys;
-use crate::tunnel::{LINGER, TX_DATA_LIMIT, Tunnel};
+use crate::tunnel::{InData, LINGER, TX_DATA_LIMIT, Tunnel};
 
 /// Our receive window per stream, announced in the handshake.
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -54,6 +54,9 @@ const PENDING_INITIAL: usize = 16 * 1024;
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 /// Consecutive DATA frames of one stream written with one system call.
 const MAX_COALESCE: usize = 16;
+/// A long payload is passed on as it arrives (spliced where possible) when at least this
+/// much of it is still in the socket; shorter ones are buffered whole.
+const STREAM_IN_MIN: usize = 64 * 1024;
 /// A tunnel reads at most this much per turn before others get theirs.
 const TUNNEL_READ_BUDGET: usize = 1024 * 1024;
 
@@ -72,6 +75,16 @@ pub enum Endpoint {
     /// Removed in this turn of the loop; the key is freed when the turn ends (see
     /// [`Reactor::remove`]).
     Closed,
+}
+
+/// How a splice of a long payload went.
+enum SpliceIn {
+    /// This many bytes moved.
+    Moved(usize),
+    /// The tunnel has nothing more to read now, or it closed.
+    Stop,
+    /// Read the payload the plain way this time.
+    Copy,
 }
 
 /// What a new relay carries: its stream, its state and what to log.
@@ -572,6 +585,25 @@ impl Reactor {
             if !t.readable || t.closing.is_some() {
                 return;
             }
+            if let Some(d) = t.in_data
+                && t.rx.is_empty()
+            {
+                match self.splice_in(key, d) {
+                    SpliceIn::Moved(n) => {
+                        budget = budget.saturating_sub(n);
+                        if budget == 0 {
+                            self.ready.push_back(key);
+                            return;
+                        }
+                        continue;
+                    }
+                    SpliceIn::Stop => return,
+                    SpliceIn::Copy => {}
+                }
+            }
+            let Some(t) = self.tunnel_mut(key) else {
+                return;
+            };
             match t.read_some() {
                 Ok((0, _)) => {
                     self.close_tunnel(key, "connection closed by peer".into());
@@ -648,6 +680,28 @@ impl Reactor {
                 }
             }
         }
+        // The rest of a long payload in progress comes first.
+        if let Some(d) = t.in_data {
+            let n = d.remaining.min(rx.len() - at);
+            let left = d.remaining - n;
+            t.in_data = (left > 0).then_some(InData {
+                remaining: left,
+                ..d
+            });
+            if let Some(rkey) = self.stream_relay(key, d.id)
+                && let Err(reason) = self.deliver(rkey, &[&rx.data()[at..at + n]])
+            {
+                return Err(reason);
+            }
+            at += n;
+            if left > 0 {
+                rx.consume(at);
+                if let Some(t) = self.tunnel_mut(key) {
+                    t.rx = rx;
+                }
+                return Ok(());
+            }
+        }
         let result = loop {
             match frame::decode(&rx.data()[at..]) {
                 Ok(Some((Frame::Data { id, payload }, n))) if self.is_established(key) => {
@@ -680,7 +734,13 @@ impl Reactor {
                         break Ok(());
                     }
                 }
-                Ok(None) => break Ok(()),
+                Ok(None) => match self.start_in_data(key, &rx.data()[at..]) {
+                    Ok(used) => {
+                        at += used;
+                        break Ok(());
+                    }
+                    Err(reason) => break Err(reason),
+                },
                 Err(e) => break Err(format!("malformed frame: {e}")),
             }
         };
@@ -689,6 +749,124 @@ impl Reactor {
             t.rx = rx;
         }
         result
+    }
+
+    /// `rest` holds the start of a frame. When it is a long DATA frame with much of its
+    /// payload still in the socket, for an open stream, pass on what is here and let the
+    /// rest follow as it arrives (spliced when it can be). Returns the bytes used.
+    fn start_in_data(&mut self, key: usize, rest: &[u8]) -> Result<usize, CloseReason> {
+        let Some((id, header_len, len)) = frame::partial_data(rest) else {
+            return Ok(0);
+        };
+        let here = rest.len() - header_len;
+        if header_len != LONG_HEADER_LEN || len - here < STREAM_IN_MIN || !self.is_established(key)
+        {
+            return Ok(0);
+        }
+        let Some(rkey) = self.stream_relay(key, id) else {
+            return Ok(0);
+        };
+        let Some(r) = self.relay_mut(rkey) else {
+            return Ok(0);
+        };
+        if r.state != RelayState::Open {
+            return Ok(0); // decoded whole, with the usual checks
+        }
+        r.flow
+            .on_received(len)
+            .map_err(|v| format!("stream {id}: {v}"))?;
+        if let Some(t) = self.tunnel_mut(key) {
+            t.in_data = Some(InData {
+                id,
+                remaining: len - here,
+            });
+        }
+        if here > 0 {
+            self.deliver(rkey, &[&rest[header_len..]])?;
+        }
+        Ok(rest.len())
+    }
+
+    /// Move the long payload in progress from the tunnel's socket into its stream's pipe
+    /// and on to the stream's socket, without copying it through memory of ours.
+    fn splice_in(&mut self, key: usize, d: InData) -> SpliceIn {
+        let now = self.now;
+        let Some(rkey) = self.stream_relay(key, d.id) else {
+            return SpliceIn::Copy; // the stream is gone: its bytes are read and dropped
+        };
+        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+            return SpliceIn::Copy;
+        };
+        if r.splice_off || r.state != RelayState::Open || !r.pending.is_empty() {
+            return SpliceIn::Copy;
+        }
+        if r.pipe.is_none() {
+            match sys::Pipe::new(STREAM_WINDOW as usize) {
+                Ok(p) => r.pipe = Some(p),
+                Err(e) => {
+                    debug!("stream {}: no pipe, copying: {e}", r.id);
+                    r.splice_off = true;
+                    return SpliceIn::Copy;
+                }
+            }
+        }
+        let Some(pipe) = &r.pipe else {
+            return SpliceIn::Copy;
+        };
+        match pipe.fill_from(&t.sock, d.remaining) {
+            Ok(0) => {
+                self.close_tunnel(key, "connection closed by peer".into());
+                SpliceIn::Stop
+            }
+            Ok(n) => {
+                t.bytes_in += n as u64;
+                t.last_rx = now;
+                r.piped += n;
+                let left = d.remaining - n;
+                t.in_data = (left > 0).then_some(InData {
+                    remaining: left,
+                    ..d
+                });
+                // The next read stops after a long header, so that its payload can follow
+                // this one through the pipe.
+                t.header_only = left == 0;
+                let id = r.id;
+                match r.flush_pipe() {
+                    Ok(m) => {
+                        r.bytes_written += m as u64;
+                        if let Some(credit) = r.flow.on_delivered(m) {
+                            if let Err(reason) =
+                                t.send_small(kind::CREDIT, id, &credit.to_be_bytes())
+                            {
+                                self.close_tunnel(key, reason);
+                                return SpliceIn::Stop;
+                            }
+                            self.mark_dirty(key);
+                        }
+                    }
+                    Err(e) => {
+                        debug!("stream {id}: write to {} failed: {e}", r.label);
+                        self.reset_stream(rkey, &format!("write failed: {e}"));
+                    }
+                }
+                SpliceIn::Moved(n)
+            }
+            // Nothing to read, or the pipe is full (a pipe holds fewer bytes than its size
+            // when the socket's buffers are small): a plain read tells which.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if r.piped == 0 {
+                    t.readable = false;
+                    SpliceIn::Stop
+                } else {
+                    SpliceIn::Copy
+                }
+            }
+            Err(e) => {
+                debug!("stream {}: splice failed, copying: {e}", r.id);
+                r.splice_off = true;
+                SpliceIn::Copy
+            }
+        }
     }
 
     fn handle_frame(&mut self, tkey: usize, f: Frame<'_>) -> Result<(), CloseReason> {
@@ -803,7 +981,7 @@ impl Reactor {
             // Otherwise a stream we already closed: its last frames may still be in flight.
             return Ok(());
         };
-        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+        let Some(r) = self.relay_mut(rkey) else {
             return Ok(());
         };
         if r.state == RelayState::Opening {
@@ -812,6 +990,16 @@ impl Reactor {
         r.flow
             .on_received(total)
             .map_err(|v| format!("stream {id}: {v}"))?;
+        self.deliver(rkey, parts)
+    }
+
+    /// Write received payload (already counted against the window) to a relay's socket or
+    /// queue it, and return credit for what the socket took.
+    fn deliver(&mut self, rkey: usize, parts: &[&[u8]]) -> Result<(), CloseReason> {
+        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+            return Ok(());
+        };
+        let (id, tkey) = (r.id, r.tunnel);
         match r.write_or_queue(parts) {
             Ok(n) => {
                 r.bytes_written += n as u64;
@@ -853,7 +1041,7 @@ impl Reactor {
         let Some((r, t)) = self.relay_and_tunnel(rkey) else {
             return;
         };
-        if r.pending.is_empty() {
+        if r.drained() {
             return;
         }
         let id = r.id;
@@ -1056,6 +1244,9 @@ impl Reactor {
             state: spec.state,
             flow,
             pending,
+            pipe: None,
+            piped: 0,
+            splice_off: false,
             readable: false,
             read_closed_hint: false,
             write_shut: false,

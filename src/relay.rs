@@ -26,8 +26,16 @@ pub struct Relay {
     pub id: u32,
     pub state: RelayState,
     pub flow: Flow,
-    /// Bytes from the tunnel that the socket has not taken yet (at most one window).
+    /// Bytes from the tunnel that the socket has not taken yet (at most one window, with
+    /// `piped`). Bytes in the pipe come first.
     pub pending: Buf,
+    /// Where long payloads are spliced from the tunnel on their way to the socket, made on
+    /// the first one.
+    pub pipe: Option<crate::sys::Pipe>,
+    /// Bytes in `pipe` that the socket has not taken yet.
+    pub piped: usize,
+    /// Splicing failed for this stream: its payloads are copied.
+    pub splice_off: bool,
     /// The socket may hold unread bytes or an unread EOF.
     pub readable: bool,
     /// The peer signalled end of input or an error: read until EOF rather than trusting a
@@ -49,9 +57,37 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Write `pending` until it is empty or the socket refuses. Returns the bytes written.
-    pub fn flush_pending(&mut self) -> io::Result<usize> {
+    /// Nothing from the tunnel waits for the socket.
+    pub fn drained(&self) -> bool {
+        self.piped == 0 && self.pending.is_empty()
+    }
+
+    /// Splice what the pipe holds into the socket until it is empty or the socket refuses.
+    /// Returns the bytes written.
+    pub fn flush_pipe(&mut self) -> io::Result<usize> {
         let mut total = 0;
+        while self.piped > 0 {
+            let Some(pipe) = &self.pipe else { break };
+            match pipe.drain_to(&self.sock, self.piped) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.piped -= n;
+                    total += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Write the pipe's bytes, then `pending`, until both are empty or the socket refuses.
+    /// Returns the bytes written.
+    pub fn flush_pending(&mut self) -> io::Result<usize> {
+        let mut total = self.flush_pipe()?;
+        if self.piped > 0 {
+            return Ok(total);
+        }
         while !self.pending.is_empty() {
             match self.sock.write(self.pending.data()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -76,7 +112,7 @@ impl Relay {
     pub fn write_or_queue(&mut self, parts: &[&[u8]]) -> io::Result<usize> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut written = 0;
-        if self.pending.is_empty() && self.state == RelayState::Open {
+        if self.drained() && self.state == RelayState::Open {
             while written < total {
                 let mut iovs = [IoSlice::new(&[]); 16];
                 let n = fill_iovs(parts, written, &mut iovs);
@@ -109,7 +145,7 @@ impl Relay {
     pub fn shutdown_write_if_drained(&mut self) {
         if self.state == RelayState::Open
             && self.flow.fin_received()
-            && self.pending.is_empty()
+            && self.drained()
             && !self.write_shut
         {
             if !self.flow.fin_sent() {

@@ -86,6 +86,92 @@ pub fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
+/// A pipe for moving bytes between sockets with `splice(2)`, without copying them through
+/// user space. Both ends are non-blocking; the fds close on drop.
+#[derive(Debug)]
+pub struct Pipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl Pipe {
+    /// A pipe holding at least `size` bytes. Fails where the system refuses the size (a
+    /// user over the pipe memory limit) or has no splice.
+    #[cfg(target_os = "linux")]
+    pub fn new(size: usize) -> io::Result<Pipe> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two fds into the array we own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both fds were just created and are owned by nothing else.
+        let pipe = unsafe {
+            Pipe {
+                read: std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                write: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            }
+        };
+        let want = libc::c_int::try_from(size).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: fcntl on an fd we own.
+        let got = unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if (got as usize) < size {
+            return Err(io::Error::other(format!(
+                "pipe holds {got} bytes, not {size}"
+            )));
+        }
+        Ok(pipe)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn new(_size: usize) -> io::Result<Pipe> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Move up to `len` bytes from socket `from` into the pipe.
+    pub fn fill_from(&self, from: &impl AsRawFd, len: usize) -> io::Result<usize> {
+        splice(from.as_raw_fd(), self.write.as_raw_fd(), len)
+    }
+
+    /// Move up to `len` bytes from the pipe into socket `to`.
+    pub fn drain_to(&self, to: &impl AsRawFd, len: usize) -> io::Result<usize> {
+        splice(self.read.as_raw_fd(), to.as_raw_fd(), len)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn splice(from: std::os::fd::RawFd, to: std::os::fd::RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: both fds are open for the duration of the call; null offsets mean the
+        // current file positions (required for pipes and sockets).
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn splice(_from: std::os::fd::RawFd, _to: std::os::fd::RawFd, _len: usize) -> io::Result<usize> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 /// Fill `buf` with random bytes from the OS.
 pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     getrandom::fill(buf).map_err(|e| io::Error::other(format!("no randomness from the OS: {e}")))
@@ -121,6 +207,47 @@ impl Default for Jitter {
 mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
+
+    /// Bytes spliced from one socket through a pipe into another arrive intact.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_pipe_moves_bytes_between_sockets() {
+        use std::io::{Read, Write};
+        let pair = || {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (b, _) = l.accept().unwrap();
+            (a, b)
+        };
+        let (mut src, from) = pair();
+        let (to, mut dst) = pair();
+        from.set_nonblocking(true).unwrap();
+        let pipe = Pipe::new(1 << 20).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        src.write_all(&data).unwrap();
+        drop(src);
+        let mut moved = 0;
+        let mut got = Vec::new();
+        for _ in 0..10_000 {
+            match pipe.fill_from(&from, data.len() - moved) {
+                Ok(n) => moved += n,
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+            }
+            let mut left = moved - got.len();
+            while left > 0 {
+                let n = pipe.drain_to(&to, left.min(64 * 1024)).unwrap();
+                let mut buf = vec![0; n];
+                dst.read_exact(&mut buf).unwrap();
+                got.extend_from_slice(&buf);
+                left -= n;
+            }
+            if moved == data.len() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(got, data);
+    }
 
     /// The server relies on this to skip a setsockopt per visitor.
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use crate::buffer::Buf;
-use crate::protocol::frame::{self, Frame, HEADER_LEN, MAX_FRAME};
+use crate::protocol::frame::{self, Frame, HEADER_LEN, LONG_HEADER_LEN, MAX_FRAME};
 use crate::protocol::handshake::NONCE_LEN;
 use crate::protocol::streams::Streams;
 
@@ -45,6 +45,14 @@ pub enum Phase {
     Established,
 }
 
+/// A long DATA payload being passed on as it arrives, rather than buffered whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InData {
+    pub id: u32,
+    /// Payload bytes still in the socket.
+    pub remaining: usize,
+}
+
 pub struct Tunnel {
     pub sock: TcpStream,
     pub peer: SocketAddr,
@@ -77,6 +85,10 @@ pub struct Tunnel {
     pub dirty: bool,
     /// Relays waiting for room in `tx`.
     pub blocked: Vec<usize>,
+    /// The long payload in progress, if any.
+    pub in_data: Option<InData>,
+    /// Read only up to the next long header: the payload behind it may be spliced.
+    pub header_only: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub since: Instant,
@@ -105,6 +117,8 @@ impl Tunnel {
             read_closed_hint: false,
             dirty: false,
             blocked: Vec::new(),
+            in_data: None,
+            header_only: false,
             bytes_in: 0,
             bytes_out: 0,
             since: now,
@@ -179,11 +193,21 @@ impl Tunnel {
     /// that filled less than the room drained the socket). `Ok((0, _))` is end of stream.
     pub fn read_some(&mut self) -> io::Result<(usize, usize)> {
         let room = self.rx.room(MAX_FRAME);
+        let limit = if self.header_only {
+            LONG_HEADER_LEN.min(room.len())
+        } else {
+            room.len()
+        };
+        let room = &mut room[..limit];
         let len = room.len();
         loop {
             match self.sock.read(room) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                other => return other.map(|n| (n, len)),
+                Ok(n) => {
+                    self.header_only = false;
+                    return Ok((n, len));
+                }
+                Err(e) => return Err(e),
             }
         }
     }
