@@ -42,7 +42,7 @@ use crate::relay::{Relay, RelayState};
 use crate::resolve::Resolver;
 use crate::server::ServerRole;
 use crate::sys;
-use crate::tunnel::{InData, LINGER, TX_DATA_LIMIT, Tunnel};
+use crate::tunnel::{InData, LINGER, OutSplice, TX_DATA_LIMIT, Tunnel};
 
 /// Our receive window per stream, announced in the handshake.
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
@@ -57,6 +57,9 @@ const MAX_COALESCE: usize = 16;
 /// A long payload is passed on as it arrives (spliced where possible) when at least this
 /// much of it is still in the socket; shorter ones are buffered whole.
 const STREAM_IN_MIN: usize = 64 * 1024;
+/// A stream's reads are spliced once one filled its request and at least this much credit
+/// is open.
+const SPLICE_OUT_MIN: usize = 64 * 1024;
 /// A tunnel reads at most this much per turn before others get theirs.
 const TUNNEL_READ_BUDGET: usize = 1024 * 1024;
 
@@ -458,6 +461,7 @@ impl Reactor {
             t.release_at = None;
             t.rx.release();
             t.tx.release();
+            t.tx_after.release();
         }
         if let Some(d) = t.deadline
             && d <= now
@@ -552,7 +556,20 @@ impl Reactor {
             self.close_tunnel(key, format!("write failed: {e}"));
             return;
         }
-        if t.tx.is_empty() && t.release_at.is_none() && (t.tx.is_allocated() || t.rx.is_allocated())
+        // A spliced payload went out: its pipe goes back to its stream.
+        if let Some((id, pipe)) = t.spare_pipe.take()
+            && let Some(rkey) = t.streams.get(id)
+            && let Some(r) = self.relay_mut(rkey)
+            && r.out_pipe.is_none()
+        {
+            r.out_pipe = Some(pipe);
+        }
+        let Some(t) = self.tunnel_mut(key) else {
+            return;
+        };
+        if t.queued() == 0
+            && t.release_at.is_none()
+            && (t.tx.is_allocated() || t.tx_after.is_allocated() || t.rx.is_allocated())
         {
             t.release_at = Some(now + IDLE_RELEASE);
             self.schedule_tunnel_tick(key);
@@ -560,14 +577,14 @@ impl Reactor {
         let Some(t) = self.tunnel_mut(key) else {
             return;
         };
-        if t.tx.len() < TX_DATA_LIMIT && !t.blocked.is_empty() {
+        if t.queued() < TX_DATA_LIMIT && !t.blocked.is_empty() {
             let blocked = std::mem::take(&mut t.blocked);
             for rkey in blocked {
                 self.enqueue_relay(rkey);
             }
         }
         if let Some(t) = self.tunnel_mut(key)
-            && t.tx.is_empty()
+            && t.queued() == 0
             && let Some(reason) = t.closing.clone()
         {
             self.close_tunnel(key, reason);
@@ -1081,21 +1098,74 @@ impl Reactor {
         if credit == 0 {
             return; // resumed by CREDIT
         }
-        if t.tx.len() >= TX_DATA_LIMIT || t.closing.is_some() {
+        if t.queued() >= TX_DATA_LIMIT || t.closing.is_some() {
             if !t.blocked.contains(&rkey) {
                 t.blocked.push(rkey);
             }
             return; // resumed by the tunnel's flush
         }
+        let want = credit.min(MAX_LONG_PAYLOAD);
+        let id = r.id;
+        let tkey = r.tunnel;
+        // A stream whose last read filled its request has more waiting: splice it into a
+        // pipe, queue its header, and let the tunnel splice the payload after the header.
+        if r.bulk && want >= SPLICE_OUT_MIN && t.out_splice.is_none() && !r.splice_off {
+            if r.out_pipe.is_none() {
+                match sys::Pipe::new(MAX_LONG_PAYLOAD) {
+                    Ok(p) => r.out_pipe = Some(p),
+                    Err(e) => {
+                        debug!("stream {id}: no pipe, copying: {e}");
+                        r.splice_off = true;
+                    }
+                }
+            }
+            if let Some(pipe) = r.out_pipe.take() {
+                match pipe.fill_from(&r.sock, want) {
+                    Ok(n) if n > 0 => {
+                        let mut header = [0u8; LONG_HEADER_LEN];
+                        frame::put_long_header(&mut header, id, n);
+                        // Under TX_DATA_LIMIT, so far below the buffer's cap.
+                        let _ = t.tx.push(&header);
+                        t.out_splice = Some(OutSplice {
+                            id,
+                            pipe,
+                            remaining: n,
+                        });
+                        r.flow.on_sent(n);
+                        r.bytes_read += n as u64;
+                        r.bulk = n == want;
+                        if n < want && !r.read_closed_hint {
+                            r.readable = false;
+                        } else {
+                            self.enqueue_relay(rkey);
+                        }
+                        self.mark_dirty(tkey);
+                        return;
+                    }
+                    // End of input: the plain read below sees it too.
+                    Ok(_) => r.out_pipe = Some(pipe),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        r.out_pipe = Some(pipe);
+                        r.readable = false;
+                        return;
+                    }
+                    Err(e) => {
+                        debug!("stream {id}: splice failed, copying: {e}");
+                        r.out_pipe = Some(pipe);
+                        r.splice_off = true;
+                    }
+                }
+            }
+        }
         // One read straight into the tunnel's write buffer, after room for the header: a
         // long DATA header when the credit allows more than a short frame carries.
-        let want = credit.min(MAX_LONG_PAYLOAD);
         let header_len = if want > MAX_PAYLOAD {
             LONG_HEADER_LEN
         } else {
             HEADER_LEN
         };
-        let room = t.tx.room(header_len + want);
+        let tail = t.tail();
+        let room = tail.room(header_len + want);
         if room.len() < header_len + want {
             t.blocked.push(rkey);
             return;
@@ -1106,8 +1176,6 @@ impl Reactor {
                 other => break other,
             }
         };
-        let id = r.id;
-        let tkey = r.tunnel;
         match result {
             Ok(0) => {
                 // End of input: half-close the stream.
@@ -1126,9 +1194,10 @@ impl Reactor {
                 } else {
                     frame::put_header(room, kind::DATA, id, n);
                 }
-                t.tx.commit(header_len + n);
+                tail.commit(header_len + n);
                 r.flow.on_sent(n);
                 r.bytes_read += n as u64;
+                r.bulk = n == want;
                 if n < want && !r.read_closed_hint {
                     r.readable = false; // a short read drained the socket
                 } else {
@@ -1246,6 +1315,8 @@ impl Reactor {
             pending,
             pipe: None,
             piped: 0,
+            out_pipe: None,
+            bulk: false,
             splice_off: false,
             readable: false,
             read_closed_hint: false,

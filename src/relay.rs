@@ -34,6 +34,11 @@ pub struct Relay {
     pub pipe: Option<crate::sys::Pipe>,
     /// Bytes in `pipe` that the socket has not taken yet.
     pub piped: usize,
+    /// Where reads are spliced on their way into the tunnel (the tunnel holds it while its
+    /// payload waits to be sent).
+    pub out_pipe: Option<crate::sys::Pipe>,
+    /// The last read filled what it asked for: more is probably waiting.
+    pub bulk: bool,
     /// Splicing failed for this stream: its payloads are copied.
     pub splice_off: bool,
     /// The socket may hold unread bytes or an unread EOF.

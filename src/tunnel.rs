@@ -11,6 +11,7 @@ use crate::buffer::Buf;
 use crate::protocol::frame::{self, Frame, HEADER_LEN, LONG_HEADER_LEN, MAX_FRAME};
 use crate::protocol::handshake::NONCE_LEN;
 use crate::protocol::streams::Streams;
+use crate::sys::Pipe;
 
 /// Read buffer: room for several maximum frames per read system call.
 pub const RX_CAP: usize = 1024 * 1024 + MAX_FRAME;
@@ -53,6 +54,16 @@ pub struct InData {
     pub remaining: usize,
 }
 
+/// A long payload waiting in a pipe, spliced into the socket once `tx` (which ends with its
+/// header) is written. Frames queued meanwhile wait in `tx_after`.
+#[derive(Debug)]
+pub struct OutSplice {
+    pub id: u32,
+    pub pipe: Pipe,
+    /// Payload bytes still in the pipe.
+    pub remaining: usize,
+}
+
 pub struct Tunnel {
     pub sock: TcpStream,
     pub peer: SocketAddr,
@@ -61,6 +72,12 @@ pub struct Tunnel {
     pub tag: String,
     pub rx: Buf,
     pub tx: Buf,
+    /// The payload spliced after `tx`, if any.
+    pub out_splice: Option<OutSplice>,
+    /// What is queued behind `out_splice`.
+    pub tx_after: Buf,
+    /// A pipe whose payload went out, to hand back to its stream: (stream id, pipe).
+    pub spare_pipe: Option<(u32, Pipe)>,
     /// Stream id -> slab key of the relay (or pending open).
     pub streams: Streams<usize>,
     /// The peer's receive window per stream.
@@ -104,6 +121,9 @@ impl Tunnel {
             tag: String::new(),
             rx: Buf::new(RX_CAP),
             tx: Buf::new(TX_CAP),
+            out_splice: None,
+            tx_after: Buf::new(TX_CAP),
+            spare_pipe: None,
             streams: Streams::new(0),
             peer_window: 0,
             last_rx: now,
@@ -151,14 +171,28 @@ impl Tunnel {
         self.send_raw(&tmp)
     }
 
+    /// Where frames are queued now: behind the spliced payload, if one waits.
+    pub fn tail(&mut self) -> &mut Buf {
+        if self.out_splice.is_some() {
+            &mut self.tx_after
+        } else {
+            &mut self.tx
+        }
+    }
+
+    /// Bytes queued for the socket, spliced payload included.
+    pub fn queued(&self) -> usize {
+        self.tx.len() + self.out_splice.as_ref().map_or(0, |o| o.remaining) + self.tx_after.len()
+    }
+
     /// Queue bytes already encoded.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
-        if self.tx.push(bytes) {
+        if self.tail().push(bytes) {
             Ok(())
         } else {
             Err(format!(
                 "peer is not reading: {} bytes queued",
-                self.tx.len()
+                self.queued()
             ))
         }
     }
@@ -172,21 +206,42 @@ impl Tunnel {
         self.send_raw(&tmp[..HEADER_LEN + payload.len()])
     }
 
-    /// Write queued bytes until the socket refuses. `Ok(())` also when bytes remain.
+    /// Write queued bytes, and the spliced payload in its place, until the socket refuses.
+    /// `Ok(())` also when bytes remain.
     pub fn flush(&mut self) -> io::Result<()> {
-        while !self.tx.is_empty() {
-            match self.sock.write(self.tx.data()) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.tx.consume(n);
-                    self.bytes_out += n as u64;
+        loop {
+            while !self.tx.is_empty() {
+                match self.sock.write(self.tx.data()) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        self.tx.consume(n);
+                        self.bytes_out += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
             }
+            let Some(out) = &mut self.out_splice else {
+                return Ok(());
+            };
+            while out.remaining > 0 {
+                match out.pipe.drain_to(&self.sock, out.remaining) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        out.remaining -= n;
+                        self.bytes_out += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            // The payload is out: what waited behind it is next.
+            if let Some(out) = self.out_splice.take() {
+                self.spare_pipe = Some((out.id, out.pipe));
+            }
+            std::mem::swap(&mut self.tx, &mut self.tx_after);
         }
-        Ok(())
     }
 
     /// One read into `rx`: `Ok((n, room))` with the bytes read and the room offered (a read
