@@ -47,3 +47,77 @@ fn sixty_four_mib_each_way_at_once_on_one_stream() {
     );
     assert_eq!(received.len, N);
 }
+
+/// Close `s` with a reset instead of a FIN.
+fn abort(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+}
+
+/// Streams reset in the middle of long payloads, on either side, leave the tunnel intact:
+/// what is still in flight for a dead stream is dropped on the way, and the next streams
+/// arrive whole in both directions.
+#[test]
+fn streams_reset_mid_payload_leave_the_tunnel_intact() {
+    const N: u64 = 32 * 1024 * 1024;
+    const CUT: usize = 4 * 1024 * 1024;
+    let dir = TempDir::new("bulk-reset");
+    let source = Target::source(N, 0x5eed);
+    // Reads part of an upload, then resets the connection.
+    let quitter = Target::spawn("127.0.0.1:0", |mut s| {
+        let _ = read_exact_n(&mut s, CUT);
+        abort(&s);
+    })
+    .expect("bind quitting target");
+    let (sink, sums) = Target::sink();
+    let mut setup = ServerSetup::new();
+    let down = setup.map(source.target(), None);
+    let quit = setup.map(quitter.target(), None);
+    let up = setup.map(sink.target(), None);
+    let (_server, _client) = server_and_client(&dir, &setup);
+
+    for round in 0..3 {
+        // The visitor resets a download.
+        let mut v = visit(down);
+        read_exact_n(&mut v, CUT).expect("the first bytes of the download");
+        abort(&v);
+        drop(v);
+        // The target resets an upload: the visitor's writes fail once the reset is back.
+        let mut u = visit(quit);
+        let sent = send_pattern(&mut u, round, N);
+        eprintln!("round {round}: upload to a quitting target: {sent:?}");
+        assert!(
+            sent.is_err(),
+            "writing 32 MiB to a stream reset after 4 MiB fails"
+        );
+    }
+    let mut v = visit(down);
+    let got = recv_digest(&mut v).expect("a whole download after the resets");
+    assert_eq!(
+        got,
+        pattern_digest(0x5eed, N),
+        "download: length and checksum"
+    );
+    let mut u = visit(up);
+    let sent = send_pattern(&mut u, 0x77, N).expect("a whole upload after the resets");
+    u.shutdown(Shutdown::Write).expect("half-close the upload");
+    let got = sums
+        .recv_timeout(Duration::from_secs(30))
+        .expect("sink report")
+        .expect("sink i/o");
+    assert_eq!(got, sent, "upload: length and checksum");
+}
