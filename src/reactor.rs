@@ -60,6 +60,15 @@ const STREAM_IN_MIN: usize = 64 * 1024;
 /// A stream's reads are spliced once one filled its request and at least this much credit
 /// is open.
 const SPLICE_OUT_MIN: usize = 64 * 1024;
+/// Size of a splicing pipe: a whole long payload.
+const PIPE_SIZE: usize = MAX_LONG_PAYLOAD;
+/// Pipes in use or pooled, at most (each is two file descriptors and counts against the
+/// user's pipe memory quota); beyond them payloads are copied.
+const MAX_PIPES: usize = 32;
+/// Empty pipes kept for reuse.
+const POOLED_PIPES: usize = 8;
+/// After the system refuses a pipe, copy for this long before asking again.
+const PIPE_RETRY: Duration = Duration::from_secs(10);
 /// A tunnel reads at most this much per turn before others get theirs.
 const TUNNEL_READ_BUDGET: usize = 1024 * 1024;
 
@@ -134,6 +143,10 @@ pub struct Reactor {
     dirty: Vec<usize>,
     /// Keys removed in this turn, freed when it ends.
     removed: Vec<usize>,
+    /// Empty pipes for splicing, ready for the next long payload.
+    pipes: Vec<sys::Pipe>,
+    /// After the system refused a pipe: no new ones before this time.
+    pipes_refused_until: Option<Instant>,
     next_generation: u64,
     pub now: Instant,
     fd_limit_logged: Option<Instant>,
@@ -153,6 +166,8 @@ impl Reactor {
             ready: VecDeque::new(),
             dirty: Vec::new(),
             removed: Vec::new(),
+            pipes: Vec::new(),
+            pipes_refused_until: None,
             next_generation: 1,
             now: Instant::now(),
             fd_limit_logged: None,
@@ -194,6 +209,33 @@ impl Reactor {
         }
         self.removed.push(key);
         Some(std::mem::replace(&mut entry.ep, Endpoint::Closed))
+    }
+
+    /// An empty pipe for splicing a payload: a pooled one, or a new one while fewer than
+    /// `MAX_PIPES` exist. None means: copy this one.
+    fn take_pipe(&mut self) -> Option<sys::Pipe> {
+        if let Some(pipe) = self.pipes.pop() {
+            return Some(pipe);
+        }
+        if sys::live_pipes() >= MAX_PIPES || self.pipes_refused_until.is_some_and(|t| t > self.now)
+        {
+            return None;
+        }
+        match sys::Pipe::new(PIPE_SIZE) {
+            Ok(pipe) => Some(pipe),
+            Err(e) => {
+                debug!("no pipe for splicing, copying for a while: {e}");
+                self.pipes_refused_until = Some(self.now + PIPE_RETRY);
+                None
+            }
+        }
+    }
+
+    /// Return an empty pipe to the pool.
+    fn put_pipe(&mut self, pipe: sys::Pipe) {
+        if self.pipes.len() < POOLED_PIPES {
+            self.pipes.push(pipe);
+        }
     }
 
     /// Free the keys removed in this turn.
@@ -556,13 +598,9 @@ impl Reactor {
             self.close_tunnel(key, format!("write failed: {e}"));
             return;
         }
-        // A spliced payload went out: its pipe goes back to its stream.
-        if let Some((id, pipe)) = t.spare_pipe.take()
-            && let Some(rkey) = t.streams.get(id)
-            && let Some(r) = self.relay_mut(rkey)
-            && r.out_pipe.is_none()
-        {
-            r.out_pipe = Some(pipe);
+        // A spliced payload went out: its pipe is free again.
+        if let Some(pipe) = t.spare_pipe.take() {
+            self.put_pipe(pipe);
         }
         let Some(t) = self.tunnel_mut(key) else {
             return;
@@ -811,22 +849,23 @@ impl Reactor {
         let Some(rkey) = self.stream_relay(key, d.id) else {
             return SpliceIn::Copy; // the stream is gone: its bytes are read and dropped
         };
-        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+        let Some(r) = self.relay_mut(rkey) else {
             return SpliceIn::Copy;
         };
         if r.splice_off || r.state != RelayState::Open || !r.pending.is_empty() {
             return SpliceIn::Copy;
         }
         if r.pipe.is_none() {
-            match sys::Pipe::new(STREAM_WINDOW as usize) {
-                Ok(p) => r.pipe = Some(p),
-                Err(e) => {
-                    debug!("stream {}: no pipe, copying: {e}", r.id);
-                    r.splice_off = true;
-                    return SpliceIn::Copy;
-                }
+            let Some(pipe) = self.take_pipe() else {
+                return SpliceIn::Copy;
+            };
+            if let Some(r) = self.relay_mut(rkey) {
+                r.pipe = Some(pipe);
             }
         }
+        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+            return SpliceIn::Copy;
+        };
         let Some(pipe) = &r.pipe else {
             return SpliceIn::Copy;
         };
@@ -851,6 +890,13 @@ impl Reactor {
                 match r.flush_pipe() {
                     Ok(m) => {
                         r.bytes_written += m as u64;
+                        let spare = if r.piped == 0 { r.pipe.take() } else { None };
+                        if let Some(pipe) = spare {
+                            self.put_pipe(pipe);
+                        }
+                        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+                            return SpliceIn::Moved(n);
+                        };
                         if let Some(credit) = r.flow.on_delivered(m) {
                             if let Err(reason) =
                                 t.send_small(kind::CREDIT, id, &credit.to_be_bytes())
@@ -1055,7 +1101,7 @@ impl Reactor {
 
     /// A relay's socket can take bytes again: write what is pending, return credit.
     pub(crate) fn relay_writable(&mut self, rkey: usize) {
-        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+        let Some(r) = self.relay_mut(rkey) else {
             return;
         };
         if r.drained() {
@@ -1066,6 +1112,14 @@ impl Reactor {
         match r.flush_pending() {
             Ok(n) => {
                 r.bytes_written += n as u64;
+                if r.piped == 0
+                    && let Some(pipe) = r.pipe.take()
+                {
+                    self.put_pipe(pipe);
+                }
+                let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+                    return;
+                };
                 r.shutdown_write_if_drained();
                 let credit = if n > 0 { r.flow.on_delivered(n) } else { None };
                 if let Some(credit) = credit {
@@ -1109,54 +1163,50 @@ impl Reactor {
         let tkey = r.tunnel;
         // A stream whose last read filled its request has more waiting: splice it into a
         // pipe, queue its header, and let the tunnel splice the payload after the header.
-        if r.bulk && want >= SPLICE_OUT_MIN && t.out_splice.is_none() && !r.splice_off {
-            if r.out_pipe.is_none() {
-                match sys::Pipe::new(MAX_LONG_PAYLOAD) {
-                    Ok(p) => r.out_pipe = Some(p),
-                    Err(e) => {
-                        debug!("stream {id}: no pipe, copying: {e}");
-                        r.splice_off = true;
-                    }
+        if r.bulk
+            && want >= SPLICE_OUT_MIN
+            && t.out_splice.is_none()
+            && !r.splice_off
+            && let Some(pipe) = self.take_pipe()
+        {
+            let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+                self.put_pipe(pipe);
+                return;
+            };
+            match pipe.fill_from(&r.sock, want) {
+                Ok(n) if n > 0 => {
+                    let mut header = [0u8; LONG_HEADER_LEN];
+                    frame::put_long_header(&mut header, id, n);
+                    // Under TX_DATA_LIMIT, so far below the buffer's cap.
+                    let _ = t.tx.push(&header);
+                    t.out_splice = Some(OutSplice { pipe, remaining: n });
+                    r.flow.on_sent(n);
+                    r.bytes_read += n as u64;
+                    r.bulk = n == want;
+                    // A short splice does not mean the socket is drained: a pipe holds fewer
+                    // bytes than its size when packets are small. Read on; a short plain read
+                    // is what tells.
+                    self.enqueue_relay(rkey);
+                    self.mark_dirty(tkey);
+                    return;
                 }
-            }
-            if let Some(pipe) = r.out_pipe.take() {
-                match pipe.fill_from(&r.sock, want) {
-                    Ok(n) if n > 0 => {
-                        let mut header = [0u8; LONG_HEADER_LEN];
-                        frame::put_long_header(&mut header, id, n);
-                        // Under TX_DATA_LIMIT, so far below the buffer's cap.
-                        let _ = t.tx.push(&header);
-                        t.out_splice = Some(OutSplice {
-                            id,
-                            pipe,
-                            remaining: n,
-                        });
-                        r.flow.on_sent(n);
-                        r.bytes_read += n as u64;
-                        r.bulk = n == want;
-                        if n < want && !r.read_closed_hint {
-                            r.readable = false;
-                        } else {
-                            self.enqueue_relay(rkey);
-                        }
-                        self.mark_dirty(tkey);
-                        return;
-                    }
-                    // End of input: the plain read below sees it too.
-                    Ok(_) => r.out_pipe = Some(pipe),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        r.out_pipe = Some(pipe);
-                        r.readable = false;
-                        return;
-                    }
-                    Err(e) => {
-                        debug!("stream {id}: splice failed, copying: {e}");
-                        r.out_pipe = Some(pipe);
-                        r.splice_off = true;
-                    }
+                // End of input: the plain read below sees it too.
+                Ok(_) => self.put_pipe(pipe),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    r.readable = false;
+                    self.put_pipe(pipe);
+                    return;
+                }
+                Err(e) => {
+                    debug!("stream {id}: splice failed, copying: {e}");
+                    r.splice_off = true;
+                    self.put_pipe(pipe);
                 }
             }
         }
+        let Some((r, t)) = self.relay_and_tunnel(rkey) else {
+            return;
+        };
         // One read straight into the tunnel's write buffer, after room for the header: a
         // long DATA header when the credit allows more than a short frame carries.
         let header_len = if want > MAX_PAYLOAD {
@@ -1315,7 +1365,6 @@ impl Reactor {
             pending,
             pipe: None,
             piped: 0,
-            out_pipe: None,
             bulk: false,
             splice_off: false,
             readable: false,

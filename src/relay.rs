@@ -29,14 +29,11 @@ pub struct Relay {
     /// Bytes from the tunnel that the socket has not taken yet (at most one window, with
     /// `piped`). Bytes in the pipe come first.
     pub pending: Buf,
-    /// Where long payloads are spliced from the tunnel on their way to the socket, made on
-    /// the first one.
+    /// Where long payloads are spliced from the tunnel on their way to the socket: taken
+    /// from the reactor's pool while bytes wait in it, returned when empty.
     pub pipe: Option<crate::sys::Pipe>,
     /// Bytes in `pipe` that the socket has not taken yet.
     pub piped: usize,
-    /// Where reads are spliced on their way into the tunnel (the tunnel holds it while its
-    /// payload waits to be sent).
-    pub out_pipe: Option<crate::sys::Pipe>,
     /// The last read filled what it asked for: more is probably waiting.
     pub bulk: bool,
     /// Splicing failed for this stream: its payloads are copied.

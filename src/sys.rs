@@ -86,8 +86,17 @@ pub fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
+/// Pipes open in this process.
+static LIVE_PIPES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many [`Pipe`]s exist in this process.
+pub fn live_pipes() -> usize {
+    LIVE_PIPES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A pipe for moving bytes between sockets with `splice(2)`, without copying them through
-/// user space. Both ends are non-blocking; the fds close on drop.
+/// user space. Both ends are non-blocking; the fds close on drop. (Splicing into a socket
+/// whose peer is gone fails with EPIPE; SIGPIPE is ignored, as Rust programs do by default.)
 #[derive(Debug)]
 pub struct Pipe {
     read: std::os::fd::OwnedFd,
@@ -112,6 +121,7 @@ impl Pipe {
                 write: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
             }
         };
+        LIVE_PIPES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let want = libc::c_int::try_from(size).map_err(|_| io::ErrorKind::InvalidInput)?;
         // SAFETY: fcntl on an fd we own.
         let got = unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
@@ -139,6 +149,12 @@ impl Pipe {
     /// Move up to `len` bytes from the pipe into socket `to`.
     pub fn drain_to(&self, to: &impl AsRawFd, len: usize) -> io::Result<usize> {
         splice(self.read.as_raw_fd(), to.as_raw_fd(), len)
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        LIVE_PIPES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

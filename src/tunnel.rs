@@ -58,7 +58,6 @@ pub struct InData {
 /// header) is written. Frames queued meanwhile wait in `tx_after`.
 #[derive(Debug)]
 pub struct OutSplice {
-    pub id: u32,
     pub pipe: Pipe,
     /// Payload bytes still in the pipe.
     pub remaining: usize,
@@ -76,8 +75,8 @@ pub struct Tunnel {
     pub out_splice: Option<OutSplice>,
     /// What is queued behind `out_splice`.
     pub tx_after: Buf,
-    /// A pipe whose payload went out, to hand back to its stream: (stream id, pipe).
-    pub spare_pipe: Option<(u32, Pipe)>,
+    /// A pipe whose payload went out, to return to the pool.
+    pub spare_pipe: Option<Pipe>,
     /// Stream id -> slab key of the relay (or pending open).
     pub streams: Streams<usize>,
     /// The peer's receive window per stream.
@@ -187,7 +186,7 @@ impl Tunnel {
 
     /// Queue bytes already encoded.
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
-        if self.tail().push(bytes) {
+        if self.queued() + bytes.len() <= TX_CAP && self.tail().push(bytes) {
             Ok(())
         } else {
             Err(format!(
@@ -238,7 +237,7 @@ impl Tunnel {
             }
             // The payload is out: what waited behind it is next.
             if let Some(out) = self.out_splice.take() {
-                self.spare_pipe = Some((out.id, out.pipe));
+                self.spare_pipe = Some(out.pipe);
             }
             std::mem::swap(&mut self.tx, &mut self.tx_after);
         }

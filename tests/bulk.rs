@@ -121,3 +121,27 @@ fn streams_reset_mid_payload_leave_the_tunnel_intact() {
         .expect("sink i/o");
     assert_eq!(got, sent, "upload: length and checksum");
 }
+
+/// Messages of several MiB echoed on one connection that stays open: the last bytes of
+/// each must arrive without an end-of-file or more traffic to wake anyone up.
+#[test]
+fn large_messages_echo_on_an_open_connection() {
+    use std::io::Write;
+    const LEN: usize = 3 * 1024 * 1024 + 12_345;
+    let dir = TempDir::new("bulk-echo");
+    let echo = Target::echo();
+    let (_server, _client, port) = tunnel_to(&dir, echo.target());
+    let mut s = visit(port);
+    for round in 0..5u64 {
+        let msg = pattern(round, LEN);
+        let mut w = s.try_clone().expect("clone");
+        let out = msg.clone();
+        let writer = thread::spawn(move || w.write_all(&out));
+        let back = read_exact_n(&mut s, LEN).expect("the whole message comes back");
+        writer
+            .join()
+            .expect("writer thread")
+            .expect("write the message");
+        assert!(back == msg, "round {round}: the echo differs");
+    }
+}
