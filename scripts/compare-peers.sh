@@ -297,7 +297,7 @@ setup_relay_chain() {
         PEER_PIDS+=("$LAST_PID")
         i=$((i + 1))
     done
-    wait_listening 10 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" "${hops[@]}" || { SETUP_ERR="reference relays did not listen"; return 1; }
+    wait_listening 10 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" "${hops[@]}" || { SETUP_ERR="reference relays did not listen: $(logtail "$TMP"/relay-*.log)"; return 1; }
 }
 
 setup_rathole() {
