@@ -41,22 +41,12 @@ pub fn tune_allocator() {
 /// Set TCP_NODELAY on a listening socket. On Linux the sockets it accepts inherit the
 /// option, which saves a system call per accepted connection.
 pub fn set_listener_nodelay(sock: &impl AsRawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid fd and a correctly sized option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt(
+        sock,
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        &(1 as libc::c_int),
+    )
 }
 
 /// Whether accepted sockets inherit TCP_NODELAY from their listener (see
@@ -69,15 +59,30 @@ pub fn set_abortive_close(sock: &impl AsRawFd) {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: a valid fd and a correctly sized option value.
-    unsafe {
+    let _ = setsockopt(sock, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
+}
+
+/// Set socket option `name` at `level` to `value`.
+fn setsockopt<T>(
+    sock: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: a valid fd, and a pointer to a live value of the size passed.
+    let rc = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

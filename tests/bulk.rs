@@ -7,6 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tcp_forward::sys::set_abortive_close;
 
 #[test]
 fn sixty_four_mib_each_way_at_once_on_one_stream() {
@@ -48,26 +49,6 @@ fn sixty_four_mib_each_way_at_once_on_one_stream() {
     assert_eq!(received.len, N);
 }
 
-/// Close `s` with a reset instead of a FIN.
-fn abort(s: &std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid fd and a correctly sized option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
-}
-
 /// Streams reset in the middle of long payloads, on either side, leave the tunnel intact:
 /// what is still in flight for a dead stream is dropped on the way, and the next streams
 /// arrive whole in both directions.
@@ -80,7 +61,7 @@ fn streams_reset_mid_payload_leave_the_tunnel_intact() {
     // Reads part of an upload, then resets the connection.
     let quitter = Target::spawn("127.0.0.1:0", |mut s| {
         let _ = read_exact_n(&mut s, CUT);
-        abort(&s);
+        set_abortive_close(&s);
     })
     .expect("bind quitting target");
     let (sink, sums) = Target::sink();
@@ -94,7 +75,7 @@ fn streams_reset_mid_payload_leave_the_tunnel_intact() {
         // The visitor resets a download.
         let mut v = visit(down);
         read_exact_n(&mut v, CUT).expect("the first bytes of the download");
-        abort(&v);
+        set_abortive_close(&v);
         drop(v);
         // The target resets an upload: the visitor's writes fail once the reset is back.
         let mut u = visit(quit);
