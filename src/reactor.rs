@@ -238,6 +238,16 @@ impl Reactor {
         }
     }
 
+    /// A relay's receive pipe goes back to the pool once the socket has taken all it held.
+    fn recycle_pipe(&mut self, rkey: usize) {
+        if let Some(r) = self.relay_mut(rkey)
+            && r.piped == 0
+            && let Some(pipe) = r.pipe.take()
+        {
+            self.put_pipe(pipe);
+        }
+    }
+
     /// Free the keys removed in this turn.
     pub(crate) fn free_removed(&mut self) {
         for key in self.removed.drain(..) {
@@ -890,10 +900,7 @@ impl Reactor {
                 match r.flush_pipe() {
                     Ok(m) => {
                         r.bytes_written += m as u64;
-                        let spare = if r.piped == 0 { r.pipe.take() } else { None };
-                        if let Some(pipe) = spare {
-                            self.put_pipe(pipe);
-                        }
+                        self.recycle_pipe(rkey);
                         let Some((r, t)) = self.relay_and_tunnel(rkey) else {
                             return SpliceIn::Moved(n);
                         };
@@ -1112,11 +1119,7 @@ impl Reactor {
         match r.flush_pending() {
             Ok(n) => {
                 r.bytes_written += n as u64;
-                if r.piped == 0
-                    && let Some(pipe) = r.pipe.take()
-                {
-                    self.put_pipe(pipe);
-                }
+                self.recycle_pipe(rkey);
                 let Some((r, t)) = self.relay_and_tunnel(rkey) else {
                     return;
                 };
