@@ -989,7 +989,9 @@ impl Reactor {
             }
             Frame::Reset { id, reason } => {
                 // Any stream endpoint: a connected relay, or one still resolving its target.
-                let stream = self.tunnel_mut(tkey).and_then(|t| t.streams.get(id));
+                let stream = self
+                    .tunnel_mut(tkey)
+                    .and_then(|t| t.streams.get(id).copied());
                 if let Some(rkey) = stream {
                     debug!("stream {id} reset by peer: {reason}");
                     self.drop_relay(rkey, true);
@@ -1021,7 +1023,7 @@ impl Reactor {
             Some(Entry {
                 ep: Endpoint::Tunnel(t),
                 ..
-            }) => t.streams.get(id),
+            }) => t.streams.get(id).copied(),
             _ => None,
         }
         .filter(|rkey| {
@@ -1089,7 +1091,7 @@ impl Reactor {
 
     /// A stream of tunnel `tkey` whose target name is still being resolved.
     fn resolving_mut(&mut self, tkey: usize, id: u32) -> Option<&mut crate::client::PendingOpen> {
-        let key = self.tunnel_mut(tkey)?.streams.get(id)?;
+        let key = self.tunnel_mut(tkey)?.streams.get(id).copied()?;
         match self.slab.get_mut(key) {
             Some(Entry {
                 ep: Endpoint::Resolving(p),
@@ -1148,7 +1150,7 @@ impl Reactor {
         };
         // The server reads a visitor's first bytes before OPEN_OK (the client keeps them
         // until its connect completes); the client reads only once connected.
-        if !r.readable || r.state == RelayState::Connecting || r.flow.fin_sent() {
+        if !r.readable || r.state == RelayState::Connecting || !r.flow.may_send() {
             return;
         }
         let credit = r.flow.send_credit();

@@ -146,11 +146,11 @@ impl Relay {
     /// shutdown call is skipped.
     pub fn shutdown_write_if_drained(&mut self) {
         if self.state == RelayState::Open
-            && self.flow.fin_received()
+            && !self.flow.may_recv()
             && self.drained()
             && !self.write_shut
         {
-            if !self.flow.fin_sent() {
+            if self.flow.may_send() {
                 let _ = self.sock.shutdown(std::net::Shutdown::Write);
             }
             self.write_shut = true;

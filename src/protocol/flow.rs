@@ -9,6 +9,13 @@
 /// Why a peer's frame breaks the stream's rules. Closes the tunnel.
 pub type Violation = &'static str;
 
+/// One direction of a stream: open, or finished by a FIN (sent or received).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    Open,
+    Finished,
+}
+
 #[derive(Debug, Clone)]
 pub struct Flow {
     /// Bytes we may still send.
@@ -21,8 +28,10 @@ pub struct Flow {
     recv_in_flight: u32,
     /// Of those, bytes delivered to the destination but not yet announced as credit.
     delivered_unannounced: u32,
-    fin_sent: bool,
-    fin_received: bool,
+    /// Our direction: data may be sent until our FIN.
+    send: Half,
+    /// The peer's direction: data may arrive until its FIN.
+    recv: Half,
 }
 
 impl Flow {
@@ -33,14 +42,14 @@ impl Flow {
             recv_window,
             recv_in_flight: 0,
             delivered_unannounced: 0,
-            fin_sent: false,
-            fin_received: false,
+            send: Half::Open,
+            recv: Half::Open,
         }
     }
 
     /// How many bytes we may send now.
     pub fn send_credit(&self) -> usize {
-        if self.fin_sent {
+        if !self.may_send() {
             0
         } else {
             self.send_credit as usize
@@ -66,7 +75,7 @@ impl Flow {
 
     /// The peer sent `n` bytes of data.
     pub fn on_received(&mut self, n: usize) -> Result<(), Violation> {
-        if self.fin_received {
+        if !self.may_recv() {
             return Err("data after FIN");
         }
         let total = self.recv_in_flight as usize + n;
@@ -98,28 +107,36 @@ impl Flow {
     }
 
     pub fn on_fin_sent(&mut self) {
-        self.fin_sent = true;
+        self.send = Half::Finished;
     }
 
     pub fn on_fin_received(&mut self) -> Result<(), Violation> {
-        if self.fin_received {
+        if !self.may_recv() {
             return Err("second FIN on a stream");
         }
-        self.fin_received = true;
+        self.recv = Half::Finished;
         Ok(())
     }
 
-    pub fn fin_sent(&self) -> bool {
-        self.fin_sent
+    /// Our FIN is not sent yet: data may still go out.
+    pub fn may_send(&self) -> bool {
+        self.send == Half::Open
     }
 
-    pub fn fin_received(&self) -> bool {
-        self.fin_received
+    /// The peer's FIN has not arrived: data may still come.
+    pub fn may_recv(&self) -> bool {
+        self.recv == Half::Open
+    }
+
+    /// The peer's FIN arrived and every byte before it was delivered: the destination's
+    /// write half can be shut.
+    pub fn recv_complete(&self) -> bool {
+        !self.may_recv() && self.undelivered() == 0
     }
 
     /// Both directions finished and everything received was delivered: the stream is over.
     pub fn is_done(&self) -> bool {
-        self.fin_sent && self.fin_received && self.undelivered() == 0
+        !self.may_send() && self.recv_complete()
     }
 }
 

@@ -1,4 +1,4 @@
-//! The stream table of one tunnel: stream ids to the local handle of each stream.
+//! The stream table of one tunnel: stream ids to the state of each stream.
 //!
 //! The server allocates ids (it opens every stream); the client registers the ids the
 //! server names. Ids are not reused while in use, and the table is bounded by the
@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 #[derive(Debug)]
-pub struct Streams<H> {
-    map: HashMap<u32, H>,
+pub struct Streams<V> {
+    map: HashMap<u32, V>,
     next_id: u32,
     max: usize,
 }
@@ -22,8 +22,8 @@ pub enum AddError {
     InUse,
 }
 
-impl<H: Copy> Streams<H> {
-    pub fn new(max: usize) -> Streams<H> {
+impl<V> Streams<V> {
+    pub fn new(max: usize) -> Streams<V> {
         Streams {
             map: HashMap::new(),
             next_id: 1,
@@ -47,8 +47,8 @@ impl<H: Copy> Streams<H> {
         self.max
     }
 
-    /// Allocate a fresh id for `handle` (server side).
-    pub fn open(&mut self, handle: H) -> Result<u32, AddError> {
+    /// Allocate a fresh id for `value` (server side).
+    pub fn open(&mut self, value: V) -> Result<u32, AddError> {
         if self.map.len() >= self.max {
             return Err(AddError::Full);
         }
@@ -57,35 +57,47 @@ impl<H: Copy> Streams<H> {
             let id = self.next_id;
             self.next_id = self.next_id.checked_add(1).unwrap_or(1);
             if let std::collections::hash_map::Entry::Vacant(e) = self.map.entry(id) {
-                e.insert(handle);
+                e.insert(value);
                 return Ok(id);
             }
         }
     }
 
     /// Register an id chosen by the peer (client side).
-    pub fn accept(&mut self, id: u32, handle: H) -> Result<(), AddError> {
+    pub fn accept(&mut self, id: u32, value: V) -> Result<(), AddError> {
         if self.map.contains_key(&id) {
             return Err(AddError::InUse);
         }
         if self.map.len() >= self.max {
             return Err(AddError::Full);
         }
-        self.map.insert(id, handle);
+        self.map.insert(id, value);
         Ok(())
     }
 
-    pub fn get(&self, id: u32) -> Option<H> {
-        self.map.get(&id).copied()
+    pub fn get(&self, id: u32) -> Option<&V> {
+        self.map.get(&id)
     }
 
-    pub fn remove(&mut self, id: u32) -> Option<H> {
+    pub fn get_mut(&mut self, id: u32) -> Option<&mut V> {
+        self.map.get_mut(&id)
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.map.contains_key(&id)
+    }
+
+    pub fn remove(&mut self, id: u32) -> Option<V> {
         self.map.remove(&id)
     }
 
-    /// Remove every stream, returning their handles.
-    pub fn drain(&mut self) -> Vec<H> {
-        self.map.drain().map(|(_, h)| h).collect()
+    /// Remove every stream, returning their values.
+    pub fn drain(&mut self) -> Vec<V> {
+        self.map.drain().map(|(_, v)| v).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &V)> {
+        self.map.iter().map(|(&id, v)| (id, v))
     }
 }
 
@@ -104,7 +116,7 @@ mod tests {
         assert_eq!(s.remove(b), Some('b'));
         let d = s.open('d').unwrap();
         assert_ne!(d, b, "a freed id is not handed out again at once");
-        assert_eq!(s.get(d), Some('d'));
+        assert_eq!(s.get(d), Some(&'d'));
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! Why a tunnel ended: one typed reason per way it can end, with the text the logs show and
+//! a short stable label for counting (metrics, tests).
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use super::handshake::VERSION;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer ended the connection (end of stream).
+    PeerClosed,
+    /// Reading or writing the tunnel's socket failed.
+    Io {
+        op: &'static str,
+        kind: io::ErrorKind,
+        detail: String,
+    },
+    /// Client: the TCP connect to the server failed.
+    ConnectFailed(String),
+    /// Client: the TCP connect to the server did not complete in time.
+    ConnectTimeout,
+    HandshakeTimeout,
+    /// Nothing was received for this long.
+    DeadPeer {
+        silence: Duration,
+    },
+    /// The first bytes were not a tcp-forward preamble.
+    NotTcpForward,
+    /// The peer speaks another protocol version; it was told so.
+    Version {
+        theirs: u16,
+    },
+    /// Bytes that do not decode: the text says what.
+    Malformed(String),
+    /// Well-formed frames that break the protocol's rules: the text says which.
+    Violation(String),
+    /// Server: the client failed authentication; the text was sent to it.
+    AuthFailed(&'static str),
+    /// Server: the client announced a tag with control characters or spaces.
+    InvalidTag,
+    /// Client: the server could not prove that it knows the token.
+    ServerAuthFailed,
+    /// Client: the server refused us, for the reason it gave.
+    Refused(String),
+    /// The peer announced it is leaving.
+    GoAway(String),
+    /// The peer stopped reading until even the control headroom filled.
+    PeerNotReading {
+        queued: usize,
+    },
+    /// Server: dropped as the oldest of too many connections in the handshake.
+    HandshakeLimit,
+    /// This process is shutting down.
+    Shutdown,
+    /// A local failure (no randomness, no registration with the poller).
+    Local(String),
+}
+
+impl CloseReason {
+    pub fn io(op: &'static str, e: &io::Error) -> CloseReason {
+        CloseReason::Io {
+            op,
+            kind: e.kind(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// A short stable name, for counting.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Io {
+                kind: io::ErrorKind::ConnectionReset,
+                ..
+            } => "reset_by_peer",
+            CloseReason::Io { .. } => "io_error",
+            CloseReason::ConnectFailed(_) => "connect_failed",
+            CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::DeadPeer { .. } => "dead_peer",
+            CloseReason::NotTcpForward => "not_tcp_forward",
+            CloseReason::Version { .. } => "version_mismatch",
+            CloseReason::Malformed(_) => "malformed",
+            CloseReason::Violation(_) => "protocol_violation",
+            CloseReason::AuthFailed(_) => "auth_failed",
+            CloseReason::InvalidTag => "invalid_tag",
+            CloseReason::ServerAuthFailed => "server_auth_failed",
+            CloseReason::Refused(_) => "refused",
+            CloseReason::GoAway(_) => "goaway",
+            CloseReason::PeerNotReading { .. } => "peer_not_reading",
+            CloseReason::HandshakeLimit => "handshake_limit",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Local(_) => "local_error",
+        }
+    }
+
+    /// The server turned us down: retrying at once would fix nothing.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Refused(_) | CloseReason::ServerAuthFailed
+        )
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("connection closed by peer"),
+            CloseReason::Io { op, detail, .. } => write!(f, "{op} failed: {detail}"),
+            CloseReason::ConnectFailed(e) => write!(f, "connect failed: {e}"),
+            CloseReason::ConnectTimeout => f.write_str("connect timed out"),
+            CloseReason::HandshakeTimeout => f.write_str("handshake not completed in time"),
+            CloseReason::DeadPeer { silence } => write!(
+                f,
+                "nothing received for {:.1} s: tunnel is dead",
+                silence.as_secs_f64()
+            ),
+            CloseReason::NotTcpForward => f.write_str("not a tcp-forward peer (bad magic)"),
+            CloseReason::Version { theirs } => write!(
+                f,
+                "unsupported protocol version {theirs} (this side speaks {VERSION})"
+            ),
+            CloseReason::Malformed(why) | CloseReason::Violation(why) => f.write_str(why),
+            CloseReason::AuthFailed(why) => f.write_str(why),
+            CloseReason::InvalidTag => f.write_str("invalid tag"),
+            CloseReason::ServerAuthFailed => f.write_str("server authentication failed"),
+            CloseReason::Refused(why) => write!(f, "refused: {why}"),
+            CloseReason::GoAway(why) => write!(f, "peer is going away: {why}"),
+            CloseReason::PeerNotReading { queued } => {
+                write!(f, "peer is not reading: {queued} bytes queued")
+            }
+            CloseReason::HandshakeLimit => {
+                f.write_str("too many connections in the handshake: dropped the oldest")
+            }
+            CloseReason::Shutdown => f.write_str("shutting down"),
+            CloseReason::Local(why) => f.write_str(why),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_and_labels() {
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let r = CloseReason::io("read", &reset);
+        assert_eq!(r.label(), "reset_by_peer");
+        assert!(r.to_string().starts_with("read failed: "));
+        assert_eq!(
+            CloseReason::DeadPeer {
+                silence: Duration::from_millis(300)
+            }
+            .to_string(),
+            "nothing received for 0.3 s: tunnel is dead"
+        );
+        assert_eq!(
+            CloseReason::Version { theirs: 1 }.to_string(),
+            format!("unsupported protocol version 1 (this side speaks {VERSION})")
+        );
+        assert!(CloseReason::Refused("x".into()).is_refusal());
+        assert!(CloseReason::ServerAuthFailed.is_refusal());
+        assert!(!CloseReason::PeerClosed.is_refusal());
+    }
+}
