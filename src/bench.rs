@@ -110,7 +110,7 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 /// Run the benchmark; returns the process exit code (0 all went well, 1 a failure).
 pub fn run(args: BenchArgs) -> u8 {
     // Children inherit the raised limit.
-    let nofile = crate::sys::raise_nofile_limit().unwrap_or(0);
+    let nofile = crate::net::sys::raise_nofile_limit().unwrap_or(0);
     let mut env = match Env::start(None) {
         Ok(env) => env,
         Err(e) => {
@@ -1759,7 +1759,7 @@ fn free_ports<const N: usize>() -> io::Result<[u16; N]> {
 /// A fresh token for the bench's server and client.
 fn random_token() -> io::Result<String> {
     let mut bytes = [0u8; 32];
-    crate::sys::random_bytes(&mut bytes)?;
+    crate::net::sys::random_bytes(&mut bytes)?;
     let mut out = String::from("bench-");
     for b in bytes {
         let _ = write!(out, "{b:02x}");
@@ -2630,7 +2630,7 @@ mod tests {
         };
         // SAFETY: getrlimit writes into the struct we own.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        let now = crate::sys::raise_nofile_limit().expect("open-file limit");
+        let now = crate::net::sys::raise_nofile_limit().expect("open-file limit");
         assert!(now >= lim.rlim_cur);
     }
 

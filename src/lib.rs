@@ -1,16 +1,16 @@
-//! tcp-forward as a library: the roles, the protocol engine and the benchmark harness.
-//! The binary (`src/main.rs`) is a thin shell around it; benches and tests use it directly.
+//! tcp-forward as a library: the protocol engine, the event loop, the roles and the
+//! benchmark harness. The binary (`src/main.rs`) is a thin shell around it; benches and
+//! tests use it directly.
+//!
+//! - `protocol`: pure code: frames, handshake, flow control, the tunnel engine (`session`).
+//! - `net`: I/O only: the reactor, endpoints, transport, pumps, splicing.
+//! - `role`: the server's and the client's decisions.
 
 pub mod bench;
 pub mod buffer;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod logging;
+pub mod net;
 pub mod protocol;
-pub mod reactor;
-pub mod relay;
-pub mod resolve;
-pub mod server;
-pub mod sys;
-pub mod tunnel;
+pub mod role;

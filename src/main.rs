@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use tcp_forward::cli::{Cli, Command};
-use tcp_forward::{bench, client, config, logging, server};
+use tcp_forward::role::{client, server};
+use tcp_forward::{bench, config, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tcp_forward::sys::set_abortive_close;
+use tcp_forward::net::sys::set_abortive_close;
 
 #[test]
 fn sixty_four_mib_each_way_at_once_on_one_stream() {

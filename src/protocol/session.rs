@@ -411,9 +411,9 @@ impl<H: Copy> Session<H> {
         self.out.queued()
     }
 
-    /// Handles of every stream.
-    pub fn handles(&self) -> Vec<H> {
-        self.streams.iter().map(|(_, s)| s.handle).collect()
+    /// Every stream: its id and handle.
+    pub fn streams(&self) -> Vec<(u32, H)> {
+        self.streams.iter().map(|(id, s)| (id, s.handle)).collect()
     }
 
     /// Once the tunnel must end: why. The caller closes it and drops the session.

@@ -783,7 +783,11 @@ fn goaway_ends_the_tunnel_with_the_reason() {
         p.client.closed().as_deref(),
         Some("peer is going away: shutting down")
     );
-    assert_eq!(p.client.s.handles(), vec![id], "the caller resets these");
+    assert_eq!(
+        p.client.s.streams(),
+        vec![(id, id)],
+        "the caller resets these"
+    );
 }
 
 #[test]

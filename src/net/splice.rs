@@ -1,94 +1,57 @@
-//! The few OS calls that std and mio do not offer: the open-file limit, abortive close,
-//! and random bytes.
+//! Splicing: pipes that move a payload socket -> pipe -> socket inside the kernel, and the
+//! pool that bounds how many exist. Linux only; elsewhere no pipe can be made and every
+//! payload is copied.
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
-/// Raise the soft open-file limit to the hard limit. Returns the resulting soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return Ok(raised.rlim_cur);
+use log::debug;
+
+/// Size of a splicing pipe: a whole long payload.
+const PIPE_SIZE: usize = crate::protocol::frame::MAX_LONG_PAYLOAD;
+/// Pipes in use or pooled, at most (each is two file descriptors and counts against the
+/// user's pipe memory quota); beyond them payloads are copied.
+const MAX_PIPES: usize = 32;
+/// Empty pipes kept for reuse.
+const POOLED_PIPES: usize = 8;
+/// After the system refuses a pipe, copy for this long before asking again.
+const PIPE_RETRY: Duration = Duration::from_secs(10);
+
+/// Empty pipes ready for the next long payload, and how many may exist.
+#[derive(Default)]
+pub struct PipePool {
+    pipes: Vec<Pipe>,
+    /// After the system refused a pipe: no new ones before this time.
+    refused_until: Option<Instant>,
+}
+
+impl PipePool {
+    /// An empty pipe: a pooled one, or a new one while fewer than `MAX_PIPES` exist. None
+    /// means: copy this payload.
+    pub fn take(&mut self, now: Instant) -> Option<Pipe> {
+        if let Some(pipe) = self.pipes.pop() {
+            return Some(pipe);
+        }
+        if live_pipes() >= MAX_PIPES || self.refused_until.is_some_and(|t| t > now) {
+            return None;
+        }
+        match Pipe::new(PIPE_SIZE) {
+            Ok(pipe) => Some(pipe),
+            Err(e) => {
+                debug!("no pipe for splicing, copying for a while: {e}");
+                self.refused_until = Some(now + PIPE_RETRY);
+                None
+            }
         }
     }
-    Ok(lim.rlim_cur)
-}
 
-/// Keep large buffers out of the heap: allocations from 128 KiB up are mapped straight from
-/// the OS, so their untouched pages cost no resident memory and freeing them returns the
-/// memory. (Setting the threshold also stops glibc from raising it dynamically.)
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    /// Return an empty pipe.
+    pub fn put(&mut self, pipe: Pipe) {
+        if self.pipes.len() < POOLED_PIPES {
+            self.pipes.push(pipe);
+        }
     }
-}
-
-/// Set TCP_NODELAY on a listening socket. On Linux the sockets it accepts inherit the
-/// option, which saves a system call per accepted connection.
-pub fn set_listener_nodelay(sock: &impl AsRawFd) -> io::Result<()> {
-    setsockopt(
-        sock,
-        libc::IPPROTO_TCP,
-        libc::TCP_NODELAY,
-        &(1 as libc::c_int),
-    )
-}
-
-/// Whether accepted sockets inherit TCP_NODELAY from their listener (see
-/// [`set_listener_nodelay`]).
-pub const ACCEPTED_INHERIT_NODELAY: bool = cfg!(target_os = "linux");
-
-/// Make the next close of `sock` send a reset instead of a FIN (SO_LINGER with zero time).
-pub fn set_abortive_close(sock: &impl AsRawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    let _ = setsockopt(sock, libc::SOL_SOCKET, libc::SO_LINGER, &linger);
-}
-
-/// Set socket option `name` at `level` to `value`.
-fn setsockopt<T>(
-    sock: &impl AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: a valid fd, and a pointer to a live value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Is this error the process or system running out of file descriptors?
-pub fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 /// Pipes open in this process.
@@ -193,37 +156,6 @@ fn splice(_from: std::os::fd::RawFd, _to: std::os::fd::RawFd, _len: usize) -> io
     Err(io::ErrorKind::Unsupported.into())
 }
 
-/// Fill `buf` with random bytes from the OS.
-pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
-    getrandom::fill(buf).map_err(|e| io::Error::other(format!("no randomness from the OS: {e}")))
-}
-
-/// A small non-cryptographic generator for back-off jitter.
-#[derive(Debug)]
-pub struct Jitter(u64);
-
-impl Jitter {
-    pub fn new() -> Jitter {
-        let mut seed = [0u8; 8];
-        let _ = random_bytes(&mut seed);
-        Jitter(u64::from_le_bytes(seed) | 1)
-    }
-
-    /// A value in [0, 1).
-    pub fn next_unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-impl Default for Jitter {
-    fn default() -> Self {
-        Jitter::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,17 +200,5 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert_eq!(got, data);
-    }
-
-    /// The server relies on this to skip a setsockopt per visitor.
-    #[test]
-    fn accepted_sockets_inherit_the_listeners_nodelay() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        set_listener_nodelay(&listener).unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        if ACCEPTED_INHERIT_NODELAY {
-            assert!(accepted.nodelay().unwrap());
-        }
     }
 }

@@ -8,14 +8,14 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::buffer::Buf;
-use crate::protocol::flow::Flow;
+use crate::net::splice::Pipe;
 
+/// The socket's state. (How far the stream has opened is the engine's business: a
+/// visitor's socket is open while its stream still waits for OPEN_OK.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayState {
     /// Client: the TCP connect to the inner target is in progress.
     Connecting,
-    /// Server: OPEN sent, waiting for the client's OPEN_OK or OPEN_FAIL.
-    Opening,
     Open,
 }
 
@@ -25,13 +25,12 @@ pub struct Relay {
     pub tunnel: usize,
     pub id: u32,
     pub state: RelayState,
-    pub flow: Flow,
     /// Bytes from the tunnel that the socket has not taken yet (at most one window, with
     /// `piped`). Bytes in the pipe come first.
     pub pending: Buf,
     /// Where long payloads are spliced from the tunnel on their way to the socket: taken
     /// from the reactor's pool while bytes wait in it, returned when empty.
-    pub pipe: Option<crate::sys::Pipe>,
+    pub pipe: Option<Pipe>,
     /// Bytes in `pipe` that the socket has not taken yet.
     pub piped: usize,
     /// The last read filled what it asked for: more is probably waiting.
@@ -50,7 +49,7 @@ pub struct Relay {
     /// Bytes read from the socket (sent into the tunnel) and written to it.
     pub bytes_read: u64,
     pub bytes_written: u64,
-    /// Connect or open deadline.
+    /// Connect deadline (client) or OPEN_OK deadline (server); cleared once open.
     pub deadline: Option<Instant>,
     /// What the stream connects, for logs: the target on the client, the visitor on the server.
     pub label: String,
@@ -139,22 +138,6 @@ impl Relay {
             skip = 0;
         }
         Ok(written)
-    }
-
-    /// Shut our write half once everything received has been written. When our read half
-    /// has already ended, the stream is done and the close that follows sends the FIN: the
-    /// shutdown call is skipped.
-    pub fn shutdown_write_if_drained(&mut self) {
-        if self.state == RelayState::Open
-            && !self.flow.may_recv()
-            && self.drained()
-            && !self.write_shut
-        {
-            if self.flow.may_send() {
-                let _ = self.sock.shutdown(std::net::Shutdown::Write);
-            }
-            self.write_shut = true;
-        }
     }
 }
 

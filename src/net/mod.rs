@@ -1,0 +1,13 @@
+//! I/O only: the poll loop, the endpoints it owns, the tunnel's transport, the two pumps
+//! that move stream bytes, splicing, name resolution and the few raw OS calls. What the
+//! bytes mean is `protocol`'s business; what to do with a connection is `role`'s.
+
+pub mod endpoint;
+pub mod pump;
+pub mod reactor;
+pub mod relay;
+pub mod resolve;
+pub mod splice;
+pub mod sys;
+pub mod transport;
+pub mod tunnel;

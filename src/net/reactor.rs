@@ -1,0 +1,529 @@
+//! The event loop shared by both roles: one `mio::Poll` owns every socket, kept in one
+//! `Slab<Entry>` and addressed by its key (the mio `Token`). Timers are a heap of deadlines
+//! that sets the poll timeout. What each role decides lives behind the [`Role`] trait; the
+//! protocol lives in each tunnel's `Session`; this file only moves readiness around.
+//!
+//! Data path, per loop turn:
+//! 1. events set readiness flags and do the work they allow: a relay reads straight into
+//!    its tunnel's output queue behind reserved frame headers; a tunnel reads a batch of
+//!    frames and writes each payload straight to its relay's socket, buffering only what
+//!    the socket refuses (see `pump.rs` and `tunnel.rs`);
+//! 2. relays that could read more are queued and get one more read per turn, round-robin,
+//!    so a bulk stream cannot starve an interactive one;
+//! 3. every tunnel written to in this turn is flushed once: many streams' frames leave in
+//!    one system call;
+//! 4. tunnels that ended are handed to the role, once each.
+//!
+//! Backpressure: a relay reads only with stream credit and room in its tunnel's output
+//! queue; otherwise it keeps its `readable` flag and is queued again when credit arrives or
+//! the queue drains (edge-triggered readiness gives no second event).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{error, info};
+use mio::event::Event as Readiness;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::buffer::Buf;
+pub use crate::net::endpoint::{Dial, Endpoint, Entry, Listener, PendingOpen, Purpose};
+use crate::net::relay::{Relay, RelayState};
+use crate::net::resolve::{Resolver, Ticket};
+use crate::net::splice::PipePool;
+use crate::net::tunnel::Tunnel;
+use crate::protocol::CloseReason;
+use crate::protocol::session::{Event, STREAM_WINDOW};
+
+/// First allocation of a stream's pending buffer: most streams that ever queue anything
+/// queue little, and this stays below the allocator's threshold for mapping pages.
+const PENDING_INITIAL: usize = 16 * 1024;
+
+const SIGNAL: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// What a role decides; the reactor calls it and does the I/O.
+pub trait Role {
+    /// A listener of the role's is readable.
+    fn on_accept(&mut self, _core: &mut Core, _key: usize) {}
+    /// A connect the role started (a dial, a relay) completed or, when `failed`, failed.
+    fn on_connect(&mut self, _core: &mut Core, _key: usize, _failed: bool) {}
+    /// A tunnel's session reported something only the role can act on.
+    fn on_event(&mut self, core: &mut Core, tkey: usize, event: Event<'_, usize>);
+    /// A tunnel ended; its streams are already reset.
+    fn on_tunnel_closed(&mut self, core: &mut Core, closed: ClosedTunnel);
+    /// The timer of one of the role's endpoints fired (a deadline, an accept retry).
+    fn on_deadline(&mut self, core: &mut Core, key: usize);
+    /// A timer the role scheduled with [`TimerTarget::Role`] fired.
+    fn on_timer(&mut self, _core: &mut Core, _token: u64) {}
+    /// A name the role asked the resolver for.
+    fn on_resolved(
+        &mut self,
+        _core: &mut Core,
+        _ticket: Ticket,
+        _result: Result<Vec<SocketAddr>, String>,
+    ) {
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TimerTarget {
+    /// The endpoint at this key, if it is still the one of this generation.
+    Entry(usize, u64),
+    Role(u64),
+}
+
+/// A tunnel that ended, with why.
+pub struct ClosedTunnel {
+    pub key: usize,
+    pub tunnel: Box<Tunnel>,
+    pub reason: CloseReason,
+}
+
+/// What a new relay carries: its stream, its state and what to log.
+pub struct RelaySpec {
+    pub tunnel: usize,
+    pub id: u32,
+    pub state: RelayState,
+    pub label: String,
+    pub candidates: Vec<SocketAddr>,
+    pub deadline: Instant,
+    /// Early data kept for the stream before its socket existed.
+    pub pending: Option<Buf>,
+}
+
+/// A relay and its tunnel, both borrowed from the slab.
+pub(crate) fn relay_and_tunnel(
+    slab: &mut Slab<Entry>,
+    rkey: usize,
+) -> Option<(&mut Relay, &mut Tunnel)> {
+    let tkey = match slab.get(rkey) {
+        Some(Entry {
+            ep: Endpoint::Relay(r),
+            ..
+        }) => r.tunnel,
+        _ => return None,
+    };
+    match slab.get2_mut(rkey, tkey) {
+        Some((
+            Entry {
+                ep: Endpoint::Relay(r),
+                ..
+            },
+            Entry {
+                ep: Endpoint::Tunnel(t),
+                ..
+            },
+        )) => Some((r, t)),
+        _ => None,
+    }
+}
+
+/// Everything but the role: the poller, the endpoints, the timers and the queues.
+pub struct Core {
+    pub poll: Poll,
+    pub slab: Slab<Entry>,
+    pub resolver: Resolver,
+    timers: BinaryHeap<Reverse<(Instant, TimerTarget)>>,
+    /// Endpoints with work left (readable relays, tunnels over their read budget).
+    pub(crate) ready: VecDeque<usize>,
+    /// Tunnels with bytes queued in this turn.
+    pub(crate) dirty: Vec<usize>,
+    /// Keys removed in this turn, freed when it ends.
+    removed: Vec<usize>,
+    /// Tunnels closed in this turn, for the role.
+    pub(crate) closed: Vec<ClosedTunnel>,
+    pub(crate) pipes: PipePool,
+    next_generation: u64,
+    pub now: Instant,
+    fd_limit_logged: Option<Instant>,
+}
+
+impl Core {
+    fn new() -> io::Result<Core> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let resolver = Resolver::new(waker, 2)?;
+        Ok(Core {
+            poll,
+            slab: Slab::new(),
+            resolver,
+            timers: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            removed: Vec::new(),
+            closed: Vec::new(),
+            pipes: PipePool::default(),
+            next_generation: 1,
+            now: Instant::now(),
+            fd_limit_logged: None,
+        })
+    }
+
+    /// Insert an endpoint, registering its socket under its key. Returns (key, generation).
+    pub fn insert(&mut self, ep: Endpoint) -> io::Result<(usize, u64)> {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        let token = Token(key);
+        let registry = self.poll.registry();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let mut ep = ep;
+        match &mut ep {
+            Endpoint::Listener(l) => registry.register(&mut l.sock, token, Interest::READABLE)?,
+            Endpoint::Tunnel(t) => t.transport.register(registry, token)?,
+            Endpoint::Dial(d) => registry.register(&mut d.sock, token, both)?,
+            Endpoint::Relay(r) => registry.register(&mut r.sock, token, both)?,
+            Endpoint::Resolving(_) | Endpoint::Closed => {}
+        }
+        entry.insert(Entry { generation, ep });
+        Ok((key, generation))
+    }
+
+    /// Remove an endpoint. Its socket closes when dropped, and closing an epoll-registered
+    /// socket (never duplicated here) removes its registration: no deregister call is needed,
+    /// which saves a system call per stream. The key stays taken by a `Closed` marker until
+    /// the turn ends, so that events of this turn already returned for the old socket, and
+    /// queued work, find the marker rather than a new endpoint that reused the key.
+    pub fn remove(&mut self, key: usize) -> Option<Endpoint> {
+        let entry = self.slab.get_mut(key)?;
+        if matches!(entry.ep, Endpoint::Closed) {
+            return None;
+        }
+        self.removed.push(key);
+        Some(std::mem::replace(&mut entry.ep, Endpoint::Closed))
+    }
+
+    /// Take an endpoint out to put another in its place (a dial becoming a tunnel): its
+    /// socket keeps its registration under the same key.
+    pub fn take_in_place(&mut self, key: usize) -> Option<Endpoint> {
+        let entry = self.slab.get_mut(key)?;
+        if matches!(entry.ep, Endpoint::Closed) {
+            return None;
+        }
+        Some(std::mem::replace(&mut entry.ep, Endpoint::Closed))
+    }
+
+    /// Put an endpoint where `take_in_place` took one.
+    pub fn put_in_place(&mut self, key: usize, ep: Endpoint) {
+        if let Some(entry) = self.slab.get_mut(key) {
+            entry.ep = ep;
+        }
+    }
+
+    /// Free the keys removed in this turn.
+    pub(crate) fn free_removed(&mut self) {
+        for key in self.removed.drain(..) {
+            self.slab.remove(key);
+        }
+    }
+
+    /// The generation of a live endpoint (none for a removed one, so that no timer or
+    /// resolution matches it).
+    pub fn generation_of(&self, key: usize) -> Option<u64> {
+        self.slab
+            .get(key)
+            .filter(|e| !matches!(e.ep, Endpoint::Closed))
+            .map(|e| e.generation)
+    }
+
+    pub fn endpoint(&self, key: usize) -> Option<&Endpoint> {
+        self.slab.get(key).map(|e| &e.ep)
+    }
+
+    pub fn tunnel_mut(&mut self, key: usize) -> Option<&mut Tunnel> {
+        match self.slab.get_mut(key) {
+            Some(Entry {
+                ep: Endpoint::Tunnel(t),
+                ..
+            }) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn relay_mut(&mut self, key: usize) -> Option<&mut Relay> {
+        match self.slab.get_mut(key) {
+            Some(Entry {
+                ep: Endpoint::Relay(r),
+                ..
+            }) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn schedule(&mut self, at: Instant, target: TimerTarget) {
+        self.timers.push(Reverse((at, target)));
+    }
+
+    /// Schedule the timer of entry `key` at `at`.
+    pub fn schedule_entry(&mut self, key: usize, at: Instant) {
+        if let Some(generation) = self.generation_of(key) {
+            self.schedule(at, TimerTarget::Entry(key, generation));
+        }
+    }
+
+    pub fn mark_dirty(&mut self, tkey: usize) {
+        if let Some(t) = self.tunnel_mut(tkey)
+            && !t.dirty
+        {
+            t.dirty = true;
+            self.dirty.push(tkey);
+        }
+    }
+
+    pub(crate) fn enqueue_relay(&mut self, rkey: usize) {
+        if let Some(r) = self.relay_mut(rkey)
+            && !r.queued
+        {
+            r.queued = true;
+            self.ready.push_back(rkey);
+        }
+    }
+
+    /// Log running out of file descriptors, at most once a minute.
+    pub fn note_fd_exhaustion(&mut self, what: &str, e: &io::Error) {
+        let now = self.now;
+        if self
+            .fd_limit_logged
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(60))
+        {
+            self.fd_limit_logged = Some(now);
+            error!("{what}: {e}: open file limit reached; raise it (ulimit -n, LimitNOFILE=)");
+        }
+    }
+
+    /// An empty buffer for what a stream receives before its socket takes it.
+    pub fn stream_buffer() -> Buf {
+        Buf::growing(STREAM_WINDOW as usize, PENDING_INITIAL)
+    }
+
+    /// Create the relay endpoint for a freshly connected socket.
+    pub fn new_relay(&mut self, sock: TcpStream, spec: RelaySpec) -> io::Result<usize> {
+        let relay = Relay {
+            sock,
+            tunnel: spec.tunnel,
+            id: spec.id,
+            state: spec.state,
+            pending: spec.pending.unwrap_or_else(Core::stream_buffer),
+            pipe: None,
+            piped: 0,
+            bulk: false,
+            splice_off: false,
+            readable: false,
+            read_closed_hint: false,
+            write_shut: false,
+            queued: false,
+            bytes_read: 0,
+            bytes_written: 0,
+            deadline: Some(spec.deadline),
+            label: spec.label,
+            candidates: spec.candidates,
+        };
+        let (key, _) = self.insert(Endpoint::Relay(relay))?;
+        self.schedule_entry(key, spec.deadline);
+        Ok(key)
+    }
+
+    fn flush_dirty(&mut self) {
+        while let Some(key) = self.dirty.pop() {
+            if let Some(t) = self.tunnel_mut(key) {
+                t.dirty = false;
+                self.flush_tunnel(key);
+            }
+        }
+    }
+}
+
+/// One process's loop: the core and the role it serves.
+pub struct Reactor<R: Role> {
+    pub core: Core,
+    pub role: R,
+}
+
+impl<R: Role> Reactor<R> {
+    pub fn new(role: R) -> io::Result<Reactor<R>> {
+        Ok(Reactor {
+            core: Core::new()?,
+            role,
+        })
+    }
+
+    /// Run until SIGINT or SIGTERM.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        self.core
+            .poll
+            .registry()
+            .register(&mut signals, SIGNAL, Interest::READABLE)?;
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.settle();
+            self.core.free_removed();
+            let timeout = if self.core.ready.is_empty() {
+                self.core
+                    .timers
+                    .peek()
+                    .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.core.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.core.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL => {
+                        if let Some(sig) = signals.pending().next() {
+                            info!("signal {sig}: shutting down");
+                            self.core.shutdown();
+                            return Ok(());
+                        }
+                    }
+                    WAKER => self.on_resolved(),
+                    Token(key) => self.on_readiness(key, event),
+                }
+                self.settle();
+            }
+            self.run_timers();
+            self.run_ready();
+            self.core.flush_dirty();
+        }
+    }
+
+    /// Hand the tunnels that ended to the role.
+    fn settle(&mut self) {
+        while let Some(closed) = self.core.closed.pop() {
+            self.role.on_tunnel_closed(&mut self.core, closed);
+        }
+    }
+
+    fn on_readiness(&mut self, key: usize, event: &Readiness) {
+        let core = &mut self.core;
+        let Some(entry) = core.slab.get_mut(key) else {
+            return;
+        };
+        let closing = event.is_read_closed() || event.is_error();
+        match &mut entry.ep {
+            Endpoint::Listener(_) => self.role.on_accept(core, key),
+            Endpoint::Dial(_) => {
+                if event.is_writable() || closing {
+                    self.role.on_connect(core, key, closing);
+                }
+            }
+            Endpoint::Tunnel(t) => {
+                if closing {
+                    t.read_closed_hint = true;
+                }
+                if event.is_writable() {
+                    core.flush_tunnel(key);
+                }
+                if event.is_readable() || closing {
+                    if let Some(t) = core.tunnel_mut(key) {
+                        t.readable = true;
+                    }
+                    core.tunnel_read(key, &mut self.role);
+                }
+            }
+            Endpoint::Relay(r) => {
+                if event.is_readable() || closing {
+                    r.readable = true;
+                }
+                if closing {
+                    r.read_closed_hint = true;
+                }
+                match r.state {
+                    RelayState::Connecting => {
+                        // Epoll reports a connecting socket writable only once it is
+                        // established, and with an error or hang-up when the connect failed.
+                        let failed = event.is_error() || event.is_write_closed();
+                        if event.is_writable() || failed {
+                            self.role.on_connect(core, key, failed);
+                        }
+                    }
+                    // An error (a reset from the peer, say) must end the stream even when it
+                    // is not reading for want of credit or room.
+                    RelayState::Open
+                        if event.is_error()
+                            && let Ok(Some(e)) = r.sock.take_error() =>
+                    {
+                        log::debug!("stream {}: {}: {e}", r.id, r.label);
+                        core.reset_stream(key, &e.to_string());
+                    }
+                    RelayState::Open => {
+                        if event.is_writable() {
+                            core.relay_writable(key);
+                        }
+                        core.relay_read(key);
+                    }
+                }
+            }
+            Endpoint::Resolving(_) | Endpoint::Closed => {}
+        }
+    }
+
+    fn run_timers(&mut self) {
+        while let Some(Reverse((at, target))) = self.core.timers.peek().copied() {
+            if at > self.core.now {
+                break;
+            }
+            self.core.timers.pop();
+            match target {
+                TimerTarget::Entry(key, generation) => {
+                    if self.core.generation_of(key) != Some(generation) {
+                        continue;
+                    }
+                    match self.core.endpoint(key) {
+                        // Only the tunnel's current tick counts; earlier-scheduled ones are stale.
+                        Some(Endpoint::Tunnel(t)) if t.tick_at == Some(at) => {
+                            self.core.tunnel_tick(key)
+                        }
+                        Some(Endpoint::Tunnel(_)) => {}
+                        _ => self.role.on_deadline(&mut self.core, key),
+                    }
+                }
+                TimerTarget::Role(token) => self.role.on_timer(&mut self.core, token),
+            }
+            self.settle();
+        }
+    }
+
+    /// One round over the ready queue: each endpoint gets one more turn.
+    fn run_ready(&mut self) {
+        for _ in 0..self.core.ready.len() {
+            let Some(key) = self.core.ready.pop_front() else {
+                break;
+            };
+            match self.core.slab.get_mut(key).map(|e| &mut e.ep) {
+                Some(Endpoint::Relay(r)) if r.queued => {
+                    r.queued = false;
+                    self.core.relay_read(key);
+                }
+                Some(Endpoint::Tunnel(t)) if t.readable => {
+                    self.core.tunnel_read(key, &mut self.role)
+                }
+                _ => {}
+            }
+            self.settle();
+        }
+    }
+
+    fn on_resolved(&mut self) {
+        let results: Vec<_> = self.core.resolver.ready().collect();
+        for (ticket, result) in results {
+            self.role.on_resolved(&mut self.core, ticket, result);
+            self.settle();
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! The client role: keeps one tunnel to the server, reconnecting with exponential back-off
+//! and jitter, and connects inner targets when the server opens streams.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::net::TcpStream;
+
+use crate::buffer::Buf;
+use crate::config::{ClientConfig, Host, Target};
+use crate::net::reactor::{
+    ClosedTunnel, Core, Dial, Endpoint, PendingOpen, Reactor, RelaySpec, Role, TimerTarget,
+};
+use crate::net::relay::RelayState;
+use crate::net::resolve::Ticket;
+use crate::net::sys::{self, Jitter};
+use crate::net::transport::Transport;
+use crate::net::tunnel::Tunnel;
+use crate::protocol::CloseReason;
+use crate::protocol::handshake::NONCE_LEN;
+use crate::protocol::session::{ClientParams, Event, STREAM_WINDOW, Session};
+
+/// Time allowed to resolve and connect an inner target, or to connect the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First reconnect delay; it doubles per failed attempt up to `BACKOFF_MAX`.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// After a refusal (a wrong token, say) retrying at once fixes nothing: start here.
+const REFUSED_MIN_ATTEMPT: u32 = 5;
+/// Resolver ticket key for the server's own name.
+const SERVER_TICKET: usize = usize::MAX;
+
+pub struct ClientRole {
+    cfg: ClientConfig,
+    params: Arc<ClientParams>,
+    /// The slab key of the dial or tunnel to the server, while there is one.
+    tunnel: Option<usize>,
+    /// Failed attempts since the last established tunnel.
+    attempt: u32,
+    /// Identifies the current dial cycle; stale timers and resolutions carry an older one.
+    epoch: u64,
+    /// Server addresses still to try in this cycle.
+    candidates: Vec<SocketAddr>,
+    jitter: Jitter,
+}
+
+pub fn run(cfg: ClientConfig) -> io::Result<()> {
+    sys::tune_allocator();
+    match sys::raise_nofile_limit() {
+        Ok(n) => debug!("open file limit: {n}"),
+        Err(e) => warn!("cannot read the open file limit: {e}"),
+    }
+    let params = Arc::new(ClientParams {
+        token: cfg.token.as_ref().map(|t| t.expose().to_vec()),
+        tag: cfg.tag.clone(),
+        window: STREAM_WINDOW,
+    });
+    let role = ClientRole {
+        cfg,
+        params,
+        tunnel: None,
+        attempt: 0,
+        epoch: 0,
+        candidates: Vec::new(),
+        jitter: Jitter::new(),
+    };
+    let mut reactor = Reactor::new(role)?;
+    reactor.role.reconnect(&mut reactor.core, 0);
+    reactor.run()
+}
+
+impl ClientRole {
+    /// Dial the next address of the current cycle, or start a cycle: resolve the server's
+    /// name if needed, then connect.
+    fn reconnect(&mut self, core: &mut Core, epoch: u64) {
+        if epoch != self.epoch || self.tunnel.is_some() {
+            return;
+        }
+        if !self.candidates.is_empty() {
+            self.dial_next(core);
+            return;
+        }
+        let host = &self.cfg.server_host;
+        let port = self.cfg.server_port;
+        match host.parse::<IpAddr>() {
+            Ok(ip) => {
+                self.candidates = vec![SocketAddr::new(ip, port)];
+                self.dial_next(core);
+            }
+            Err(_) => {
+                debug!("resolving server {host}");
+                core.resolver.submit((SERVER_TICKET, epoch), host, port);
+            }
+        }
+    }
+
+    /// Connect to the next candidate server address, or schedule a reconnect.
+    fn dial_next(&mut self, core: &mut Core) {
+        while !self.candidates.is_empty() {
+            let peer = self.candidates.remove(0);
+            match TcpStream::connect(peer) {
+                Ok(sock) => {
+                    let dial = Dial {
+                        sock,
+                        peer,
+                        deadline: core.now + CONNECT_TIMEOUT,
+                    };
+                    let deadline = dial.deadline;
+                    match core.insert(Endpoint::Dial(dial)) {
+                        Ok((key, _)) => {
+                            self.tunnel = Some(key);
+                            core.schedule_entry(key, deadline);
+                            return;
+                        }
+                        Err(e) => warn!("cannot connect to server {peer}: {e}"),
+                    }
+                }
+                Err(e) => warn!("cannot connect to server {peer}: {e}"),
+            }
+        }
+        self.schedule_reconnect(core, false);
+    }
+
+    fn schedule_reconnect(&mut self, core: &mut Core, refused: bool) {
+        if refused {
+            self.attempt = self.attempt.max(REFUSED_MIN_ATTEMPT);
+        }
+        let exp = BACKOFF_FIRST.saturating_mul(1u32 << self.attempt.min(16));
+        let base = exp.min(BACKOFF_MAX);
+        // Jitter in [base/2, base): clients that lost the same server do not return in step.
+        let delay = base.mul_f64(0.5 + 0.5 * self.jitter.next_unit());
+        self.attempt = self.attempt.saturating_add(1);
+        self.epoch += 1;
+        info!("reconnecting in {:.1} s", delay.as_secs_f64());
+        core.schedule(core.now + delay, TimerTarget::Role(self.epoch));
+    }
+
+    /// The dial or tunnel is gone: try the next address of this cycle now, or a new cycle
+    /// after back-off. Never dial inline: the caller may still hold the old slab key, which
+    /// a new endpoint would reuse.
+    fn lost_server(&mut self, core: &mut Core, was_established: bool, refused: bool) {
+        self.tunnel = None;
+        if was_established {
+            self.candidates.clear();
+        }
+        if self.candidates.is_empty() {
+            self.schedule_reconnect(core, refused);
+        } else {
+            core.schedule(core.now, TimerTarget::Role(self.epoch));
+        }
+    }
+
+    /// The connect to the server finished: start the handshake on the same slab key, or
+    /// give up on this address.
+    fn dialed(&mut self, core: &mut Core, key: usize) {
+        let Some(Endpoint::Dial(d)) = core.endpoint(key) else {
+            return;
+        };
+        let peer = d.peer;
+        let failure = match d.sock.take_error() {
+            Ok(Some(e)) | Err(e) => Some(CloseReason::ConnectFailed(e.to_string())),
+            Ok(None) => match d.sock.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
+                Err(e) => Some(CloseReason::ConnectFailed(e.to_string())),
+            },
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        let failure = failure.or_else(|| {
+            sys::random_bytes(&mut nonce)
+                .err()
+                .map(|e| CloseReason::Local(e.to_string()))
+        });
+        if let Some(reason) = failure {
+            core.remove(key);
+            warn!("cannot connect to server {peer}: {reason}");
+            self.lost_server(core, false, false);
+            return;
+        }
+        let Some(Endpoint::Dial(d)) = core.take_in_place(key) else {
+            return;
+        };
+        let _ = d.sock.set_nodelay(true);
+        let session = Session::client(Arc::clone(&self.params), nonce, core.now);
+        let mut t = Tunnel::new(Transport::Plain(d.sock), peer, session);
+        t.readable = true;
+        core.put_in_place(key, Endpoint::Tunnel(Box::new(t)));
+        debug!("connected to server {peer}");
+        core.schedule_tunnel_tick(key);
+        // The challenge may have arrived with the same readiness event: read it now, as no
+        // further edge will announce it.
+        core.tunnel_read(key, self);
+    }
+
+    /// The server opened stream `id` to `target`: resolve it or connect it.
+    fn open(&mut self, core: &mut Core, tkey: usize, id: u32, target: &str) {
+        let deadline = core.now + CONNECT_TIMEOUT;
+        let placeholder = core.slab.vacant_key();
+        let Some(t) = core.tunnel_mut(tkey) else {
+            return;
+        };
+        let refusal = match Target::parse(target) {
+            Err(e) => Err(format!("bad target {target:?}: {e}")),
+            Ok(tgt) => t
+                .session
+                .accept_open(id, placeholder)
+                .map(|()| tgt)
+                .map_err(str::to_string),
+        };
+        let tgt = match refusal {
+            Ok(tgt) => tgt,
+            Err(reason) => {
+                warn!("cannot connect to {target}: {reason}");
+                t.session.refuse_open(id, &reason);
+                core.mark_dirty(tkey);
+                return;
+            }
+        };
+        match tgt.host {
+            Host::Ip(ip) => {
+                let addrs = vec![SocketAddr::new(ip, tgt.port)];
+                connect(core, tkey, id, target.to_string(), addrs, deadline, None);
+            }
+            Host::Name(name) => {
+                let pending = PendingOpen {
+                    tunnel: tkey,
+                    id,
+                    label: target.to_string(),
+                    port: tgt.port,
+                    deadline,
+                    pending: Core::stream_buffer(),
+                };
+                match core.insert(Endpoint::Resolving(pending)) {
+                    Ok((key, generation)) => {
+                        if let Some(t) = core.tunnel_mut(tkey) {
+                            t.session.rebind(id, key);
+                        }
+                        core.resolver.submit((key, generation), &name, tgt.port);
+                        core.schedule_entry(key, deadline);
+                    }
+                    Err(e) => refuse(core, tkey, id, target, &e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// A connecting relay's socket reported writable (connected) or, when `failed`, an
+    /// error or a hang-up. Only a failure needs asking the socket why.
+    fn relay_connected(&mut self, core: &mut Core, rkey: usize, failed: bool) {
+        let now = core.now;
+        let Some(r) = core.relay_mut(rkey) else {
+            return;
+        };
+        if failed {
+            let e = match r.sock.take_error() {
+                Ok(Some(e)) | Err(e) => e,
+                Ok(None) => io::Error::new(io::ErrorKind::NotConnected, "connection closed"),
+            };
+            if r.candidates.is_empty() {
+                open_failed(core, rkey, &e.to_string());
+                return;
+            }
+            // Try the target's next address under the same deadline.
+            let (tkey, id, label) = (r.tunnel, r.id, r.label.clone());
+            let addrs = std::mem::take(&mut r.candidates);
+            let deadline = r.deadline.unwrap_or(now);
+            debug!("stream {id}: {label}: {e}; trying the next address");
+            let Some(Endpoint::Relay(old)) = core.remove(rkey) else {
+                return;
+            };
+            connect(core, tkey, id, label, addrs, deadline, Some(old.pending));
+            return;
+        }
+        let _ = r.sock.set_nodelay(true);
+        r.state = RelayState::Open;
+        r.deadline = None;
+        let (tkey, id) = (r.tunnel, r.id);
+        debug!("stream {id}: connected to {}", r.label);
+        if let Some(t) = core.tunnel_mut(tkey) {
+            t.session.stream_connected(id);
+            core.mark_dirty(tkey);
+        }
+        // What the server sent ahead of OPEN_OK goes to the target now, then its FIN if any.
+        core.relay_writable(rkey);
+        core.shut_if_complete(rkey);
+        core.relay_read(rkey);
+    }
+
+    fn resolved_server(
+        &mut self,
+        core: &mut Core,
+        epoch: u64,
+        result: Result<Vec<SocketAddr>, String>,
+    ) {
+        if epoch != self.epoch || self.tunnel.is_some() {
+            return;
+        }
+        match result {
+            Ok(addrs) => {
+                self.candidates = addrs;
+                self.dial_next(core);
+            }
+            Err(e) => {
+                warn!("cannot connect to server: {e}");
+                self.schedule_reconnect(core, false);
+            }
+        }
+    }
+}
+
+impl Role for ClientRole {
+    fn on_connect(&mut self, core: &mut Core, key: usize, failed: bool) {
+        match core.endpoint(key) {
+            Some(Endpoint::Dial(_)) => self.dialed(core, key),
+            Some(Endpoint::Relay(_)) => self.relay_connected(core, key, failed),
+            _ => {}
+        }
+    }
+
+    fn on_event(&mut self, core: &mut Core, tkey: usize, event: Event<'_, usize>) {
+        match event {
+            Event::Established => {
+                if let Some(t) = core.tunnel_mut(tkey) {
+                    info!("tunnel up: server {} tag {}", t.peer, t.session.tag());
+                }
+                self.attempt = 0;
+            }
+            Event::TokenRequired => {
+                error!("the server requires a token: pass --token or set TCP_FORWARD_TOKEN");
+            }
+            Event::Open { id, target } => self.open(core, tkey, id, target),
+            // A server's frames; the session has already refused them.
+            Event::OpenOk { .. } | Event::OpenFail { .. } => {}
+            Event::Credit { .. } | Event::Fin { .. } | Event::Reset { .. } => {}
+        }
+    }
+
+    fn on_tunnel_closed(&mut self, core: &mut Core, closed: ClosedTunnel) {
+        let (t, reason) = (closed.tunnel, closed.reason);
+        let established = t.session.was_established();
+        match &reason {
+            CloseReason::Refused(why) if !established => error!("server refused: {why}"),
+            CloseReason::ServerAuthFailed => {
+                error!("the server did not prove that it knows the token: not serving it")
+            }
+            _ => {}
+        }
+        if established {
+            warn!("tunnel to server {} lost: {reason}", t.peer);
+        } else {
+            warn!("handshake with server {} failed: {reason}", t.peer);
+        }
+        self.lost_server(core, established, reason.is_refusal());
+    }
+
+    fn on_deadline(&mut self, core: &mut Core, key: usize) {
+        let now = core.now;
+        match core.endpoint(key) {
+            Some(Endpoint::Dial(d)) if d.deadline <= now => {
+                warn!(
+                    "cannot connect to server {}: {}",
+                    d.peer,
+                    CloseReason::ConnectTimeout
+                );
+                core.remove(key);
+                self.lost_server(core, false, false);
+            }
+            Some(Endpoint::Relay(r))
+                if r.state == RelayState::Connecting && r.deadline.is_some_and(|d| d <= now) =>
+            {
+                open_failed(core, key, "connect timed out");
+            }
+            Some(Endpoint::Resolving(p)) if p.deadline <= now => {
+                open_failed(core, key, "name resolution timed out");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, core: &mut Core, epoch: u64) {
+        self.reconnect(core, epoch);
+    }
+
+    fn on_resolved(
+        &mut self,
+        core: &mut Core,
+        (key, generation): Ticket,
+        result: Result<Vec<SocketAddr>, String>,
+    ) {
+        if key == SERVER_TICKET {
+            self.resolved_server(core, generation, result);
+            return;
+        }
+        if core.generation_of(key) != Some(generation) {
+            return; // the stream is gone
+        }
+        let Some(Endpoint::Resolving(p)) = core.endpoint(key) else {
+            return;
+        };
+        match result {
+            Ok(addrs) => {
+                let port = p.port;
+                let Some(Endpoint::Resolving(p)) = core.remove(key) else {
+                    return;
+                };
+                let addrs = addrs
+                    .into_iter()
+                    .map(|a| SocketAddr::new(a.ip(), port))
+                    .collect();
+                connect(
+                    core,
+                    p.tunnel,
+                    p.id,
+                    p.label,
+                    addrs,
+                    p.deadline,
+                    Some(p.pending),
+                );
+            }
+            Err(e) => open_failed(core, key, &e),
+        }
+    }
+}
+
+/// Start a non-blocking connect to the first address that accepts one; the stream's
+/// handle then names the new relay. Failure answers OPEN_FAIL.
+fn connect(
+    core: &mut Core,
+    tkey: usize,
+    id: u32,
+    label: String,
+    mut addrs: Vec<SocketAddr>,
+    deadline: Instant,
+    mut pending: Option<Buf>,
+) {
+    let mut last_error = String::from("no address");
+    while !addrs.is_empty() {
+        let addr = addrs.remove(0);
+        match TcpStream::connect(addr) {
+            Ok(sock) => {
+                let spec = RelaySpec {
+                    tunnel: tkey,
+                    id,
+                    state: RelayState::Connecting,
+                    label: label.clone(),
+                    candidates: addrs,
+                    deadline,
+                    pending: pending.take(),
+                };
+                match core.new_relay(sock, spec) {
+                    Ok(rkey) => {
+                        if let Some(t) = core.tunnel_mut(tkey) {
+                            t.session.rebind(id, rkey);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        last_error = e.to_string();
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                if sys::is_fd_exhaustion(&e) {
+                    core.note_fd_exhaustion("connecting a target", &e);
+                }
+                last_error = e.to_string();
+            }
+        }
+    }
+    refuse(core, tkey, id, &label, &last_error);
+}
+
+/// Stream `id` cannot be connected: say so, and tell the server.
+fn refuse(core: &mut Core, tkey: usize, id: u32, label: &str, reason: &str) {
+    warn!("cannot connect to {label}: {reason}");
+    if let Some(t) = core.tunnel_mut(tkey) {
+        t.session.refuse_open(id, reason);
+        core.mark_dirty(tkey);
+    }
+}
+
+/// A stream whose relay or pending open failed to connect its target.
+fn open_failed(core: &mut Core, rkey: usize, reason: &str) {
+    let (tkey, id, label) = match core.endpoint(rkey) {
+        Some(Endpoint::Relay(r)) => (r.tunnel, r.id, r.label.clone()),
+        Some(Endpoint::Resolving(p)) => (p.tunnel, p.id, p.label.clone()),
+        _ => return,
+    };
+    core.drop_relay(rkey, false);
+    refuse(core, tkey, id, &label, reason);
+}
