@@ -1,8 +1,10 @@
 //! A report as text: the progress lines on stderr, the table on stdout, or one JSON object
-//! (`--json`).
+//! (`--json`, written by serde_json with its keys in the order below).
 
 use std::fmt::Write as _;
 use std::thread;
+
+use serde_json::{Map, Number, Value, json};
 
 use super::report::{Kind, MemPair, Report, Row, STALLED_TARGET_RATIO};
 
@@ -246,111 +248,85 @@ fn push_cells(out: &mut String, cells: &[String; 4], width: &[usize; 4]) {
     let _ = writeln!(out, "{}", line.trim_end());
 }
 
-/// A JSON number, or `null` when missing or not finite.
-fn json_num(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v.is_finite() => {
-            let s = format!("{v:.4}");
-            let s = s.trim_end_matches('0').trim_end_matches('.');
-            if s.is_empty() || s == "-" || s == "-0" {
-                "0".to_string()
-            } else {
-                s.to_string()
-            }
-        }
-        _ => "null".to_string(),
+/// A JSON number rounded to 4 decimals, an integer when it has none left (`2`, not `2.0`);
+/// `null` when missing or not finite.
+fn json_num(v: Option<f64>) -> Value {
+    let Some(v) = v.filter(|v| v.is_finite()) else {
+        return Value::Null;
+    };
+    let text = format!("{v:.4}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if let Ok(i) = text.parse::<i64>() {
+        // "-0" parses as 0.
+        return Value::Number(i.into());
     }
+    text.parse::<f64>()
+        .ok()
+        .and_then(Number::from_f64)
+        .map_or(Value::Null, Value::Number)
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+/// Rows as an object keyed by each row's key: both figures named by `sides`, their ratio,
+/// and for a latency the time added.
+fn rows_json(rows: &[Row], sides: [&str; 2]) -> Map<String, Value> {
+    rows.iter()
+        .map(|row| {
+            let mut o = Map::new();
+            o.insert(sides[0].to_string(), json_num(row.direct));
+            o.insert(sides[1].to_string(), json_num(row.tunnel));
+            o.insert("ratio".to_string(), json_num(row.ratio()));
+            if row.kind == Kind::Latency {
+                let added = row.direct.zip(row.tunnel).map(|(d, t)| t - d);
+                o.insert("added_us".to_string(), json_num(added));
             }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+            (row.key.clone(), Value::Object(o))
+        })
+        .collect()
 }
 
 /// The one JSON object printed with `--json`.
 pub(super) fn render_json(r: &Report) -> String {
-    let rows_json = |rows: &[Row], sides: [&str; 2]| -> Vec<String> {
-        rows.iter()
-            .map(|row| {
-                let mut o = format!(
-                    "{}:{{\"{}\":{},\"{}\":{},\"ratio\":{}",
-                    json_str(&row.key),
-                    sides[0],
-                    json_num(row.direct),
-                    sides[1],
-                    json_num(row.tunnel),
-                    json_num(row.ratio())
-                );
-                if row.kind == Kind::Latency {
-                    let added = row.direct.zip(row.tunnel).map(|(d, t)| t - d);
-                    let _ = write!(o, ",\"added_us\":{}", json_num(added));
-                }
-                o.push('}');
-                o
-            })
-            .collect()
-    };
-    let workloads = rows_json(&r.rows, ["direct", "tunnel"]);
     let mut stalled = rows_json(&r.stalled_rows, ["unstalled", "stalled"]);
     if let Some(st) = r.stall {
-        stalled.push(format!(
-            "\"stalled_after_s\":{}",
-            json_num(Some(st.after_s))
-        ));
-        stalled.push(format!(
-            "\"held_mib\":{}",
-            json_num(Some(st.held_bytes as f64 / (1024.0 * 1024.0)))
-        ));
+        stalled.insert("stalled_after_s".to_string(), json_num(Some(st.after_s)));
+        let held_mib = st.held_bytes as f64 / (1024.0 * 1024.0);
+        stalled.insert("held_mib".to_string(), json_num(Some(held_mib)));
     }
     let mib = |k: Option<u64>| json_num(k.map(|k| k as f64 / 1024.0));
-    let memory: Vec<String> = r
+    let memory: Map<String, Value> = r
         .memory()
         .into_iter()
         .filter_map(|(_, name, m)| {
             let m = m?;
-            Some(format!(
-                "\"{name}\":{{\"server\":{},\"client\":{},\"total\":{}}}",
-                mib(m.server_kib),
-                mib(m.client_kib),
-                mib(m.total_kib())
-            ))
+            let figures = json!({
+                "server": mib(m.server_kib),
+                "client": mib(m.client_kib),
+                "total": mib(m.total_kib()),
+            });
+            Some((name.to_string(), figures))
         })
         .collect();
-    let cpu: Vec<String> = r
+    let cpu: Map<String, Value> = r
         .cpu()
         .into_iter()
-        .map(|(_, name, v)| format!("\"{name}\":{}", json_num(v)))
+        .map(|(_, name, v)| (name.to_string(), json_num(v)))
         .collect();
-    let notes: Vec<String> = r.notes.iter().map(|n| json_str(n)).collect();
-    format!(
-        "{{\"seconds\":{},\"address\":\"127.0.0.1\",\"roles\":\"separate processes\",\"server_pid\":{},\"client_pid\":{},\"cores\":{},\"nofile_limit\":{},\"workloads\":{{{}}},\"stalled_stream\":{{{}}},\"memory_mib\":{{{}}},\"cpu_s_per_gb\":{{{}}},\"notes\":[{}],\"ok\":{}}}",
-        json_num(Some(r.seconds)),
-        r.server_pid,
-        r.client_pid,
-        cores(),
-        r.nofile,
-        workloads.join(","),
-        stalled.join(","),
-        memory.join(","),
-        cpu.join(","),
-        notes.join(","),
-        !r.failed
-    )
+    json!({
+        "seconds": json_num(Some(r.seconds)),
+        "address": "127.0.0.1",
+        "roles": "separate processes",
+        "server_pid": r.server_pid,
+        "client_pid": r.client_pid,
+        "cores": cores(),
+        "nofile_limit": r.nofile,
+        "workloads": rows_json(&r.rows, ["direct", "tunnel"]),
+        "stalled_stream": stalled,
+        "memory_mib": memory,
+        "cpu_s_per_gb": cpu,
+        "notes": r.notes,
+        "ok": !r.failed,
+    })
+    .to_string()
 }
 
 /// Cores available to this process (0 when unknown).
@@ -394,15 +370,29 @@ mod tests {
 
     #[test]
     fn json_numbers_and_strings() {
-        assert_eq!(json_num(Some(1.5)), "1.5");
-        assert_eq!(json_num(Some(2.0)), "2");
-        assert_eq!(json_num(Some(0.123_456)), "0.1235");
-        assert_eq!(json_num(Some(-0.000_01)), "0");
-        assert_eq!(json_num(Some(-3.25)), "-3.25");
-        assert_eq!(json_num(Some(120.0)), "120");
-        assert_eq!(json_num(Some(f64::NAN)), "null");
-        assert_eq!(json_num(None), "null");
-        assert_eq!(json_str("a\"b\\c\nd\u{1}é"), "\"a\\\"b\\\\c\\nd\\u0001é\"");
+        let num = |v| json_num(v).to_string();
+        assert_eq!(num(Some(1.5)), "1.5");
+        assert_eq!(num(Some(2.0)), "2");
+        assert_eq!(num(Some(0.123_456)), "0.1235");
+        assert_eq!(num(Some(-0.000_01)), "0");
+        assert_eq!(num(Some(-3.25)), "-3.25");
+        assert_eq!(num(Some(120.0)), "120");
+        assert_eq!(num(Some(1_234.567_89)), "1234.5679");
+        // The text is that of the figure rounded to 4 decimals, zeros trimmed, for every
+        // magnitude a bench figure takes.
+        for i in -300..300 {
+            for scale in [1e-3, 0.1, 1.0, 7.0, 1e3, 1e6, 1e9] {
+                let v = f64::from(i) / 7.0 * scale;
+                let text = format!("{v:.4}");
+                let text = text.trim_end_matches('0').trim_end_matches('.');
+                let text = if text == "-0" { "0" } else { text };
+                assert_eq!(num(Some(v)), text, "{v}");
+            }
+        }
+        assert_eq!(num(Some(f64::NAN)), "null");
+        assert_eq!(num(None), "null");
+        let s = Value::from("a\"b\\c\nd\u{1}é").to_string();
+        assert_eq!(s, "\"a\\\"b\\\\c\\nd\\u0001é\"");
     }
 
     #[test]
@@ -473,26 +463,34 @@ mod tests {
     }
 
     #[test]
-    fn json_is_one_balanced_object() {
+    fn json_is_one_object_with_keys_in_order() {
         let json = render_json(&sample_report());
         assert!(json.starts_with('{') && json.ends_with('}'));
         assert!(!json.contains('\n'));
-        let mut depth = 0i32;
-        let mut in_str = false;
-        let mut escaped = false;
-        for c in json.chars() {
-            match (in_str, escaped, c) {
-                (true, true, _) => escaped = false,
-                (true, false, '\\') => escaped = true,
-                (true, false, '"') => in_str = false,
-                (false, _, '"') => in_str = true,
-                (false, _, '{' | '[') => depth += 1,
-                (false, _, '}' | ']') => depth -= 1,
-                _ => {}
-            }
-            assert!(depth >= 0);
-        }
-        assert_eq!(depth, 0);
+        let parsed: Value = serde_json::from_str(&json).expect("valid JSON");
+        let keys: Vec<&str> = parsed
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            keys,
+            [
+                "seconds",
+                "address",
+                "roles",
+                "server_pid",
+                "client_pid",
+                "cores",
+                "nofile_limit",
+                "workloads",
+                "stalled_stream",
+                "memory_mib",
+                "cpu_s_per_gb",
+                "notes",
+                "ok"
+            ]
+        );
+        assert!(json.starts_with("{\"seconds\":2,\"address\":\"127.0.0.1\","));
         assert!(
             json.contains("\"upload_gbps\":{\"direct\":40,\"tunnel\":20,\"ratio\":0.5}"),
             "{json}"
@@ -515,6 +513,7 @@ mod tests {
         assert!(json.contains(",\"stalled_after_s\":0.25,\"held_mib\":3},"));
         assert!(json.contains("\"cpu_s_per_gb\":{\"upload\":0.4,\"download\":null}"));
         assert!(json.contains("\"roles\":\"separate processes\""));
+        assert!(json.contains("\"notes\":[\"download, 1 stream (Gbit/s), tunnel: boom\","));
         assert!(json.ends_with("\"ok\":false}"));
     }
 }
