@@ -259,6 +259,7 @@ mod tests {
         // SAFETY: getrlimit writes into the struct we own.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
         let now = crate::sys::raise_nofile_limit().expect("open-file limit");
-        assert!(now >= lim.rlim_cur);
+        // rlim_t is unsigned on Linux and macOS, signed on the BSDs.
+        assert!(i128::from(now) >= i128::from(lim.rlim_cur));
     }
 }
