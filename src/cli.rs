@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::ClientInput;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tcp-forward",
@@ -56,6 +58,19 @@ pub struct ClientArgs {
     pub token: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+impl ClientArgs {
+    /// What the client's configuration is made from (the log flags are applied apart).
+    pub fn input(&self) -> ClientInput {
+        ClientInput {
+            server_ip: self.server_ip.clone(),
+            server_port: self.server_port.clone(),
+            config: self.config.clone(),
+            tag: self.tag.clone(),
+            token: self.token.clone(),
+        }
+    }
 }
 
 /// Overrides of the configured log level.

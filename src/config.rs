@@ -29,8 +29,6 @@ use std::path::{Path, PathBuf};
 use ini::{Ini, ParseOption};
 use log::LevelFilter;
 
-use crate::cli::ClientArgs;
-
 /// Tag of a client (and of a mapping) when none is configured.
 pub const DEFAULT_TAG: &str = "default";
 /// Longest tag, in bytes (UTF-8).
@@ -180,6 +178,19 @@ pub struct ServerConfig {
     pub mappings: Vec<Mapping>,
     /// Problems that did not stop the load (ignored keys, nothing mapped): log them.
     pub warnings: Vec<String>,
+}
+
+/// What the command line says about the client: the server's address (the positionals) or a
+/// `forward_client.cfg` (`--config`), and the values that override the file's. Filled by
+/// `cli::ClientArgs::input`; the log flags are `logging`'s.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInput {
+    pub server_ip: Option<String>,
+    pub server_port: Option<String>,
+    pub config: Option<PathBuf>,
+    pub tag: Option<String>,
+    /// From `--token` or `TCP_FORWARD_TOKEN`.
+    pub token: Option<String>,
 }
 
 /// Everything the client needs, from the command line or `forward_client.cfg`.
@@ -478,7 +489,7 @@ fn load_mappings(
 
 /// The client's settings: `--config FILE`, or the positionals; `--tag` and `--token` (or
 /// `TCP_FORWARD_TOKEN`) override the file's `TAG` and `TOKEN`.
-pub fn client_from_args(args: &ClientArgs) -> Result<ClientConfig, ConfigError> {
+pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError> {
     let mut warnings = Vec::new();
     let mut tag = None;
     let mut token = None;
@@ -918,7 +929,6 @@ fn strip_comment(line: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::LogArgs;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A unique scratch folder under the system temp dir, removed on drop.
@@ -968,14 +978,13 @@ mod tests {
         (s, e)
     }
 
-    fn client_args(config: Option<PathBuf>, ip: Option<&str>, port: Option<&str>) -> ClientArgs {
-        ClientArgs {
+    fn client_args(config: Option<PathBuf>, ip: Option<&str>, port: Option<&str>) -> ClientInput {
+        ClientInput {
             server_ip: ip.map(str::to_string),
             server_port: port.map(str::to_string),
             config,
             tag: None,
             token: None,
-            log: LogArgs::default(),
         }
     }
 

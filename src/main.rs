@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             exit(server::run(cfg))
         }
         Command::Client(args) => {
-            let cfg = match config::client_from_args(&args) {
+            let cfg = match config::client_from_args(&args.input()) {
                 Ok(cfg) => cfg,
                 Err(e) => return config_error(&e),
             };

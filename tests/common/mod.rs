@@ -1,6 +1,11 @@
-//! Shared harness for the loopback integration tests: temporary directories, free ports,
-//! the `tcp-forward` binary as a child process with its stderr collected line by line, and
-//! small target servers (echo, sink, source, half-close responder, ...) on loopback threads.
+//! The loopback integration tests' helpers: connections and their ends, data patterns and
+//! digests, the `tcp-forward` binary as a child process, server and client set-ups, and small
+//! target servers (echo, sink, source, half-close responder, ...).
+//!
+//! Temporary directories, free ports, child processes with their stderr collected, /proc and
+//! the thread-per-connection target server come from the library's `bench::harness`, which
+//! `tcp-forward bench` uses too; here they are thin wrappers that panic with a message where
+//! the harness returns an error.
 //!
 //! Every wait is bounded: reads carry timeouts, log waits take a deadline, connects retry a
 //! bounded number of times. Nothing here sleeps to "let things settle".
@@ -8,16 +13,18 @@
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
-use std::fs;
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use tcp_forward::bench::harness::{self, ProcessOptions, procfs};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_tcp-forward");
@@ -32,43 +39,19 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
 // ---------------------------------------------------------------------------------------
 
 /// A directory unique to one test, removed on drop.
-pub struct TempDir {
-    path: PathBuf,
-}
+pub struct TempDir(harness::TempDir);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!(
-            "tcp-forward-test-{}-{}-{}-{}",
-            name,
-            std::process::id(),
-            n,
-            nanos
-        ));
-        fs::create_dir_all(&path).expect("create temp dir");
-        TempDir { path }
+        TempDir(harness::TempDir::new(&format!("test-{name}")).expect("create temp dir"))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     pub fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let p = self.path.join(name);
-        fs::write(&p, contents).expect("write temp file");
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        self.0.write(name, contents).expect("write temp file")
     }
 }
 
@@ -78,8 +61,7 @@ impl Drop for TempDir {
 
 /// A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, drop the socket).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    harness::free_port().expect("bind 127.0.0.1:0")
 }
 
 /// A loopback port where nothing listens and nothing else can start listening while this
@@ -495,21 +477,13 @@ pub fn recv_digest(s: &mut TcpStream) -> io::Result<Sum> {
 // Child processes
 // ---------------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct LogState {
-    lines: Vec<String>,
-    eof: bool,
-}
-
-type SharedLog = Arc<(Mutex<LogState>, Condvar)>;
-
 /// A running child process (`tcp-forward`, or a program a test drives); stderr collected by
-/// a background thread. Killed on drop (SIGTERM, then SIGKILL if it does not exit in time).
+/// a background thread. Stopped on drop (SIGTERM, then SIGKILL if it does not exit in 3 s),
+/// after printing its log's tail when the test is failing. Derefs to the harness's
+/// `Process` for `lines`, `count`, `wait_any`, `signal`, `wait_exit`, `is_running`, `rss_kib`.
 pub struct Proc {
     pub name: String,
-    child: Child,
-    log: SharedLog,
-    status: Option<ExitStatus>,
+    inner: harness::Process,
 }
 
 /// Spawn the binary with `args` (and `envs`); TCP_FORWARD_TOKEN is cleared unless given.
@@ -524,114 +498,33 @@ pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Proc {
     spawn_cmd(name, &mut cmd).unwrap_or_else(|e| panic!("spawn {BIN}: {e}"))
 }
 
-/// Spawn `cmd` with no stdin, stdout discarded and stderr collected line by line.
+/// Spawn `cmd` with no stdin, stdout discarded and stderr collected line by line (copied to
+/// this test's stderr when TCP_FORWARD_TEST_ECHO is set).
 pub fn spawn_cmd(name: &str, cmd: &mut Command) -> io::Result<Proc> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let log: SharedLog = Arc::new((Mutex::new(LogState::default()), Condvar::new()));
-    let stderr = child.stderr.take().expect("piped stderr");
-    let log2 = Arc::clone(&log);
-    let echo = std::env::var_os("TCP_FORWARD_TEST_ECHO").is_some();
-    let tag = name.to_string();
-    thread::spawn(move || {
-        let mut r = BufReader::new(stderr);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                    if echo {
-                        eprintln!("[{tag}] {line}");
-                    }
-                    let (m, cv) = &*log2;
-                    if let Ok(mut st) = m.lock() {
-                        st.lines.push(line);
-                    }
-                    cv.notify_all();
-                }
-            }
-        }
-        let (m, cv) = &*log2;
-        if let Ok(mut st) = m.lock() {
-            st.eof = true;
-        }
-        cv.notify_all();
-    });
+    let opts = ProcessOptions {
+        echo: std::env::var_os("TCP_FORWARD_TEST_ECHO").is_some(),
+        ..ProcessOptions::default()
+    };
+    let inner = harness::Process::spawn(name, cmd, &opts)?;
     Ok(Proc {
         name: name.to_string(),
-        child,
-        log,
-        status: None,
+        inner,
     })
 }
 
 impl Proc {
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// A copy of the lines collected so far.
-    pub fn lines(&self) -> Vec<String> {
-        self.log
-            .0
-            .lock()
-            .map(|st| st.lines.clone())
-            .unwrap_or_default()
+        self.inner.pid() as i32
     }
 
     pub fn log_text(&self) -> String {
         self.lines().join("\n")
     }
 
-    /// The number of collected lines containing `substr`.
-    pub fn count(&self, substr: &str) -> usize {
-        self.log
-            .0
-            .lock()
-            .map(|st| st.lines.iter().filter(|l| l.contains(substr)).count())
-            .unwrap_or(0)
-    }
-
-    /// Wait until `found` gives a value for the log collected so far; None on timeout or
-    /// when stderr closes first.
-    fn wait_log<T>(&self, timeout: Duration, found: impl Fn(&LogState) -> Option<T>) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        let (m, cv) = &*self.log;
-        let mut st = m.lock().ok()?;
-        loop {
-            if let Some(v) = found(&st) {
-                return Some(v);
-            }
-            let now = Instant::now();
-            if st.eof || now >= deadline {
-                return None;
-            }
-            st = cv.wait_timeout(st, deadline - now).ok()?.0;
-        }
-    }
-
     /// Wait until at least `n` lines contain `substr`; false on timeout or when stderr closes
     /// first.
     pub fn try_wait_for_count(&self, substr: &str, n: usize, timeout: Duration) -> bool {
-        self.wait_log(timeout, |st| {
-            (st.lines.iter().filter(|l| l.contains(substr)).count() >= n).then_some(())
-        })
-        .is_some()
-    }
-
-    /// Wait for a line containing any of `needles`; returns the index of the first needle
-    /// found, or None on timeout or when stderr closes first.
-    pub fn wait_any(&self, needles: &[&str], timeout: Duration) -> Option<usize> {
-        self.wait_log(timeout, |st| {
-            needles
-                .iter()
-                .position(|n| st.lines.iter().any(|l| l.contains(n)))
-        })
+        self.inner.wait_count(substr, n, timeout)
     }
 
     /// Like `try_wait_for_count`, but panics with the collected log on failure.
@@ -661,23 +554,11 @@ impl Proc {
 
     /// The last `n` lines, for failure messages.
     pub fn tail(&self, n: usize) -> String {
-        let lines = self.lines();
-        let start = lines.len().saturating_sub(n);
-        let mut s = String::new();
-        for l in &lines[start..] {
-            let _ = writeln!(s, "  | {l}");
-        }
-        s
-    }
-
-    /// Send a signal (libc::SIGTERM, SIGINT, SIGKILL, ...) to the process.
-    pub fn signal(&self, sig: i32) {
-        if self.status.is_none() {
-            // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
-            unsafe {
-                libc::kill(self.pid(), sig);
-            }
-        }
+        self.inner
+            .last_lines(n)
+            .iter()
+            .map(|l| format!("  | {l}\n"))
+            .collect()
     }
 
     /// SIGKILL and reap.
@@ -685,45 +566,19 @@ impl Proc {
         self.signal(libc::SIGKILL);
         let _ = self.wait_exit(Duration::from_secs(5));
     }
+}
 
-    /// Wait for the process to exit, bounded; None if it is still running.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if let Some(s) = self.status {
-            return Some(s);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => {
-                    self.status = Some(s);
-                    // Let the reader thread collect the last lines.
-                    let _ = self.try_wait_for_eof(Duration::from_secs(2));
-                    return Some(s);
-                }
-                Ok(None) => {}
-                Err(_) => return None,
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+impl Deref for Proc {
+    type Target = harness::Process;
+
+    fn deref(&self) -> &harness::Process {
+        &self.inner
     }
+}
 
-    fn try_wait_for_eof(&self, timeout: Duration) -> bool {
-        self.wait_log(timeout, |st| st.eof.then_some(())).is_some()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        if self.status.is_some() {
-            return false;
-        }
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// VmRSS of the process in KiB.
-    pub fn rss_kib(&self) -> Option<u64> {
-        rss_kib(self.pid())
+impl DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut harness::Process {
+        &mut self.inner
     }
 }
 
@@ -736,13 +591,6 @@ impl Drop for Proc {
                 self.pid(),
                 self.tail(60)
             );
-        }
-        if self.status.is_none() {
-            self.signal(libc::SIGTERM);
-            if self.wait_exit(Duration::from_secs(3)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
         }
     }
 }
@@ -934,19 +782,12 @@ pub fn tunnel_to(dir: &TempDir, target: impl std::fmt::Display) -> (Proc, Proc, 
 // Target servers
 // ---------------------------------------------------------------------------------------
 
-/// A loopback server running `handler` on a thread per accepted connection.
+/// A loopback server running a handler on a thread per accepted connection (the harness's
+/// `Target`, which it derefs to for `port`, `target`, `active`, `accepted`, `wait_idle`);
+/// every connection gets `TCP_NODELAY` and the standard timeouts.
 pub struct Target {
     pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    active: Arc<AtomicUsize>,
-    accepted: Arc<AtomicUsize>,
-}
-
-struct ActiveGuard(Arc<AtomicUsize>);
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+    inner: harness::Target,
 }
 
 impl Target {
@@ -963,70 +804,15 @@ impl Target {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let addr = listener.local_addr().expect("local_addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        let active = Arc::new(AtomicUsize::new(0));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let handler = Arc::new(handler);
-        let (stop2, active2, accepted2) = (stop.clone(), active.clone(), accepted.clone());
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(s) = conn else {
-                    thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                let _ = s.set_nodelay(true);
-                let s = with_timeouts(s);
-                accepted2.fetch_add(1, Ordering::SeqCst);
-                active2.fetch_add(1, Ordering::SeqCst);
-                let guard = ActiveGuard(active2.clone());
-                let h = handler.clone();
-                thread::spawn(move || {
-                    let _guard = guard;
-                    h(s);
-                });
-            }
-        });
+        let inner = harness::Target::serve(listener, move |s| {
+            let _ = s.set_nodelay(true);
+            handler(with_timeouts(s));
+        })
+        .expect("serve a target");
         Target {
-            addr,
-            stop,
-            active,
-            accepted,
+            addr: inner.addr(),
+            inner,
         }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// "127.0.0.1:port" (or "[::1]:port") as written in a mapping.
-    pub fn target(&self) -> String {
-        self.addr.to_string()
-    }
-
-    /// Connections currently being handled.
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::SeqCst)
-    }
-
-    /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    /// Wait (bounded) until no connection is being handled.
-    pub fn wait_idle(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while self.active() > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        true
     }
 
     /// Echo everything back; on EOF shut down the write half.
@@ -1129,11 +915,11 @@ impl Target {
     }
 }
 
-impl Drop for Target {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
+impl Deref for Target {
+    type Target = harness::Target;
+
+    fn deref(&self) -> &harness::Target {
+        &self.inner
     }
 }
 
@@ -1144,9 +930,7 @@ pub fn resolve(s: &str) -> Option<SocketAddr> {
 
 /// VmRSS of a process in KiB, from /proc/PID/status.
 pub fn rss_kib(pid: i32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    procfs::rss_kib(u32::try_from(pid).ok()?)
 }
 
 /// Throughput in MiB/s.

@@ -1,0 +1,316 @@
+//! The bench's environment: the target services, and the server and client roles as child
+//! processes of this same binary (`tcp-forward server <tmp cfg>` and `tcp-forward client
+//! 127.0.0.1 <inner port>`) carrying them through a tunnel, so that the roles' memory and CPU
+//! time can be read from /proc. The roles are stopped (SIGTERM, then SIGKILL) on every path out.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, ExitStatus};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::DEFAULT_MAPPER_FILE;
+
+use super::harness::{
+    Endpoints, Process, ProcessOptions, Stop, Targets, TempDir, free_ports, loopback,
+};
+use super::workloads::echo_byte;
+
+/// How long the roles get to listen and attach.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a role gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Runs of lines of each role's stderr kept for error messages...
+const TAIL_LINES: usize = 30;
+/// ...and how many of them a message shows.
+const TAIL_SHOWN: usize = 10;
+
+pub(super) struct Env {
+    pub(super) targets: Targets,
+    /// The target services through the tunnel: the server's public ports.
+    pub(super) public: Endpoints,
+    // Field order matters for Drop: the client goes before the server, both before the files.
+    pub(super) client: Process,
+    pub(super) server: Process,
+    _dir: TempDir,
+}
+
+/// Target services on loopback and a server and client (child processes of `exe`) carrying
+/// them through a tunnel: what the criterion benches measure end to end.
+pub struct Harness(Env);
+
+impl Harness {
+    pub fn start(exe: &Path) -> Result<Harness, String> {
+        Env::start(Some(exe)).map(Harness)
+    }
+
+    fn endpoints(&self, tunnel: bool) -> Endpoints {
+        if tunnel {
+            self.0.public
+        } else {
+            self.0.targets.addr
+        }
+    }
+
+    /// The echo service, directly or through the tunnel.
+    pub fn echo(&self, tunnel: bool) -> SocketAddr {
+        self.endpoints(tunnel).echo
+    }
+
+    /// The sink service (reads and discards), directly or through the tunnel.
+    pub fn sink(&self, tunnel: bool) -> SocketAddr {
+        self.endpoints(tunnel).sink
+    }
+}
+
+/// Why the roles could not be started, and whether fresh ports might help.
+struct StartError {
+    message: String,
+    retry: bool,
+}
+
+impl Env {
+    /// Start the targets and the roles; `exe` is this program when `None`.
+    pub(super) fn start(exe: Option<&Path>) -> Result<Env, String> {
+        let targets = Targets::start()
+            .map_err(|e| format!("cannot start the target servers on 127.0.0.1: {e}"))?;
+        // Ports are picked by binding port 0 and released for the server: another program may
+        // take one meanwhile, so a start where the server exits at once is retried with fresh
+        // ports (a tunnel that never comes up is not retried: that would only repeat the wait).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Env::start_roles(&targets, exe) {
+                Ok((public, client, server, dir)) => {
+                    return Ok(Env {
+                        targets,
+                        public,
+                        client,
+                        server,
+                        _dir: dir,
+                    });
+                }
+                Err(StartError { message, retry }) if !retry || attempt == 3 => {
+                    return Err(message);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn start_roles(
+        targets: &Targets,
+        exe: Option<&Path>,
+    ) -> Result<(Endpoints, Process, Process, TempDir), StartError> {
+        let fatal = |message: String| StartError {
+            message,
+            retry: false,
+        };
+        let exe = match exe {
+            Some(exe) => exe.to_path_buf(),
+            None => std::env::current_exe()
+                .map_err(|e| fatal(format!("cannot find this program's own path: {e}")))?,
+        };
+        let [inner, echo, sink, source] =
+            free_ports().map_err(|e| fatal(format!("cannot pick free ports on 127.0.0.1: {e}")))?;
+        let dir = TempDir::new("bench")
+            .map_err(|e| fatal(format!("cannot create a temporary directory: {e}")))?;
+        let token = random_token().map_err(|e| fatal(format!("cannot make a bench token: {e}")))?;
+        // The mapping file goes where the server looks without OUTER_PORTS_FILE.
+        let cfg_text =
+            format!("[DEFAULT]\nINNER_PORT={inner}\nBIND_ADDR=127.0.0.1\nTOKEN={token}\n");
+        let t = targets.addr;
+        let map_text = format!(
+            "[MAPPER]\n{echo}={}\n{sink}={}\n{source}={}\n",
+            t.echo, t.sink, t.source
+        );
+        let cfg = dir
+            .write("server.cfg", &cfg_text)
+            .and_then(|cfg| dir.write(DEFAULT_MAPPER_FILE, &map_text).map(|_| cfg))
+            .map_err(|e| {
+                fatal(format!(
+                    "cannot write the bench configuration in {}: {e}",
+                    dir.path().display()
+                ))
+            })?;
+
+        let mut server_cmd = Command::new(&exe);
+        server_cmd.arg("server").arg(&cfg).arg("-q");
+        let mut server = spawn_role("server", &mut server_cmd).map_err(fatal)?;
+        let inner_addr = loopback(inner);
+        // The server exiting here is most likely a port taken since it was picked: retry.
+        wait_until(
+            &mut [&mut server],
+            ATTACH_TIMEOUT,
+            "listening on the inner port",
+            || TcpStream::connect_timeout(&inner_addr, Duration::from_millis(500)).is_ok(),
+        )
+        .map_err(|(message, exited)| StartError {
+            message,
+            retry: exited,
+        })?;
+        // The public ports may be bound just after the inner one.
+        thread::sleep(Duration::from_millis(20));
+
+        let mut client_cmd = Command::new(&exe);
+        client_cmd
+            .arg("client")
+            .arg("127.0.0.1")
+            .arg(inner.to_string())
+            .arg("-q");
+        client_cmd.env("TCP_FORWARD_TOKEN", &token);
+        let mut client = spawn_role("client", &mut client_cmd).map_err(fatal)?;
+        let public = Endpoints {
+            echo: loopback(echo),
+            sink: loopback(sink),
+            source: loopback(source),
+        };
+        let what = "working tunnel (a 1-byte echo through the public port)";
+        wait_until(
+            &mut [&mut server, &mut client],
+            ATTACH_TIMEOUT,
+            what,
+            || probe_echo(public.echo),
+        )
+        .map_err(|(message, exited)| StartError {
+            message,
+            retry: exited && server.exited().is_some(),
+        })?;
+        Ok((public, client, server, dir))
+    }
+
+    /// `Err` with the role's last log lines when a role has exited.
+    pub(super) fn check_alive(&mut self, during: &str) -> Result<(), String> {
+        for role in [&mut self.server, &mut self.client] {
+            if let Some(status) = role.exited() {
+                return Err(exited_text(role, status, &format!("before {during}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop both roles; returns notes on roles that did not exit cleanly on SIGTERM.
+    pub(super) fn stop(&mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        for role in [&mut self.client, &mut self.server] {
+            let name = role.name().to_string();
+            match role.stop() {
+                Stop::Exited(status) if status.success() => {}
+                Stop::Exited(status) => {
+                    notes.push(format!("the {name} role exited with {status} on SIGTERM"));
+                }
+                Stop::AlreadyExited(status) => {
+                    notes.push(format!("the {name} role had already exited ({status})"));
+                }
+                Stop::Killed => notes.push(format!(
+                    "the {name} role did not exit within {} s of SIGTERM and was killed",
+                    STOP_TIMEOUT.as_secs()
+                )),
+            }
+        }
+        notes
+    }
+}
+
+/// A role as a child process that never outlives the bench, even one killed without
+/// running its guards (a signal, an abort).
+fn spawn_role(name: &str, cmd: &mut Command) -> Result<Process, String> {
+    let opts = ProcessOptions {
+        keep: Some(TAIL_LINES),
+        echo: false,
+        die_with_parent: true,
+        grace: STOP_TIMEOUT,
+    };
+    Process::spawn(name, cmd, &opts).map_err(|e| format!("cannot start the {name} role: {e}"))
+}
+
+/// "the <name> role exited (<status>) <when>" and its last log lines.
+fn exited_text(role: &Process, status: ExitStatus, when: &str) -> String {
+    format!(
+        "the {} role exited ({status}) {when}{}",
+        role.name(),
+        tail_text(role)
+    )
+}
+
+/// The last lines of a role's stderr, each on a new line.
+fn tail_text(role: &Process) -> String {
+    let mut out = String::new();
+    for (line, count) in role.last_runs(TAIL_SHOWN) {
+        let _ = write!(out, "\n  {}: {line}", role.name());
+        if count > 1 {
+            let _ = write!(out, " (x{count})");
+        }
+    }
+    out
+}
+
+/// Poll `ready` every 50 ms until it holds, a role exits or `timeout` passes. The error says
+/// whether a role exited.
+fn wait_until(
+    roles: &mut [&mut Process],
+    timeout: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), (String, bool)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for role in roles.iter_mut() {
+            if let Some(status) = role.exited() {
+                let when = format!("while waiting for a {what}");
+                return Err((exited_text(role, status, &when), true));
+            }
+        }
+        if ready() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let mut msg = format!("no {what} after {} s", timeout.as_secs());
+            for role in roles.iter() {
+                let tail = tail_text(role);
+                if !tail.is_empty() {
+                    let _ = write!(msg, "\nlast lines of the {} role's log:{tail}", role.name());
+                }
+            }
+            return Err((msg, false));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One byte through the echo service; false on any failure.
+pub(super) fn probe_echo(addr: SocketAddr) -> bool {
+    let wait = Duration::from_millis(500);
+    TcpStream::connect_timeout(&addr, wait)
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(wait))?;
+            echo_byte(&mut s, 0x01)
+        })
+        .is_ok()
+}
+
+/// A fresh token for the bench's server and client.
+fn random_token() -> io::Result<String> {
+    let mut bytes = [0u8; 32];
+    crate::sys::random_bytes(&mut bytes)?;
+    let mut out = String::from("bench-");
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_tokens_differ() {
+        let a = random_token().expect("token");
+        let b = random_token().expect("token");
+        assert_eq!(a.len(), "bench-".len() + 64);
+        assert_ne!(a, b);
+    }
+}
