@@ -294,7 +294,7 @@ pub(super) fn probe_echo(addr: SocketAddr) -> bool {
 /// A fresh token for the bench's server and client.
 fn random_token() -> io::Result<String> {
     let mut bytes = [0u8; 32];
-    crate::sys::random_bytes(&mut bytes)?;
+    crate::net::sys::random_bytes(&mut bytes)?;
     let mut out = String::from("bench-");
     for b in bytes {
         let _ = write!(out, "{b:02x}");

@@ -88,7 +88,7 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 /// Run the benchmark; returns the process exit code (0 all went well, 1 a failure).
 pub fn run(args: BenchArgs) -> u8 {
     // Children inherit the raised limit.
-    let nofile = crate::sys::raise_nofile_limit().unwrap_or(0);
+    let nofile = crate::net::sys::raise_nofile_limit().unwrap_or(0);
     let mut env = match Env::start(None) {
         Ok(env) => env,
         Err(e) => {
@@ -258,7 +258,7 @@ mod tests {
         };
         // SAFETY: getrlimit writes into the struct we own.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        let now = crate::sys::raise_nofile_limit().expect("open-file limit");
+        let now = crate::net::sys::raise_nofile_limit().expect("open-file limit");
         // rlim_t is unsigned on Linux and macOS, signed on the BSDs.
         assert!(i128::from(now) >= i128::from(lim.rlim_cur));
     }

@@ -21,10 +21,16 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         };
         // SAFETY: setrlimit reads the struct we own.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return Ok(raised.rlim_cur);
+            return Ok(limit_value(raised.rlim_cur));
         }
     }
-    Ok(lim.rlim_cur)
+    Ok(limit_value(lim.rlim_cur))
+}
+
+/// An rlimit value as a count: `rlim_t` is unsigned on Linux and macOS, signed on the BSDs.
+#[allow(clippy::useless_conversion)]
+fn limit_value(v: libc::rlim_t) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 /// Keep large buffers out of the heap: allocations from 128 KiB up are mapped straight from

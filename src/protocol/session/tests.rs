@@ -3,6 +3,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
+use crate::protocol::frame::{self, HEADER_LEN, LONG_HEADER_LEN};
+use crate::protocol::handshake::Accept;
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
