@@ -367,6 +367,18 @@ fn var_len(name: &str) -> Option<usize> {
     }
 }
 
+/// The side whose bytes first carry a variable: nonces and PING stamps are made by one side
+/// and echoed or used by the other; proofs and ports are computed or set up by the replay.
+fn var_owner(name: &str) -> Option<Live> {
+    match name {
+        "server_nonce" => Some(Live::Server),
+        "client_nonce" => Some(Live::Client),
+        _ if name.starts_with("ping_s") => Some(Live::Server),
+        _ if name.starts_with("ping_c") => Some(Live::Client),
+        _ => None,
+    }
+}
+
 /// The length of a template whose variables all have fixed lengths (None with a port).
 fn fixed_len(toks: &[Tok]) -> Option<usize> {
     toks.iter()
@@ -578,6 +590,8 @@ fn parse_fixture(name: &str, text: &str) -> Result<Fixture, String> {
 // ---------------------------------------------------------------------------------------
 
 struct Vars {
+    /// The side the binary under test plays.
+    live: Live,
     vals: HashMap<String, Vec<u8>>,
     tag: String,
     server_token: Option<String>,
@@ -627,6 +641,12 @@ impl Vars {
             return Ok(v.clone());
         }
         let n = var_len(name).ok_or_else(|| format!("{{{name}}} has no value"))?;
+        if var_owner(name) == Some(self.live) {
+            return Err(format!(
+                "{{{name}}} comes from the {}, which has not sent it yet",
+                self.live.name()
+            ));
+        }
         self.fresh += 1;
         let v = pattern(0x7763_0000 + self.fresh, n);
         self.vals.insert(name.to_string(), v.clone());
@@ -663,6 +683,12 @@ impl Vars {
                 hex_short(want)
             )),
             None => {
+                if var_owner(name) != Some(self.live) {
+                    return Err(format!(
+                        "{{{name}}} is {}: an echo of a value that was never sent",
+                        hex_short(got)
+                    ));
+                }
                 if name.ends_with("_nonce") && got.iter().all(|&b| b == got[0]) {
                     return Err(format!("{{{name}}} {} is not random", hex(got)));
                 }
@@ -1101,6 +1127,7 @@ fn resolve(vars: &mut Vars, patterns: &mut Patterns, toks: &[Tok]) -> Result<Vec
 /// Set up the binary as `live` for the recording, with the test as its peer.
 fn start<'f>(fx: &'f Fixture, live: Live) -> Replay<'f> {
     let mut vars = Vars {
+        live,
         vals: HashMap::new(),
         tag: fx.tag.clone(),
         server_token: fx.server_token.clone(),
@@ -1837,6 +1864,7 @@ impl Replay<'_> {
 /// are the recorded proofs: the replay's proofs are the recorded construction.
 fn check_recorded_proofs(fx: &Fixture) {
     let mut vars = Vars {
+        live: Live::Client,
         vals: HashMap::new(),
         tag: fx.tag.clone(),
         server_token: fx.server_token.clone(),
