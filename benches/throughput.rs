@@ -1,17 +1,20 @@
-//! `cargo bench`: the frame codec, the multiplexer in memory (two peers, no sockets), and an
-//! end-to-end loopback tunnel against direct loopback in the same run.
+//! `cargo bench`: the frame codec, the tunnel engine in memory (two sessions, no sockets),
+//! and an end-to-end loopback tunnel against direct loopback in the same run.
 
 use std::hint::black_box;
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 use tcp_forward::bench::Harness;
-use tcp_forward::protocol::flow::Flow;
 use tcp_forward::protocol::frame::{self, Frame, HEADER_LEN};
+use tcp_forward::protocol::session::{
+    ClientParams, Event, Input, STREAM_WINDOW, ServerParams, Session, Transmit,
+};
 
 const PAYLOAD: usize = 65_535;
 
@@ -67,58 +70,92 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
-/// Two peers in memory: A sends `total` bytes spread over `streams` streams, in frames, as
-/// credit allows; B decodes, "delivers" and returns credit. Bytes/s of the protocol layer.
-fn mux_transfer(streams: usize, total: usize, window: u32) -> usize {
+/// Move everything `from` has queued into `to`'s inbox.
+fn transmit(from: &mut Session<u32>, to: &mut Vec<u8>) {
+    while let Transmit::Bytes(b) = from.poll_transmit() {
+        let n = b.len();
+        to.extend_from_slice(b);
+        from.transmitted(n);
+    }
+}
+
+/// Decode `inbox` into `s`: accept and connect opened streams, deliver data at once (its
+/// credit goes back), and return the payload bytes seen.
+fn receive(s: &mut Session<u32>, inbox: &mut Vec<u8>, now: Instant) -> usize {
+    let mut at = 0;
+    let mut bytes = 0;
+    loop {
+        let (used, input) = s.handle_rx(&inbox[at..], now);
+        at += used;
+        match input {
+            Input::NeedMore => break,
+            Input::Data { id, parts, .. } => {
+                let n = black_box(parts).total();
+                bytes += n;
+                s.delivered(id, n);
+            }
+            Input::Event(Event::Open { id, .. }) => {
+                s.accept_open(id, id).expect("within the stream limit");
+                s.stream_connected(id);
+            }
+            Input::Event(_) => {}
+        }
+    }
+    inbox.drain(..at);
+    assert!(s.close_reason().is_none(), "the sessions stay up");
+    bytes
+}
+
+/// Two real engines in memory, no sockets: the server's session sends `total` bytes spread
+/// over `streams` streams, filling its output queue in place as a relay's read would, as
+/// credit and room allow; the client's session decodes, "delivers" and returns credit.
+fn mux_transfer(streams: usize, total: usize) -> usize {
+    let now = Instant::now();
+    let sp = Arc::new(ServerParams {
+        token: Some(b"bench".to_vec()),
+        max_streams: streams,
+        heartbeat: Duration::from_secs(10),
+        window: STREAM_WINDOW,
+    });
+    let cp = Arc::new(ClientParams {
+        token: Some(b"bench".to_vec()),
+        tag: "default".into(),
+        window: STREAM_WINDOW,
+    });
+    let mut server: Session<u32> = Session::server(sp, [1; 32], now);
+    let mut client: Session<u32> = Session::client(cp, [2; 32], now);
+    let (mut to_client, mut to_server) = (Vec::with_capacity(1 << 21), Vec::new());
+    for _ in 0..3 {
+        transmit(&mut server, &mut to_client);
+        receive(&mut client, &mut to_client, now);
+        transmit(&mut client, &mut to_server);
+        receive(&mut server, &mut to_server, now);
+    }
+    assert!(server.is_established() && client.is_established());
+    let ids: Vec<u32> = (1..=streams as u32)
+        .map(|h| server.open_stream(h, "127.0.0.1:9").expect("open"))
+        .collect();
     let chunk = vec![0x42u8; PAYLOAD];
-    let mut senders: Vec<Flow> = (0..streams).map(|_| Flow::new(window, window)).collect();
-    let mut receivers: Vec<Flow> = (0..streams).map(|_| Flow::new(window, window)).collect();
-    let mut to_b = Vec::with_capacity(1 << 20);
-    let mut to_a = Vec::with_capacity(1 << 16);
-    let mut sent = 0;
-    let mut delivered = 0;
+    let (mut sent, mut delivered) = (0, 0);
     while delivered < total {
-        // A: round-robin over streams, one frame each per turn, while credit lasts.
-        for (i, f) in senders.iter_mut().enumerate() {
-            let n = f.send_credit().min(PAYLOAD).min(total - sent);
-            if n == 0 {
-                continue;
+        // The server: round-robin over streams, one frame each per turn, while credit and
+        // room last.
+        for &id in &ids {
+            let want = PAYLOAD.min(total - sent);
+            if want == 0 {
+                break;
             }
-            f.on_sent(n);
-            sent += n;
-            frame::encode(
-                &Frame::Data {
-                    id: i as u32 + 1,
-                    payload: &chunk[..n],
-                },
-                &mut to_b,
-            );
-        }
-        // B: decode everything, deliver, return credit.
-        let mut at = 0;
-        while let Ok(Some((f, n))) = frame::decode(&to_b[at..]) {
-            at += n;
-            if let Frame::Data { id, payload } = f {
-                let r = &mut receivers[id as usize - 1];
-                r.on_received(payload.len()).expect("within window");
-                delivered += black_box(payload).len();
-                if let Some(credit) = r.on_delivered(payload.len()) {
-                    frame::encode(&Frame::Credit { id, bytes: credit }, &mut to_a);
-                }
+            if let Some(mut room) = server.data_room(id, want) {
+                let n = room.len();
+                room.buf().copy_from_slice(&chunk[..n]);
+                room.commit(n);
+                sent += n;
             }
         }
-        to_b.clear();
-        // A: take the credit back.
-        let mut at = 0;
-        while let Ok(Some((f, n))) = frame::decode(&to_a[at..]) {
-            at += n;
-            if let Frame::Credit { id, bytes } = f {
-                senders[id as usize - 1]
-                    .on_credit(bytes)
-                    .expect("within window");
-            }
-        }
-        to_a.clear();
+        transmit(&mut server, &mut to_client);
+        delivered += receive(&mut client, &mut to_client, now);
+        transmit(&mut client, &mut to_server);
+        receive(&mut server, &mut to_server, now);
     }
     delivered
 }
@@ -129,7 +166,7 @@ fn mux(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(total as u64));
     for streams in [1usize, 64] {
         g.bench_with_input(BenchmarkId::new("streams", streams), &streams, |b, &s| {
-            b.iter(|| mux_transfer(s, total, 1 << 20))
+            b.iter(|| mux_transfer(s, total))
         });
     }
     g.finish();

@@ -2,6 +2,7 @@
 //! that move stream bytes, splicing, name resolution and the few raw OS calls. What the
 //! bytes mean is `protocol`'s business; what to do with a connection is `role`'s.
 
+pub mod drive;
 pub mod endpoint;
 pub mod pump;
 pub mod reactor;

@@ -71,6 +71,20 @@ pub enum Event<'a, H> {
     Reset { handle: H, id: u32, reason: &'a str },
 }
 
+impl Rx {
+    /// What comes once a long payload has `left` bytes to go.
+    fn after_payload(id: u32, left: usize) -> Rx {
+        if left > 0 {
+            Rx::Payload {
+                id,
+                remaining: left,
+            }
+        } else {
+            Rx::Frames
+        }
+    }
+}
+
 impl<H: Copy> Session<H> {
     /// Decode one step from `buf` (bytes received and not yet consumed). Returns how many
     /// bytes it consumed and what to do. Call again with the rest until `NeedMore`.
@@ -97,15 +111,7 @@ impl<H: Copy> Session<H> {
                     if n == 0 {
                         break;
                     }
-                    let left = remaining - n;
-                    self.rx = if left > 0 {
-                        Rx::Payload {
-                            id,
-                            remaining: left,
-                        }
-                    } else {
-                        Rx::Frames
-                    };
+                    self.rx = Rx::after_payload(id, remaining - n);
                     let part = &buf[at..at + n];
                     at += n;
                     // A stream reset meanwhile: its bytes are dropped.
@@ -171,15 +177,7 @@ impl<H: Copy> Session<H> {
     pub fn payload_spliced(&mut self, n: usize, now: Instant) {
         if let Rx::Payload { id, remaining } = self.rx {
             debug_assert!(n <= remaining);
-            let left = remaining.saturating_sub(n);
-            self.rx = if left > 0 {
-                Rx::Payload {
-                    id,
-                    remaining: left,
-                }
-            } else {
-                Rx::Frames
-            };
+            self.rx = Rx::after_payload(id, remaining.saturating_sub(n));
             self.last_rx = now;
         }
     }
