@@ -1,0 +1,431 @@
+//! `load_server`: the server's config file and its mapping file, their defaults, every key,
+//! the warnings, and each error's file, line and message.
+
+use super::*;
+
+#[test]
+fn server_defaults() {
+    let s = Scratch::new("defaults");
+    let path = s.server(CFG, MAPPER);
+    let cfg = load_server(&path).unwrap();
+    assert_eq!(cfg.cfg_file, path);
+    assert_eq!(cfg.mapper_file, s.0.join("port_mapper.cfg"));
+    assert_eq!(cfg.inner_port, 1111);
+    assert_eq!(cfg.bind_addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert_eq!(cfg.log_level, None);
+    assert!(cfg.token.is_none());
+    assert_eq!(cfg.max_streams, 4096);
+    assert_eq!(cfg.heartbeat, DEFAULT_HEARTBEAT);
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    assert_eq!(cfg.mappings.len(), 1);
+    let m = &cfg.mappings[0];
+    assert_eq!(m.public_port, 1234);
+    assert_eq!(m.target.to_string(), "192.168.10.5:22");
+    assert_eq!(m.tag, "default");
+}
+
+#[test]
+fn server_all_keys_case_insensitive_and_comments() {
+    let s = Scratch::new("keys");
+    let path = s.server(
+        "; server\n[default]\ninner_port = 1111  # clients\n  Log_Level=debug\nToken=a#b;c  ; secret\n\
+         bind_addr=[::]\nmax_streams=1000000\nheartbeat=2.5\n",
+        "# map\n[mapper]\n2000=db.internal:5432   # db\n1234=192.168.10.5:22 ; ssh\n\
+         3000 = [2001:db8::5]:80\n[Tag]\n2000=office\n\n",
+    );
+    let cfg = load_server(&path).unwrap();
+    assert_eq!(cfg.inner_port, 1111);
+    assert_eq!(cfg.log_level, Some(LevelFilter::Debug));
+    assert_eq!(cfg.token.as_ref().unwrap().expose(), b"a#b;c");
+    assert_eq!(cfg.bind_addr, "::".parse::<IpAddr>().unwrap());
+    assert_eq!(cfg.max_streams, 1_000_000);
+    assert_eq!(cfg.heartbeat, std::time::Duration::from_millis(2500));
+    let got: Vec<(u16, String, &str)> = cfg
+        .mappings
+        .iter()
+        .map(|m| (m.public_port, m.target.to_string(), m.tag.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1234, "192.168.10.5:22".to_string(), "default"),
+            (2000, "db.internal:5432".to_string(), "office"),
+            (3000, "[2001:db8::5]:80".to_string(), "default"),
+        ]
+    );
+    assert_eq!(
+        cfg.mappings[2].target.host,
+        Host::Ip("2001:db8::5".parse().unwrap())
+    );
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+}
+
+#[test]
+fn server_keys_without_header_and_crlf_bom() {
+    let s = Scratch::new("general");
+    let path = s.server(
+        "\u{feff}INNER_PORT=1111\r\nLOG_LEVEL=WARNING\r\n",
+        "[MAPPER]\r\n1234=10.0.0.1:22\r\n",
+    );
+    let cfg = load_server(&path).unwrap();
+    assert_eq!(cfg.inner_port, 1111);
+    assert_eq!(cfg.log_level, Some(LevelFilter::Warn));
+    assert_eq!(cfg.mappings[0].target.to_string(), "10.0.0.1:22");
+}
+
+#[test]
+fn outer_ports_file_relative_and_absolute() {
+    let s = Scratch::new("outer");
+    s.write("maps/ports.cfg", "[MAPPER]\n1234=10.0.0.1:22\n");
+    let path = s.write(
+        "forward_server.cfg",
+        "[DEFAULT]\nINNER_PORT=1111\nOUTER_PORTS_FILE=maps/ports.cfg\n",
+    );
+    let cfg = load_server(&path).unwrap();
+    assert_eq!(cfg.mapper_file, s.0.join("maps/ports.cfg"));
+    assert_eq!(cfg.mappings.len(), 1);
+
+    let abs = s.write("elsewhere.cfg", "[MAPPER]\n5555=10.0.0.2:80\n");
+    let text = format!(
+        "[DEFAULT]\nINNER_PORT=1111\nOUTER_PORTS_FILE={}\n",
+        abs.display()
+    );
+    let path = s.write("sub/forward_server.cfg", &text);
+    let cfg = load_server(&path).unwrap();
+    assert_eq!(cfg.mapper_file, abs);
+    assert_eq!(cfg.mappings[0].public_port, 5555);
+}
+
+#[test]
+fn server_warnings() {
+    let s = Scratch::new("warn");
+    let path = s.server(
+        "[DEFAULT]\nINNER_PORT=1111\nBANDWIDTH=10\nREST_PORT=8080\nAPI_TOKEN=x\nuser_file=u\nFOO=1\n[EXTRA]\nA=1\n[MAPPER]\n",
+        "[MAPPER]\n[OTHER]\nx=1\n",
+    );
+    let cfg = load_server(&path).unwrap();
+    let f = path.display().to_string();
+    let w = &cfg.warnings;
+    let has = |needle: &str| w.iter().any(|l| l.contains(needle));
+    assert!(
+        has(&format!(
+            "{f}: line 3: [DEFAULT] key BANDWIDTH: not supported, ignored"
+        )),
+        "{w:?}"
+    );
+    assert!(
+        has(&format!(
+            "{f}: line 4: [DEFAULT] key REST_PORT: not supported"
+        )),
+        "{w:?}"
+    );
+    assert!(
+        has(&format!(
+            "{f}: line 5: [DEFAULT] key API_TOKEN: not supported"
+        )),
+        "{w:?}"
+    );
+    assert!(
+        has(&format!(
+            "{f}: line 6: [DEFAULT] key user_file: not supported"
+        )),
+        "{w:?}"
+    );
+    assert!(
+        has(&format!(
+            "{f}: line 7: [DEFAULT] key FOO: unknown key, ignored"
+        )),
+        "{w:?}"
+    );
+    assert!(
+        has(&format!("{f}: line 8: unknown section [EXTRA], ignored")),
+        "{w:?}"
+    );
+    assert!(
+        has(&format!(
+            "{f}: line 10: section [MAPPER] belongs in the port mapping file"
+        )),
+        "{w:?}"
+    );
+    let m = s.0.join("port_mapper.cfg").display().to_string();
+    assert!(
+        has(&format!("{m}: line 2: unknown section [OTHER]")),
+        "{w:?}"
+    );
+    assert!(
+        has(&format!("{m}: no port mappings: nothing will be published")),
+        "{w:?}"
+    );
+    assert!(cfg.mappings.is_empty());
+
+    let s = Scratch::new("warn-empty");
+    let path = s.server(CFG, "# nothing yet\n");
+    let cfg = load_server(&path).unwrap();
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+    assert!(
+        cfg.warnings[0].ends_with("port_mapper.cfg: no port mappings: nothing will be published")
+    );
+
+    let s = Scratch::new("warn-general");
+    let path = s.server(CFG, "1234=10.0.0.1:22\n");
+    let cfg = load_server(&path).unwrap();
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|l| l.contains("line 1: key 1234: key outside a section"))
+    );
+}
+
+#[test]
+fn missing_files() {
+    let s = Scratch::new("missing");
+    let cfg = s.0.join("nope.cfg");
+    let e = load_server(&cfg).unwrap_err();
+    assert_err(
+        &e,
+        &cfg,
+        &["cannot read config file", "No such file or directory"],
+    );
+
+    let path = s.write("forward_server.cfg", CFG);
+    let e = load_server(&path).unwrap_err();
+    assert_err(
+        &e,
+        &s.0.join("port_mapper.cfg"),
+        &["cannot read port mapping file", "No such file"],
+    );
+}
+
+#[test]
+fn server_cfg_errors() {
+    for (cfg, line, parts) in [
+        (
+            "[DEFAULT]\nLOG_LEVEL=INFO\n",
+            None,
+            &["[DEFAULT] key INNER_PORT: required key is missing"][..],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=abc\n",
+            Some(2),
+            &[r#"[DEFAULT] key INNER_PORT: "abc" is not a port (1-65535)"#],
+        ),
+        ("[DEFAULT]\nINNER_PORT=0\n", Some(2), &["is not a port"]),
+        ("[DEFAULT]\nINNER_PORT=65536\n", Some(2), &["is not a port"]),
+        (
+            "[DEFAULT]\n\nINNER_PORT=1\ninner_port=2\n",
+            Some(4),
+            &["key given twice (first on line 3)"],
+        ),
+        (
+            "INNER_PORT=1\n[DEFAULT]\nINNER_PORT=2\n",
+            Some(3),
+            &["key given twice (first on line 1)"],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nLOG_LEVEL=LOUD\n",
+            Some(3),
+            &["key LOG_LEVEL", "is not a log level"],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nTOKEN=\n",
+            Some(3),
+            &["key TOKEN: empty token"],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nTOKEN= # comment\n",
+            Some(3),
+            &["key TOKEN: empty token"],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nBIND_ADDR=localhost\n",
+            Some(3),
+            &["key BIND_ADDR", "not an IP"],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nMAX_STREAMS=0\n",
+            Some(3),
+            &["key MAX_STREAMS", "1 to 1000000"],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nMAX_STREAMS=1000001\n",
+            Some(3),
+            &["key MAX_STREAMS"],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nMAX_STREAMS=many\n",
+            Some(3),
+            &["key MAX_STREAMS"],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nHEARTBEAT=0.01\n",
+            Some(3),
+            &["key HEARTBEAT", "0.1 to 3600"],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nOUTER_PORTS_FILE=\n",
+            Some(3),
+            &["key OUTER_PORTS_FILE: empty"],
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\ngarbage\n",
+            Some(3),
+            &["expected key=value or [section]"],
+        ),
+        (
+            "[DEFAULT\nINNER_PORT=1111\n",
+            Some(1),
+            &["does not end with ']'"],
+        ),
+        ("[]\nINNER_PORT=1111\n", Some(1), &["bad section header"]),
+        ("[DEFAULT]\n=1111\n", Some(2), &["missing key"]),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nTOKEN=abc\\\n",
+            Some(3),
+            &["line continuation"],
+        ),
+    ] {
+        let (s, e) = server_err(cfg, MAPPER);
+        assert_err(&e, &s.0.join("forward_server.cfg"), parts);
+        assert_eq!(e.line(), line, "{e}");
+        if let Some(l) = line {
+            assert!(e.to_string().contains(&format!("line {l}: ")), "{e}");
+        }
+    }
+}
+
+#[test]
+fn mapper_errors() {
+    for (mapper, line, parts) in [
+        (
+            "[MAPPER]\n1234=10.0.0.1\n",
+            2,
+            &[r#"[MAPPER] key 1234: target "10.0.0.1" has no port"#][..],
+        ),
+        (
+            "[MAPPER]\nssh=10.0.0.1:22\n",
+            2,
+            &[r#"[MAPPER] key ssh: public port "ssh" is not a port (1-65535)"#],
+        ),
+        (
+            "[MAPPER]\n0=10.0.0.1:22\n",
+            2,
+            &["[MAPPER] key 0: public port"],
+        ),
+        (
+            "[MAPPER]\n65536=10.0.0.1:22\n",
+            2,
+            &["[MAPPER] key 65536: public port"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:99999\n",
+            2,
+            &["[MAPPER] key 1234", "is not a port"],
+        ),
+        (
+            "[MAPPER]\n1234=bad host:22\n",
+            2,
+            &["[MAPPER] key 1234", "not allowed"],
+        ),
+        (
+            "[MAPPER]\n4444=192.168.105:22\n",
+            2,
+            &["[MAPPER] key 4444", "not a valid IPv4 address"],
+        ),
+        (
+            "[MAPPER]\n1234=::1:22\n",
+            2,
+            &["[MAPPER] key 1234", "brackets"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:22\n\n1234=10.0.0.2:22\n",
+            4,
+            &["public port 1234 is mapped twice (first on line 2)"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:22\n01234=10.0.0.2:22\n",
+            3,
+            &["mapped twice (first on line 2)"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1=x\n[MAPPER]\n1234=10.0.0.2:22\n",
+            6,
+            &["mapped twice (first on line 2)"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:22\n[MAPPER]\n1234=10.0.0.2:22\n",
+            4,
+            &["mapped twice (first on line 2)"],
+        ),
+        (
+            "[MAPPER]\n1111=10.0.0.1:22\n",
+            2,
+            &["[MAPPER] key 1111: public port 1111 is the INNER_PORT of"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n4321=office\n",
+            4,
+            &["[TAG] key 4321: port 4321 has no [MAPPER] entry"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234=\n",
+            4,
+            &["[TAG] key 1234: empty tag"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234=  # none\n",
+            4,
+            &["[TAG] key 1234: empty tag"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234=my office\n",
+            4,
+            &["[TAG] key 1234", "whitespace"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234=a\n1234=b\n",
+            5,
+            &["port 1234 is tagged twice (first on line 4)"],
+        ),
+        (
+            "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\nx=a\n",
+            4,
+            &["[TAG] key x: public port \"x\""],
+        ),
+        ("[MAPPER]\n1234 10.0.0.1\n", 2, &["expected key=value"]),
+    ] {
+        let (s, e) = server_err(CFG, mapper);
+        assert_err(&e, &s.0.join("port_mapper.cfg"), parts);
+        assert_eq!(e.line(), Some(line), "{e}");
+        assert!(e.to_string().contains(&format!("line {line}: ")), "{e}");
+    }
+    let long = format!(
+        "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234={}\n",
+        "t".repeat(65)
+    );
+    let (_s, e) = server_err(CFG, &long);
+    assert!(e.to_string().contains("longer than 64 bytes"), "{e}");
+    let ok = format!(
+        "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234={}\n",
+        "t".repeat(64)
+    );
+    let s = Scratch::new("tag64");
+    assert_eq!(
+        load_server(&s.server(CFG, &ok)).unwrap().mappings[0]
+            .tag
+            .len(),
+        64
+    );
+}
+
+#[test]
+fn exact_brief_message() {
+    let (s, e) = server_err(CFG, "[MAPPER]\n1234=10.0.0.1\n");
+    let file = s.0.join("port_mapper.cfg");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            r#"{}: line 2: [MAPPER] key 1234: target "10.0.0.1" has no port"#,
+            file.display()
+        )
+    );
+}
