@@ -110,14 +110,13 @@ impl Core {
             return;
         };
         let mut rx = std::mem::take(&mut t.rx);
-        let queued = t.session.queued();
         let mut at = 0;
         while let Some(t) = self.tunnel_mut(key) {
             let (used, input) = t.session.handle_rx(&rx.data()[at..], now);
             at += used;
             match input {
                 Input::NeedMore => break,
-                Input::Data { handle, parts, .. } => self.deliver(handle, parts.as_slice()),
+                Input::Data { handle, parts, .. } => self.deliver(key, handle, parts.as_slice()),
                 Input::Event(Event::Credit { handle, .. }) => {
                     if self.relay_mut(handle).is_some_and(|r| r.readable) {
                         self.enqueue_relay(handle);
@@ -134,10 +133,9 @@ impl Core {
         rx.consume(at);
         if let Some(t) = self.tunnel_mut(key) {
             t.rx = rx;
-            if t.session.queued() != queued {
-                self.mark_dirty(key);
-            }
         }
+        // What the session queued (a pong, credit, a refusal) leaves with the turn's flush.
+        self.mark_dirty(key);
         // The session's deadlines move with its phase (a completed handshake, say).
         if !self.close_if_ended(key) {
             self.schedule_tunnel_tick(key);
@@ -151,7 +149,7 @@ impl Core {
         let Some((r, t)) = relay_and_tunnel(&mut self.slab, rkey) else {
             return SpliceIn::Copy; // not a connected relay: its bytes are read the plain way
         };
-        if r.splice_off || !r.pending.is_empty() {
+        if r.tunnel != tkey || r.splice_off || !r.pending.is_empty() {
             return SpliceIn::Copy;
         }
         let Some(sock) = t.transport.splice_socket() else {
@@ -250,11 +248,8 @@ impl Core {
             t.rx.release();
             t.session.release_buffers();
         }
-        let queued = t.session.queued();
         t.session.handle_timeout(now);
-        if t.session.queued() != queued {
-            self.mark_dirty(key);
-        }
+        self.mark_dirty(key);
         if !self.close_if_ended(key) {
             self.schedule_tunnel_tick(key);
         }

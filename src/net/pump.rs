@@ -24,14 +24,6 @@ use crate::protocol::frame::MAX_LONG_PAYLOAD;
 /// is open.
 const SPLICE_OUT_MIN: usize = 64 * 1024;
 
-/// Queue tunnel `tkey` for the end-of-turn flush.
-fn mark(t: &mut Tunnel, dirty: &mut Vec<usize>, tkey: usize) {
-    if !t.dirty {
-        t.dirty = true;
-        dirty.push(tkey);
-    }
-}
-
 /// Remember that relay `rkey` waits for room in its tunnel's output queue.
 fn block(t: &mut Tunnel, rkey: usize) {
     if !t.blocked.contains(&rkey) {
@@ -72,16 +64,18 @@ impl Core {
         {
             match pipe.fill_from(&r.sock, want) {
                 // The session takes it: `can_queue_payload` held and `n` is within credit.
-                // Were it refused (the tunnel just ended), the pipe is dropped, never pooled
-                // with bytes in it.
+                // Were it refused, the bytes in the pipe could not be sent: the stream is
+                // reset and the pipe dropped, never pooled with bytes in it.
                 Ok(n) if n > 0 => {
                     if !t.session.queue_payload(id, n) {
+                        debug_assert!(false, "a payload within credit was refused");
+                        self.reset_stream(rkey, "spliced bytes refused");
                         return;
                     }
                     t.out_pipe = Some(pipe);
                     r.bytes_read += n as u64;
                     r.bulk = n == want;
-                    mark(t, &mut self.dirty, tkey);
+                    t.mark_dirty(tkey, &mut self.dirty);
                     // A short splice does not mean the socket is drained: a pipe holds fewer
                     // bytes than its size when packets are small. Read on; a short plain read
                     // is what tells.
@@ -118,14 +112,14 @@ impl Core {
                 // End of input: half-close the stream.
                 r.readable = false;
                 t.session.finish(id);
-                mark(t, &mut self.dirty, tkey);
+                t.mark_dirty(tkey, &mut self.dirty);
                 self.finish_if_done(rkey);
             }
             Ok(n) => {
                 room.commit(n);
                 r.bytes_read += n as u64;
                 r.bulk = n == want;
-                mark(t, &mut self.dirty, tkey);
+                t.mark_dirty(tkey, &mut self.dirty);
                 if n < want && !r.read_closed_hint {
                     r.readable = false; // a short read drained the socket
                 } else {
@@ -140,15 +134,16 @@ impl Core {
         }
     }
 
-    /// Downward: payload (already counted against the window) for the stream of `rkey`:
-    /// written to its socket or queued, or kept while the target's name is resolved.
-    pub fn deliver(&mut self, rkey: usize, parts: &[&[u8]]) {
+    /// Downward: payload (already counted against the window) for the stream of `rkey` on
+    /// tunnel `tkey`: written to its socket or queued, or kept while the target's name is
+    /// resolved.
+    pub fn deliver(&mut self, tkey: usize, rkey: usize, parts: &[&[u8]]) {
         match self.slab.get_mut(rkey).map(|e| &mut e.ep) {
-            Some(Endpoint::Relay(r)) => {
+            Some(Endpoint::Relay(r)) if r.tunnel == tkey => {
                 let written = r.write_or_queue(parts);
                 self.after_write(rkey, written);
             }
-            Some(Endpoint::Resolving(p)) => {
+            Some(Endpoint::Resolving(p)) if p.tunnel == tkey => {
                 for part in parts {
                     // Within the stream's window, which is the buffer's cap.
                     p.pending.push(part);
@@ -191,11 +186,10 @@ impl Core {
             self.pipes.put(pipe);
         }
         if n > 0 {
-            let queued = t.session.queued();
+            // Credit may be due, or the session may have ended trying to queue it: either
+            // way the flush at the end of the turn acts on it.
             t.session.delivered(r.id, n);
-            if t.session.queued() != queued {
-                mark(t, &mut self.dirty, r.tunnel);
-            }
+            t.mark_dirty(r.tunnel, &mut self.dirty);
         }
         self.shut_if_complete(rkey);
     }

@@ -271,11 +271,12 @@ impl Core {
     }
 
     pub fn mark_dirty(&mut self, tkey: usize) {
-        if let Some(t) = self.tunnel_mut(tkey)
-            && !t.dirty
+        if let Some(Entry {
+            ep: Endpoint::Tunnel(t),
+            ..
+        }) = self.slab.get_mut(tkey)
         {
-            t.dirty = true;
-            self.dirty.push(tkey);
+            t.mark_dirty(tkey, &mut self.dirty);
         }
     }
 
@@ -404,8 +405,10 @@ impl<R: Role> Reactor<R> {
 
     /// Hand the tunnels that ended to the role.
     fn settle(&mut self) {
-        while let Some(closed) = self.core.closed.pop() {
-            self.role.on_tunnel_closed(&mut self.core, closed);
+        while !self.core.closed.is_empty() {
+            for closed in std::mem::take(&mut self.core.closed) {
+                self.role.on_tunnel_closed(&mut self.core, closed);
+            }
         }
     }
 

@@ -60,6 +60,14 @@ impl Tunnel {
         }
     }
 
+    /// Queue this tunnel (slab key `key`) for the end-of-turn flush in `dirty`.
+    pub fn mark_dirty(&mut self, key: usize, dirty: &mut Vec<usize>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(key);
+        }
+    }
+
     /// One read into `rx`: `Ok((n, room))` with the bytes read and the room offered (a read
     /// that filled less than the room drained the socket). `Ok((0, _))` is end of stream.
     pub(crate) fn read_some(&mut self) -> io::Result<(usize, usize)> {

@@ -395,11 +395,6 @@ impl<H: Copy> Session<H> {
         }
     }
 
-    /// End the tunnel now for a reason the caller saw (an I/O error, say).
-    pub fn close(&mut self, reason: CloseReason) {
-        self.fail(reason);
-    }
-
     // ---- time ----
 
     /// When `handle_timeout` is next due.
@@ -465,6 +460,11 @@ impl<H: Copy> Session<H> {
 
     fn violation<T>(&mut self, why: String) -> Option<T> {
         self.fail(CloseReason::Violation(why));
+        None
+    }
+
+    fn malformed<T>(&mut self, why: String) -> Option<T> {
+        self.fail(CloseReason::Malformed(why));
         None
     }
 

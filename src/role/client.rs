@@ -40,6 +40,8 @@ pub struct ClientRole {
     tunnel: Option<usize>,
     /// Failed attempts since the last established tunnel.
     attempt: u32,
+    /// A server refused us since the last established tunnel: back off longer.
+    refused: bool,
     /// Identifies the current dial cycle; stale timers and resolutions carry an older one.
     epoch: u64,
     /// Server addresses still to try in this cycle.
@@ -63,6 +65,7 @@ pub fn run(cfg: ClientConfig) -> io::Result<()> {
         params,
         tunnel: None,
         attempt: 0,
+        refused: false,
         epoch: 0,
         candidates: Vec::new(),
         jitter: Jitter::new(),
@@ -121,11 +124,11 @@ impl ClientRole {
                 Err(e) => warn!("cannot connect to server {peer}: {e}"),
             }
         }
-        self.schedule_reconnect(core, false);
+        self.schedule_reconnect(core);
     }
 
-    fn schedule_reconnect(&mut self, core: &mut Core, refused: bool) {
-        if refused {
+    fn schedule_reconnect(&mut self, core: &mut Core) {
+        if std::mem::take(&mut self.refused) {
             self.attempt = self.attempt.max(REFUSED_MIN_ATTEMPT);
         }
         let exp = BACKOFF_FIRST.saturating_mul(1u32 << self.attempt.min(16));
@@ -143,40 +146,47 @@ impl ClientRole {
     /// a new endpoint would reuse.
     fn lost_server(&mut self, core: &mut Core, was_established: bool, refused: bool) {
         self.tunnel = None;
+        self.refused |= refused;
         if was_established {
             self.candidates.clear();
         }
         if self.candidates.is_empty() {
-            self.schedule_reconnect(core, refused);
+            self.schedule_reconnect(core);
         } else {
             core.schedule(core.now, TimerTarget::Role(self.epoch));
         }
     }
 
+    /// The connect to the server failed or timed out: try the next address.
+    fn dial_failed(&mut self, core: &mut Core, key: usize, peer: SocketAddr, reason: CloseReason) {
+        core.remove(key);
+        warn!("cannot connect to server {peer}: {reason}");
+        self.lost_server(core, false, false);
+    }
+
     /// The connect to the server finished: start the handshake on the same slab key, or
-    /// give up on this address.
-    fn dialed(&mut self, core: &mut Core, key: usize) {
+    /// give up on this address. `hung_up`: the event said the peer closed or failed.
+    fn dialed(&mut self, core: &mut Core, key: usize, hung_up: bool) {
         let Some(Endpoint::Dial(d)) = core.endpoint(key) else {
             return;
         };
         let peer = d.peer;
         let failure = match d.sock.take_error() {
-            Ok(Some(e)) | Err(e) => Some(CloseReason::ConnectFailed(e.to_string())),
+            Ok(Some(e)) | Err(e) => Some(e),
             Ok(None) => match d.sock.peer_addr() {
                 Ok(_) => None,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // not yet
-                Err(e) => Some(CloseReason::ConnectFailed(e.to_string())),
+                Err(e) => Some(e),
             },
         };
+        if let Some(e) = failure {
+            self.dial_failed(core, key, peer, CloseReason::ConnectFailed(e.to_string()));
+            return;
+        }
         let mut nonce = [0u8; NONCE_LEN];
-        let failure = failure.or_else(|| {
-            sys::random_bytes(&mut nonce)
-                .err()
-                .map(|e| CloseReason::Local(e.to_string()))
-        });
-        if let Some(reason) = failure {
+        if let Err(e) = sys::random_bytes(&mut nonce) {
             core.remove(key);
-            warn!("cannot connect to server {peer}: {reason}");
+            warn!("handshake with server {peer} failed: {e}");
             self.lost_server(core, false, false);
             return;
         }
@@ -187,6 +197,8 @@ impl ClientRole {
         let session = Session::client(Arc::clone(&self.params), nonce, core.now);
         let mut t = Tunnel::new(Transport::Plain(d.sock), peer, session);
         t.readable = true;
+        // The server may have sent its challenge and closed already: read on to the end.
+        t.read_closed_hint = hung_up;
         core.put_in_place(key, Endpoint::Tunnel(Box::new(t)));
         debug!("connected to server {peer}");
         core.schedule_tunnel_tick(key);
@@ -212,12 +224,7 @@ impl ClientRole {
         };
         let tgt = match refusal {
             Ok(tgt) => tgt,
-            Err(reason) => {
-                warn!("cannot connect to {target}: {reason}");
-                t.session.refuse_open(id, &reason);
-                core.mark_dirty(tkey);
-                return;
-            }
+            Err(reason) => return refuse(core, tkey, id, target, &reason),
         };
         match tgt.host {
             Host::Ip(ip) => {
@@ -305,7 +312,7 @@ impl ClientRole {
             }
             Err(e) => {
                 warn!("cannot connect to server: {e}");
-                self.schedule_reconnect(core, false);
+                self.schedule_reconnect(core);
             }
         }
     }
@@ -314,7 +321,7 @@ impl ClientRole {
 impl Role for ClientRole {
     fn on_connect(&mut self, core: &mut Core, key: usize, failed: bool) {
         match core.endpoint(key) {
-            Some(Endpoint::Dial(_)) => self.dialed(core, key),
+            Some(Endpoint::Dial(_)) => self.dialed(core, key, failed),
             Some(Endpoint::Relay(_)) => self.relay_connected(core, key, failed),
             _ => {}
         }
@@ -327,6 +334,7 @@ impl Role for ClientRole {
                     info!("tunnel up: server {} tag {}", t.peer, t.session.tag());
                 }
                 self.attempt = 0;
+                self.refused = false;
             }
             Event::TokenRequired => {
                 error!("the server requires a token: pass --token or set TCP_FORWARD_TOKEN");
@@ -360,13 +368,8 @@ impl Role for ClientRole {
         let now = core.now;
         match core.endpoint(key) {
             Some(Endpoint::Dial(d)) if d.deadline <= now => {
-                warn!(
-                    "cannot connect to server {}: {}",
-                    d.peer,
-                    CloseReason::ConnectTimeout
-                );
-                core.remove(key);
-                self.lost_server(core, false, false);
+                let peer = d.peer;
+                self.dial_failed(core, key, peer, CloseReason::ConnectTimeout);
             }
             Some(Endpoint::Relay(r))
                 if r.state == RelayState::Connecting && r.deadline.is_some_and(|d| d <= now) =>

@@ -250,7 +250,12 @@ impl ServerRole {
         };
         match core.new_relay(sock, spec) {
             Ok(key) => {
-                debug_assert_eq!(key, rkey);
+                // The key the session was given, unless the slab changed in between.
+                if key != rkey
+                    && let Some(t) = core.tunnel_mut(tkey)
+                {
+                    t.session.rebind(id, key);
+                }
                 debug!("stream {id}: visitor {peer} on port {port} -> {target}");
                 // A visitor that speaks first has often sent its request already: read it now
                 // so it leaves in the same tunnel write as the OPEN.

@@ -155,7 +155,9 @@ impl<H: Copy> Session<H> {
                         let (used, input) = self.start_payload(&buf[at..]);
                         return (at + used, input);
                     }
-                    Err(e) => self.fail(CloseReason::Malformed(format!("malformed frame: {e}"))),
+                    Err(e) => {
+                        self.malformed::<()>(format!("malformed frame: {e}"));
+                    }
                 },
             }
         }
@@ -331,10 +333,7 @@ impl<H: Copy> Session<H> {
         };
         let hello = match Hello::decode(payload) {
             Ok(h) => h,
-            Err(e) => {
-                self.fail(CloseReason::Malformed(format!("malformed HELLO: {e}")));
-                return None;
-            }
+            Err(e) => return self.malformed(format!("malformed HELLO: {e}")),
         };
         let token = params.token.as_deref();
         let refusal = if !hello
@@ -384,10 +383,7 @@ impl<H: Copy> Session<H> {
             (&Phase::AwaitChallenge { nonce }, Frame::Challenge(p)) => {
                 let ch = match Challenge::decode(p) {
                     Ok(ch) => ch,
-                    Err(e) => {
-                        self.fail(CloseReason::Malformed(format!("malformed CHALLENGE: {e}")));
-                        return None;
-                    }
+                    Err(e) => return self.malformed(format!("malformed CHALLENGE: {e}")),
                 };
                 let hello = Hello {
                     window: self.window,
@@ -413,10 +409,7 @@ impl<H: Copy> Session<H> {
             ) => {
                 let a = match Accept::decode(p) {
                     Ok(a) => a,
-                    Err(e) => {
-                        self.fail(CloseReason::Malformed(format!("malformed ACCEPT: {e}")));
-                        return None;
-                    }
+                    Err(e) => return self.malformed(format!("malformed ACCEPT: {e}")),
                 };
                 // With a token the server must prove it too: an impostor would otherwise get
                 // a client that connects wherever it is told, inside the private network.
