@@ -917,12 +917,15 @@ fn deliver_some(rng: &mut Rng, wire: &mut Vec<u8>, to: &mut App, now: Instant) {
 
 #[test]
 fn randomized_interleavings_keep_every_invariant() {
+    let mut resets = 0;
     for seed in 1..=200u64 {
-        run_random(seed);
+        resets += run_random(seed);
     }
+    assert!(resets > 20, "the runs include resets ({resets})");
 }
 
-fn run_random(seed: u64) {
+/// One randomized run; returns how many streams were reset in it.
+fn run_random(seed: u64) -> usize {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let window = [64, 1000, 4096, 70_000][rng.below(4)] as u32;
     let mut p = Pair::established(window);
@@ -942,6 +945,7 @@ fn run_random(seed: u64) {
     let mut ids: Vec<u32> = plan.keys().copied().collect();
     ids.sort();
     let mut checked: [HashMap<u32, usize>; 2] = [HashMap::new(), HashMap::new()];
+    let mut reset: HashSet<u32> = HashSet::new();
     for _step in 0..5_000 {
         let id = ids[rng.below(ids.len())];
         match rng.below(8) {
@@ -985,6 +989,16 @@ fn run_random(seed: u64) {
             }
             // Time passes (pings), well within the heartbeat.
             5 => p.advance(Duration::from_millis(rng.below(500) as u64)),
+            // Now and then a side aborts a stream.
+            6 if rng.below(40) == 0 => {
+                let app = if rng.below(2) == 0 {
+                    &mut p.server
+                } else {
+                    &mut p.client
+                };
+                app.s.reset(id, "aborted");
+                reset.insert(id);
+            }
             _ => {}
         }
         // Invariants after every step (bytes checked once each, as they arrive).
@@ -1040,6 +1054,14 @@ fn run_random(seed: u64) {
         }
     }
     for &id in &ids {
+        if reset.contains(&id) {
+            // What arrived was checked in order as it came; the stream is gone both ways.
+            assert!(
+                p.server.s.stage(id).is_none() && p.client.s.stage(id).is_none(),
+                "seed {seed}: reset stream {id} ended on both sides"
+            );
+            continue;
+        }
         let [(a, _), (b, _)] = &plan[&id];
         assert_eq!(
             p.client.got.get(&id).map_or(&[][..], |v| v),
@@ -1062,4 +1084,5 @@ fn run_random(seed: u64) {
     }
     assert_eq!(p.server.closed(), None);
     assert_eq!(p.client.closed(), None);
+    reset.len()
 }
