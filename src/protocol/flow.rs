@@ -16,14 +16,20 @@ pub enum Half {
     Finished,
 }
 
+/// A tunnel's two receive windows per stream, announced in the handshake. They are the same
+/// for every stream of the tunnel, so they are kept once, not in every stream's `Flow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    /// The peer's: our credit can never exceed it.
+    pub send: u32,
+    /// Ours.
+    pub recv: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Flow {
     /// Bytes we may still send.
     send_credit: u32,
-    /// The peer's receive window: our credit can never exceed it.
-    send_window: u32,
-    /// Our receive window.
-    recv_window: u32,
     /// Bytes received and not yet returned as credit (delivered or still buffered).
     recv_in_flight: u32,
     /// Of those, bytes delivered to the destination but not yet announced as credit.
@@ -35,11 +41,9 @@ pub struct Flow {
 }
 
 impl Flow {
-    pub fn new(send_window: u32, recv_window: u32) -> Flow {
+    pub fn new(w: Windows) -> Flow {
         Flow {
-            send_credit: send_window,
-            send_window,
-            recv_window,
+            send_credit: w.send,
             recv_in_flight: 0,
             delivered_unannounced: 0,
             send: Half::Open,
@@ -63,9 +67,9 @@ impl Flow {
     }
 
     /// The peer granted `n` more bytes.
-    pub fn on_credit(&mut self, n: u32) -> Result<(), Violation> {
+    pub fn on_credit(&mut self, n: u32, w: Windows) -> Result<(), Violation> {
         match self.send_credit.checked_add(n) {
-            Some(c) if c <= self.send_window => {
+            Some(c) if c <= w.send => {
                 self.send_credit = c;
                 Ok(())
             }
@@ -74,12 +78,12 @@ impl Flow {
     }
 
     /// The peer sent `n` bytes of data.
-    pub fn on_received(&mut self, n: usize) -> Result<(), Violation> {
+    pub fn on_received(&mut self, n: usize, w: Windows) -> Result<(), Violation> {
         if !self.may_recv() {
             return Err("data after FIN");
         }
         let total = self.recv_in_flight as usize + n;
-        if total > self.recv_window as usize {
+        if total > w.recv as usize {
             return Err("data beyond the stream's window");
         }
         self.recv_in_flight = total as u32;
@@ -88,10 +92,10 @@ impl Flow {
 
     /// `n` received bytes reached the destination. Returns the credit to announce, if a
     /// batch is due.
-    pub fn on_delivered(&mut self, n: usize) -> Option<u32> {
+    pub fn on_delivered(&mut self, n: usize, w: Windows) -> Option<u32> {
         debug_assert!(self.delivered_unannounced as usize + n <= self.recv_in_flight as usize);
         self.delivered_unannounced += n as u32;
-        if self.delivered_unannounced >= (self.recv_window / 4).max(1) {
+        if self.delivered_unannounced >= (w.recv / 4).max(1) {
             let credit = self.delivered_unannounced;
             self.recv_in_flight -= credit;
             self.delivered_unannounced = 0;
@@ -144,48 +148,56 @@ impl Flow {
 mod tests {
     use super::*;
 
+    fn both(n: u32) -> Windows {
+        Windows { send: n, recv: n }
+    }
+
     #[test]
     fn sender_stops_at_the_window_and_resumes_on_credit() {
-        let mut f = Flow::new(100, 100);
+        let w = both(100);
+        let mut f = Flow::new(w);
         assert_eq!(f.send_credit(), 100);
         f.on_sent(60);
         f.on_sent(40);
         assert_eq!(f.send_credit(), 0);
-        f.on_credit(25).unwrap();
+        f.on_credit(25, w).unwrap();
         assert_eq!(f.send_credit(), 25);
         assert!(
-            f.on_credit(76).is_err(),
+            f.on_credit(76, w).is_err(),
             "credit past the window is a violation"
         );
-        assert!(f.on_credit(u32::MAX).is_err());
+        assert!(f.on_credit(u32::MAX, w).is_err());
     }
 
     #[test]
     fn receiver_enforces_its_window() {
-        let mut f = Flow::new(100, 100);
-        f.on_received(100).unwrap();
-        assert!(f.on_received(1).is_err());
+        let w = both(100);
+        let mut f = Flow::new(w);
+        f.on_received(100, w).unwrap();
+        assert!(f.on_received(1, w).is_err());
     }
 
     #[test]
     fn credit_is_returned_in_quarter_window_batches() {
-        let mut f = Flow::new(1000, 1000);
-        f.on_received(1000).unwrap();
-        assert_eq!(f.on_delivered(100), None);
-        assert_eq!(f.on_delivered(100), None);
-        assert_eq!(f.on_delivered(50), Some(250));
+        let w = both(1000);
+        let mut f = Flow::new(w);
+        f.on_received(1000, w).unwrap();
+        assert_eq!(f.on_delivered(100, w), None);
+        assert_eq!(f.on_delivered(100, w), None);
+        assert_eq!(f.on_delivered(50, w), Some(250));
         assert_eq!(f.undelivered(), 750);
         // The freed window can be filled again, and no more.
-        f.on_received(250).unwrap();
-        assert!(f.on_received(1).is_err());
+        f.on_received(250, w).unwrap();
+        assert!(f.on_received(1, w).is_err());
     }
 
     #[test]
     fn two_peers_move_a_large_transfer_without_exceeding_the_window() {
         // Sender A, receiver B, a window of 64 KiB, destination takes 3000 bytes per turn.
         let window = 65536;
-        let mut a = Flow::new(window, window);
-        let mut b = Flow::new(window, window);
+        let w = both(window);
+        let mut a = Flow::new(w);
+        let mut b = Flow::new(w);
         let (mut sent, mut delivered, total) = (0usize, 0usize, 10_000_000usize);
         let mut in_flight: Vec<usize> = Vec::new();
         for _ in 0..1_000_000 {
@@ -195,15 +207,15 @@ mod tests {
             let n = a.send_credit().min(16384).min(total - sent);
             if n > 0 {
                 a.on_sent(n);
-                b.on_received(n).unwrap();
+                b.on_received(n, w).unwrap();
                 in_flight.push(n);
                 sent += n;
             }
             let d = b.undelivered().min(3000);
             if d > 0 {
                 delivered += d;
-                if let Some(c) = b.on_delivered(d) {
-                    a.on_credit(c).unwrap();
+                if let Some(c) = b.on_delivered(d, w) {
+                    a.on_credit(c, w).unwrap();
                 }
             }
             assert!(b.undelivered() <= window as usize);
@@ -213,19 +225,20 @@ mod tests {
 
     #[test]
     fn half_close_in_either_order() {
-        let mut f = Flow::new(10, 10);
+        let w = both(10);
+        let mut f = Flow::new(both(10));
         f.on_fin_sent();
         assert_eq!(f.send_credit(), 0, "nothing may be sent after our FIN");
         assert!(!f.is_done());
-        f.on_received(5).unwrap();
+        f.on_received(5, w).unwrap();
         f.on_fin_received().unwrap();
         assert!(!f.is_done(), "received data is not delivered yet");
-        f.on_delivered(5);
+        f.on_delivered(5, w);
         assert!(f.is_done());
 
-        let mut g = Flow::new(10, 10);
+        let mut g = Flow::new(both(10));
         g.on_fin_received().unwrap();
-        assert!(g.on_received(1).is_err(), "data after FIN");
+        assert!(g.on_received(1, w).is_err(), "data after FIN");
         assert!(g.on_fin_received().is_err(), "second FIN");
         assert_eq!(g.send_credit(), 10, "the other direction still flows");
         g.on_fin_sent();

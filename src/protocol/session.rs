@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::close::CloseReason;
-use super::flow::Flow;
+use super::flow::{Flow, Windows};
 use super::frame::{Frame, kind};
 use super::handshake::{self, Challenge, NONCE_LEN};
 use super::streams::Streams;
@@ -151,8 +151,8 @@ pub struct Session<H> {
     rx: Rx,
     streams: Streams<Stream<H>>,
     /// Our receive window per stream, and the peer's.
-    window: u32,
-    peer_window: u32,
+    /// Per stream: the peer's receive window (`send`, from the handshake) and ours.
+    windows: Windows,
     tag: String,
     out: Out,
     since: Instant,
@@ -170,8 +170,10 @@ impl<H: Copy> Session<H> {
             attached: false,
             rx: Rx::Preamble,
             streams: Streams::new(0),
-            window,
-            peer_window: 0,
+            windows: Windows {
+                send: 0,
+                recv: window,
+            },
             tag: String::new(),
             out: Out {
                 tx: Buf::new(TX_CAP),
@@ -365,8 +367,9 @@ impl<H: Copy> Session<H> {
         if n == 0 {
             return;
         }
+        let w = self.windows;
         if let Some(s) = self.streams.get_mut(id)
-            && let Some(credit) = s.flow.on_delivered(n)
+            && let Some(credit) = s.flow.on_delivered(n, w)
         {
             self.queue_small(kind::CREDIT, id, &credit.to_be_bytes());
         }
@@ -446,7 +449,7 @@ impl<H: Copy> Session<H> {
     fn new_stream(&self, handle: H, stage: Stage) -> Stream<H> {
         Stream {
             handle,
-            flow: Flow::new(self.peer_window, self.window),
+            flow: Flow::new(self.windows),
             stage,
         }
     }

@@ -6,9 +6,14 @@
 
 use std::collections::HashMap;
 
+use slab::Slab;
+
+/// Ids map to slots of a dense slab: the hashed index holds 8 bytes a stream, the state
+/// lives unhashed, so a tunnel's table stays small as it grows to thousands of streams.
 #[derive(Debug)]
 pub struct Streams<V> {
-    map: HashMap<u32, V>,
+    index: HashMap<u32, u32>,
+    slots: Slab<V>,
     next_id: u32,
     max: usize,
 }
@@ -25,18 +30,19 @@ pub enum AddError {
 impl<V> Streams<V> {
     pub fn new(max: usize) -> Streams<V> {
         Streams {
-            map: HashMap::new(),
+            index: HashMap::new(),
+            slots: Slab::new(),
             next_id: 1,
             max,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.slots.is_empty()
     }
 
     pub fn set_max(&mut self, max: usize) {
@@ -49,15 +55,15 @@ impl<V> Streams<V> {
 
     /// Allocate a fresh id for `value` (server side).
     pub fn open(&mut self, value: V) -> Result<u32, AddError> {
-        if self.map.len() >= self.max {
+        if self.len() >= self.max {
             return Err(AddError::Full);
         }
         // `max` is far below 2^32, so a free id is found within `max + 1` steps.
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-            if let std::collections::hash_map::Entry::Vacant(e) = self.map.entry(id) {
-                e.insert(value);
+            if !self.index.contains_key(&id) {
+                self.insert(id, value);
                 return Ok(id);
             }
         }
@@ -65,39 +71,51 @@ impl<V> Streams<V> {
 
     /// Register an id chosen by the peer (client side).
     pub fn accept(&mut self, id: u32, value: V) -> Result<(), AddError> {
-        if self.map.contains_key(&id) {
+        if self.index.contains_key(&id) {
             return Err(AddError::InUse);
         }
-        if self.map.len() >= self.max {
+        if self.len() >= self.max {
             return Err(AddError::Full);
         }
-        self.map.insert(id, value);
+        self.insert(id, value);
         Ok(())
     }
 
+    fn insert(&mut self, id: u32, value: V) {
+        // Slots number at most `max`, which the configuration keeps far below 2^32.
+        let slot = self.slots.insert(value);
+        self.index.insert(id, slot as u32);
+    }
+
     pub fn get(&self, id: u32) -> Option<&V> {
-        self.map.get(&id)
+        let &slot = self.index.get(&id)?;
+        self.slots.get(slot as usize)
     }
 
     pub fn get_mut(&mut self, id: u32) -> Option<&mut V> {
-        self.map.get_mut(&id)
+        let &slot = self.index.get(&id)?;
+        self.slots.get_mut(slot as usize)
     }
 
     pub fn contains(&self, id: u32) -> bool {
-        self.map.contains_key(&id)
+        self.index.contains_key(&id)
     }
 
     pub fn remove(&mut self, id: u32) -> Option<V> {
-        self.map.remove(&id)
+        let slot = self.index.remove(&id)?;
+        self.slots.try_remove(slot as usize)
     }
 
     /// Remove every stream, returning their values.
     pub fn drain(&mut self) -> Vec<V> {
-        self.map.drain().map(|(_, v)| v).collect()
+        self.index.clear();
+        self.slots.drain().collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u32, &V)> {
-        self.map.iter().map(|(&id, v)| (id, v))
+        self.index
+            .iter()
+            .filter_map(|(&id, &slot)| Some((id, self.slots.get(slot as usize)?)))
     }
 }
 

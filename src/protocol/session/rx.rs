@@ -186,11 +186,12 @@ impl<H: Copy> Session<H> {
 
     fn on_data<'a>(&mut self, id: u32, parts: Parts<'a>) -> Option<Input<'a, H>> {
         // A stream we already closed: its last frames may still be in flight.
+        let w = self.windows;
         let s = self.streams.get_mut(id)?;
         if s.stage == Stage::Opening {
             return self.violation(format!("stream {id}: data before OPEN_OK"));
         }
-        if let Err(v) = s.flow.on_received(parts.total()) {
+        if let Err(v) = s.flow.on_received(parts.total(), w) {
             return self.violation(format!("stream {id}: {v}"));
         }
         let handle = s.handle;
@@ -208,13 +209,14 @@ impl<H: Copy> Session<H> {
         if header_len != LONG_HEADER_LEN || len - here < STREAM_IN_MIN || !self.is_established() {
             return (0, Input::NeedMore);
         }
+        let w = self.windows;
         let Some(s) = self.streams.get_mut(id) else {
             return (0, Input::NeedMore);
         };
         if s.stage != Stage::Open {
             return (0, Input::NeedMore); // decoded whole, with the usual checks
         }
-        if let Err(v) = s.flow.on_received(len) {
+        if let Err(v) = s.flow.on_received(len, w) {
             self.fail(CloseReason::Violation(format!("stream {id}: {v}")));
             return (0, Input::NeedMore);
         }
@@ -247,8 +249,9 @@ impl<H: Copy> Session<H> {
             // Decoded with its neighbours in `handle_rx`.
             Frame::Data { .. } => None,
             Frame::Credit { id, bytes } => {
+                let w = self.windows;
                 let s = self.streams.get_mut(id)?;
-                if let Err(v) = s.flow.on_credit(bytes) {
+                if let Err(v) = s.flow.on_credit(bytes, w) {
                     return self.violation(format!("stream {id}: {v}"));
                 }
                 let handle = s.handle;
@@ -361,7 +364,7 @@ impl<H: Copy> Session<H> {
         self.establish(now, params.heartbeat, hello.window, params.max_streams);
         self.tag = hello.tag.to_string();
         let accept = Accept {
-            window: self.window,
+            window: self.windows.recv,
             max_streams: params.max_streams as u32,
             heartbeat_ms: params.heartbeat.as_millis() as u32,
             proof: token.map(|t| handshake::server_proof(t, &hello.nonce, &nonce, hello.tag)),
@@ -386,7 +389,7 @@ impl<H: Copy> Session<H> {
                     Err(e) => return self.malformed(format!("malformed CHALLENGE: {e}")),
                 };
                 let hello = Hello {
-                    window: self.window,
+                    window: self.windows.recv,
                     tag,
                     nonce,
                     proof: token.map(|t| handshake::proof(t, &ch.nonce, tag)),
@@ -440,7 +443,7 @@ impl<H: Copy> Session<H> {
     fn establish(&mut self, now: Instant, heartbeat: Duration, peer_window: u32, max: usize) {
         self.phase = Phase::Established;
         self.attached = true;
-        self.peer_window = peer_window;
+        self.windows.send = peer_window;
         self.streams.set_max(max);
         self.last_rx = now;
         self.ping_interval = heartbeat;
