@@ -5,7 +5,7 @@
 //!   over a transport that allows it is spliced into a pipe instead, and the session queues
 //!   only the header.
 //! - **Downward** ([`Core::deliver`], [`Core::relay_writable`], and the splice in
-//!   `tunnel.rs`): the tunnel's payloads to the stream's socket, written straight from the
+//!   `drive.rs`): the tunnel's payloads to the stream's socket, written straight from the
 //!   read buffer or the pipe, buffering only what the socket refuses. Every write ends in
 //!   [`Core::after_write`]: credit returned, write half shut once the peer's FIN is
 //!   delivered, the stream reaped once both directions are over, or a reset on failure.

@@ -7,7 +7,7 @@
 //! 1. events set readiness flags and do the work they allow: a relay reads straight into
 //!    its tunnel's output queue behind reserved frame headers; a tunnel reads a batch of
 //!    frames and writes each payload straight to its relay's socket, buffering only what
-//!    the socket refuses (see `pump.rs` and `tunnel.rs`);
+//!    the socket refuses (see `pump.rs` and `drive.rs`);
 //! 2. relays that could read more are queued and get one more read per turn, round-robin,
 //!    so a bulk stream cannot starve an interactive one;
 //! 3. every tunnel written to in this turn is flushed once: many streams' frames leave in
