@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use log::debug;
 
-use crate::net::reactor::{ClosedTunnel, Core, Endpoint, Role, relay_and_tunnel};
+use crate::net::pump::SpliceIn;
+use crate::net::reactor::{ClosedTunnel, Core, Endpoint, Role};
 use crate::net::sys;
 use crate::net::tunnel::Tunnel;
 use crate::protocol::CloseReason;
@@ -17,16 +18,6 @@ const TUNNEL_READ_BUDGET: usize = 1024 * 1024;
 /// A tunnel's buffers are returned this long after they last drained (and refilled on
 /// demand): a burst leaves no memory behind, a busy tunnel reallocates once per interval.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
-
-/// How a splice of a long payload went.
-enum SpliceIn {
-    /// This many bytes moved.
-    Moved(usize),
-    /// The tunnel has nothing more to read now, or it closed.
-    Stop,
-    /// Read the payload the plain way this time.
-    Copy,
-}
 
 impl Core {
     /// Add a tunnel endpoint; its first frames (if any) go out at the end of the turn.
@@ -139,62 +130,6 @@ impl Core {
         // The session's deadlines move with its phase (a completed handshake, say).
         if !self.close_if_ended(key) {
             self.schedule_tunnel_tick(key);
-        }
-    }
-
-    /// Move the long payload in progress from the tunnel's socket into its stream's pipe
-    /// and on to the stream's socket, without copying it through memory of ours.
-    fn splice_in(&mut self, tkey: usize, rkey: usize, remaining: usize) -> SpliceIn {
-        let now = self.now;
-        let Some((r, t)) = relay_and_tunnel(&mut self.slab, rkey) else {
-            return SpliceIn::Copy; // not a connected relay: its bytes are read the plain way
-        };
-        if r.tunnel != tkey || r.splice_off || !r.pending.is_empty() {
-            return SpliceIn::Copy;
-        }
-        let Some(sock) = t.transport.splice_socket() else {
-            return SpliceIn::Copy;
-        };
-        if r.pipe.is_none() {
-            let Some(pipe) = self.pipes.take(now) else {
-                return SpliceIn::Copy;
-            };
-            r.pipe = Some(pipe);
-        }
-        let Some(pipe) = &r.pipe else {
-            return SpliceIn::Copy;
-        };
-        match pipe.fill_from(sock, remaining) {
-            Ok(0) => {
-                self.close_tunnel(tkey, CloseReason::PeerClosed);
-                SpliceIn::Stop
-            }
-            Ok(n) => {
-                t.bytes_in += n as u64;
-                t.session.payload_spliced(n, now);
-                r.piped += n;
-                // The next read stops after a long header, so that its payload can follow
-                // this one through the pipe.
-                t.header_only = n == remaining;
-                let written = r.flush_pipe();
-                self.after_write(rkey, written);
-                SpliceIn::Moved(n)
-            }
-            // Nothing to read, or the pipe is full (a pipe holds fewer bytes than its size
-            // when the socket's buffers are small): a plain read tells which.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if r.piped == 0 {
-                    t.readable = false;
-                    SpliceIn::Stop
-                } else {
-                    SpliceIn::Copy
-                }
-            }
-            Err(e) => {
-                debug!("stream {}: splice failed, copying: {e}", r.id);
-                r.splice_off = true;
-                SpliceIn::Copy
-            }
         }
     }
 

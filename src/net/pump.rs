@@ -4,8 +4,8 @@
 //!   straight into the session's output queue behind a reserved DATA header; a bulk stream
 //!   over a transport that allows it is spliced into a pipe instead, and the session queues
 //!   only the header.
-//! - **Downward** ([`Core::deliver`], [`Core::relay_writable`], and the splice in
-//!   `drive.rs`): the tunnel's payloads to the stream's socket, written straight from the
+//! - **Downward** ([`Core::deliver`], [`Core::relay_writable`], [`Core::splice_in`]): the
+//!   tunnel's payloads to the stream's socket, written straight from the
 //!   read buffer or the pipe, buffering only what the socket refuses. Every write ends in
 //!   [`Core::after_write`]: credit returned, write half shut once the peer's FIN is
 //!   delivered, the stream reaped once both directions are over, or a reset on failure.
@@ -18,6 +18,7 @@ use crate::net::reactor::{Core, Endpoint, relay_and_tunnel};
 use crate::net::relay::RelayState;
 use crate::net::sys;
 use crate::net::tunnel::Tunnel;
+use crate::protocol::CloseReason;
 use crate::protocol::frame::MAX_LONG_PAYLOAD;
 
 /// A stream's reads are spliced once one filled its request and at least this much credit
@@ -29,6 +30,16 @@ fn block(t: &mut Tunnel, rkey: usize) {
     if !t.blocked.contains(&rkey) {
         t.blocked.push(rkey);
     }
+}
+
+/// How a splice of a long payload went.
+pub(crate) enum SpliceIn {
+    /// This many bytes moved.
+    Moved(usize),
+    /// The tunnel has nothing more to read now, or it closed.
+    Stop,
+    /// Read the payload the plain way this time.
+    Copy,
 }
 
 impl Core {
@@ -163,6 +174,62 @@ impl Core {
         }
         let written = r.flush_pending();
         self.after_write(rkey, written);
+    }
+
+    /// Move the long payload in progress from the tunnel's socket into its stream's pipe
+    /// and on to the stream's socket, without copying it through memory of ours.
+    pub(crate) fn splice_in(&mut self, tkey: usize, rkey: usize, remaining: usize) -> SpliceIn {
+        let now = self.now;
+        let Some((r, t)) = relay_and_tunnel(&mut self.slab, rkey) else {
+            return SpliceIn::Copy; // not a connected relay: its bytes are read the plain way
+        };
+        if r.tunnel != tkey || r.splice_off || !r.pending.is_empty() {
+            return SpliceIn::Copy;
+        }
+        let Some(sock) = t.transport.splice_socket() else {
+            return SpliceIn::Copy;
+        };
+        if r.pipe.is_none() {
+            let Some(pipe) = self.pipes.take(now) else {
+                return SpliceIn::Copy;
+            };
+            r.pipe = Some(pipe);
+        }
+        let Some(pipe) = &r.pipe else {
+            return SpliceIn::Copy;
+        };
+        match pipe.fill_from(sock, remaining) {
+            Ok(0) => {
+                self.close_tunnel(tkey, CloseReason::PeerClosed);
+                SpliceIn::Stop
+            }
+            Ok(n) => {
+                t.bytes_in += n as u64;
+                t.session.payload_spliced(n, now);
+                r.piped += n;
+                // The next read stops after a long header, so that its payload can follow
+                // this one through the pipe.
+                t.header_only = n == remaining;
+                let written = r.flush_pipe();
+                self.after_write(rkey, written);
+                SpliceIn::Moved(n)
+            }
+            // Nothing to read, or the pipe is full (a pipe holds fewer bytes than its size
+            // when the socket's buffers are small): a plain read tells which.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if r.piped == 0 {
+                    t.readable = false;
+                    SpliceIn::Stop
+                } else {
+                    SpliceIn::Copy
+                }
+            }
+            Err(e) => {
+                debug!("stream {}: splice failed, copying: {e}", r.id);
+                r.splice_off = true;
+                SpliceIn::Copy
+            }
+        }
     }
 
     /// What follows every write to a relay's socket.
