@@ -1,7 +1,8 @@
 //! Name resolution off the event loop. `getaddrinfo` blocks, so a small fixed pool of worker
 //! threads does it and hands results back through a channel and a `mio::Waker`. The pool is
-//! bounded (two threads); requests queue behind a slow resolver, and each requester has its
-//! own deadline on the loop, so a hung name server delays only the streams that need it.
+//! bounded (two threads) and starts with the first request; requests queue behind a slow
+//! resolver, and each requester has its own deadline on the loop, so a hung name server
+//! delays only the streams that need it.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -13,21 +14,71 @@ use mio::Waker;
 /// Who asked: a slab key and the generation of the endpoint that was there.
 pub type Ticket = (usize, u64);
 
+type Request = (Ticket, String, u16);
+type Answer = (Ticket, Result<Vec<SocketAddr>, String>);
+
 pub struct Resolver {
-    requests: Sender<(Ticket, String, u16)>,
-    results: Receiver<(Ticket, Result<Vec<SocketAddr>, String>)>,
+    requests: Sender<Request>,
+    results: Receiver<Answer>,
+    /// What the workers need, until the first request starts them: a process that never
+    /// resolves a name (a server, a client of IP targets) runs no extra thread.
+    idle: Option<Workers>,
+}
+
+struct Workers {
+    threads: usize,
+    requests: Arc<Mutex<Receiver<Request>>>,
+    results: Sender<Answer>,
+    waker: Arc<Waker>,
 }
 
 impl Resolver {
     pub fn new(waker: Arc<Waker>, threads: usize) -> std::io::Result<Resolver> {
-        let (req_tx, req_rx) = channel::<(Ticket, String, u16)>();
+        let (req_tx, req_rx) = channel::<Request>();
         let (res_tx, res_rx) = channel();
-        let req_rx = Arc::new(Mutex::new(req_rx));
-        for i in 0..threads {
-            let req_rx = Arc::clone(&req_rx);
-            let res_tx = res_tx.clone();
-            let waker = Arc::clone(&waker);
-            thread::Builder::new()
+        Ok(Resolver {
+            requests: req_tx,
+            results: res_rx,
+            idle: Some(Workers {
+                threads,
+                requests: Arc::new(Mutex::new(req_rx)),
+                results: res_tx,
+                waker,
+            }),
+        })
+    }
+
+    pub fn submit(&mut self, ticket: Ticket, host: &str, port: u16) {
+        if let Some(workers) = self.idle.take()
+            && let Err(e) = workers.start()
+        {
+            // No worker: the request fails now, through the usual path.
+            let _ = workers
+                .results
+                .send((ticket, Err(format!("cannot start name resolution: {e}"))));
+            let _ = workers.waker.wake();
+            self.idle = Some(workers);
+            return;
+        }
+        let _ = self.requests.send((ticket, host.to_owned(), port));
+    }
+
+    /// Results that are ready, without blocking.
+    pub fn ready(&self) -> impl Iterator<Item = Answer> + '_ {
+        self.results.try_iter()
+    }
+}
+
+impl Workers {
+    /// Start the worker threads; Ok when at least one runs.
+    fn start(&self) -> std::io::Result<()> {
+        let mut failure = None;
+        let mut started = 0;
+        for i in 0..self.threads {
+            let req_rx = Arc::clone(&self.requests);
+            let res_tx = self.results.clone();
+            let waker = Arc::clone(&self.waker);
+            let spawned = thread::Builder::new()
                 .name(format!("resolver-{i}"))
                 .spawn(move || {
                     loop {
@@ -44,21 +95,16 @@ impl Resolver {
                         }
                         let _ = waker.wake();
                     }
-                })?;
+                });
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => failure = Some(e),
+            }
         }
-        Ok(Resolver {
-            requests: req_tx,
-            results: res_rx,
-        })
-    }
-
-    pub fn submit(&self, ticket: Ticket, host: &str, port: u16) {
-        let _ = self.requests.send((ticket, host.to_owned(), port));
-    }
-
-    /// Results that are ready, without blocking.
-    pub fn ready(&self) -> impl Iterator<Item = (Ticket, Result<Vec<SocketAddr>, String>)> + '_ {
-        self.results.try_iter()
+        match failure {
+            Some(e) if started == 0 => Err(e),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -73,5 +119,37 @@ fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
             }
         }
         Err(e) => Err(format!("cannot resolve {host}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// No thread runs until a name is asked for; then the answer comes back through the
+    /// waker, like any other event of the loop.
+    #[test]
+    fn workers_start_with_the_first_request() {
+        let mut poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(7)).expect("waker"));
+        let mut resolver = Resolver::new(waker, 2).expect("resolver");
+        assert!(resolver.idle.is_some(), "nothing started yet");
+        resolver.submit((3, 9), "localhost", 22);
+        assert!(resolver.idle.is_none(), "started by the request");
+        let mut events = mio::Events::with_capacity(4);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            if let Some(answer) = resolver.ready().next() {
+                break answer;
+            }
+            assert!(Instant::now() < deadline, "no answer in time");
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .expect("poll");
+        };
+        let (ticket, result) = answer;
+        assert_eq!(ticket, (3, 9));
+        let addrs = result.expect("localhost resolves");
+        assert!(addrs.iter().all(|a| a.port() == 22 && a.ip().is_loopback()));
     }
 }
