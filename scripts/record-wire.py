@@ -1011,6 +1011,15 @@ def missing_token(s):
     s.proxy.wait_closed()
 
 
+def hang_up_after_peer(s, sock):
+    """Read the stand-in side's socket to the real side's close, then close it too."""
+    while sock.recv(4096):
+        pass
+    sock.shutdown(socket.SHUT_WR)
+    s.proxy.wait_closed()
+    sock.close()
+
+
 @scenario
 def old_version_client(s):
     """A client speaking version 1 is refused, naming both versions."""
@@ -1020,11 +1029,7 @@ def old_version_client(s):
     s.frame_seen("s>c", "CHALLENGE")
     sock.sendall(MAGIC + struct.pack(">H", 1))
     s.frame_seen("s>c", "REFUSE")
-    while sock.recv(4096):
-        pass
-    sock.shutdown(socket.SHUT_WR)
-    s.proxy.wait_closed()
-    sock.close()
+    hang_up_after_peer(s, sock)
 
 
 @scenario
@@ -1036,11 +1041,7 @@ def new_version_server(s):
     sock = s.run_fake_server()
     sock.sendall(MAGIC + struct.pack(">H", 3))
     s.frame_seen("c>s", "REFUSE")
-    while sock.recv(4096):
-        pass
-    sock.shutdown(socket.SHUT_WR)
-    s.proxy.wait_closed()
-    sock.close()
+    hang_up_after_peer(s, sock)
 
 
 @scenario
@@ -1051,11 +1052,7 @@ def not_a_peer(s):
     sock = s.run_fake_client()
     s.frame_seen("s>c", "CHALLENGE")
     sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
-    while sock.recv(4096):
-        pass
-    sock.shutdown(socket.SHUT_WR)
-    s.proxy.wait_closed()
-    sock.close()
+    hang_up_after_peer(s, sock)
 
 
 @scenario
