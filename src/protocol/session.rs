@@ -253,11 +253,6 @@ impl<H: Copy> Session<H> {
         self.is_established() && self.streams.len() < self.streams.max()
     }
 
-    /// The application's handle of stream `id`.
-    pub fn handle(&self, id: u32) -> Option<H> {
-        self.streams.get(id).map(|s| s.handle)
-    }
-
     pub fn stage(&self, id: u32) -> Option<Stage> {
         self.streams.get(id).map(|s| s.stage)
     }
@@ -440,7 +435,7 @@ impl<H: Copy> Session<H> {
     }
 
     /// Silence after which the tunnel is declared dead.
-    pub fn dead_after(&self) -> Duration {
+    fn dead_after(&self) -> Duration {
         self.ping_interval * DEAD_AFTER_PINGS
     }
 
