@@ -113,6 +113,7 @@ fn mux_transfer(streams: usize, total: usize) -> usize {
     let now = Instant::now();
     let sp = Arc::new(ServerParams {
         token: Some(b"bench".to_vec()),
+        require_tls: false,
         max_streams: streams,
         heartbeat: Duration::from_secs(10),
         window: STREAM_WINDOW,

@@ -1,4 +1,4 @@
-//! Command line: `server`, `client` and `bench`, parsed with clap's derive API.
+//! Command line: `server`, `client`, `cert` and `bench`, parsed with clap's derive API.
 //!
 //! The positional names (`cfg_file`, `server_ip`, `server_port`) are those of the original
 //! tcp-forward, so its users find the same usage text.
@@ -26,6 +26,9 @@ pub enum Command {
     Server(ServerArgs),
     /// Run inside the private network: keep a tunnel to the server and dial inner targets.
     Client(ClientArgs),
+    /// Write a new key and self-signed certificate (tcp-forward.key, tcp-forward.crt) for
+    /// the server's TLS_KEY and TLS_CERT, and print the fingerprint clients can pin.
+    Cert(CertArgs),
     /// Measure the tunnel against direct loopback on this machine and print a table.
     Bench(crate::bench::BenchArgs),
 }
@@ -56,8 +59,30 @@ pub struct ClientArgs {
     /// Shared secret proving this client to the server (or set TCP_FORWARD_TOKEN)
     #[arg(long, env = "TCP_FORWARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Encrypt the tunnel with TLS 1.3: on or off (the server's TLS must match) [default: on]
+    #[arg(long, value_name = "on|off")]
+    pub tls: Option<String>,
+    /// Verify the server's certificate chain against this CA bundle (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// The name the server's certificate must carry under --ca [default: server_ip]
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// Accept only a server certificate with this SHA-256 fingerprint (hex, colons allowed)
+    #[arg(long, value_name = "HEX")]
+    pub fingerprint: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// folder to write tcp-forward.key (mode 0600) and tcp-forward.crt into
+    #[arg(value_name = "dir")]
+    pub dir: PathBuf,
+    /// A name for the certificate (host name or IP address); repeat for more
+    #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_string()])]
+    pub names: Vec<String>,
 }
 
 impl ClientArgs {
@@ -69,6 +94,10 @@ impl ClientArgs {
             config: self.config.clone(),
             tag: self.tag.clone(),
             token: self.token.clone(),
+            tls: self.tls.clone(),
+            ca: self.ca.clone(),
+            server_name: self.server_name.clone(),
+            fingerprint: self.fingerprint.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - `protocol`: pure code: frames, handshake, flow control, the tunnel engine (`session`).
 //! - `net`: I/O only: the reactor, endpoints, transport, pumps, splicing.
 //! - `role`: the server's and the client's decisions.
+//! - `tls`: certificates, keys, trust and fingerprints (the TLS connection is `net::tls`).
 
 pub mod bench;
 pub mod buffer;
@@ -14,3 +15,4 @@ pub mod logging;
 pub mod net;
 pub mod protocol;
 pub mod role;
+pub mod tls;

@@ -8,7 +8,7 @@ use clap::Parser;
 
 use tcp_forward::cli::{Cli, Command};
 use tcp_forward::role::{client, server};
-use tcp_forward::{bench, config, logging};
+use tcp_forward::{bench, config, logging, tls};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -43,6 +43,17 @@ fn main() -> ExitCode {
             }
             exit(client::run(cfg))
         }
+        Command::Cert(args) => match tls::write_cert_files(&args.dir, &args.names) {
+            Ok((cert, key, fp)) => {
+                println!("wrote {} and {}", key.display(), cert.display());
+                println!("SHA-256 fingerprint {}", tls::format_fingerprint(&fp));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tcp-forward: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Bench(args) => ExitCode::from(bench::run(args)),
     }
 }

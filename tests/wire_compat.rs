@@ -620,13 +620,13 @@ impl Vars {
             "proof" => Some((|| {
                 let t = token(&self.client_token, "client")?;
                 let n = self.nonce("server_nonce")?;
-                Ok(proof(t.as_bytes(), &n, &self.tag).to_vec())
+                Ok(proof(t.as_bytes(), None, &n, &self.tag).to_vec())
             })()),
             "server_proof" => Some((|| {
                 let t = token(&self.server_token, "server")?;
                 let c = self.nonce("client_nonce")?;
                 let s = self.nonce("server_nonce")?;
-                Ok(server_proof(t.as_bytes(), &c, &s, &self.tag).to_vec())
+                Ok(server_proof(t.as_bytes(), None, &c, &s, &self.tag).to_vec())
             })()),
             _ => None,
         }
@@ -1163,6 +1163,8 @@ fn start<'f>(fx: &'f Fixture, live: Live) -> Replay<'f> {
             let opts = ClientOpts {
                 tag,
                 env_token: fx.client_token.as_deref(),
+                // The recordings are of plain TCP; TLS adds only the binding (tests/tls.rs).
+                tls_off: true,
                 ..ClientOpts::default()
             };
             let p = spawn_client(port, &opts);
@@ -1183,7 +1185,7 @@ fn start<'f>(fx: &'f Fixture, live: Live) -> Replay<'f> {
             (p, with_timeouts(sock))
         }
         Live::Server => {
-            let mut setup = ServerSetup::new();
+            let mut setup = ServerSetup::new().tls_off();
             for (i, m) in fx.maps.iter().enumerate() {
                 // The server never connects targets: any port that nobody serves.
                 let r = RefusedPort::new();

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use log::LevelFilter;
 
+use crate::tls::{self, ClientTls, ServerTls, Trust};
+
 mod ini;
 mod mappings;
 
@@ -80,10 +82,21 @@ pub struct ServerConfig {
     pub max_streams: usize,
     /// `HEARTBEAT`: ping interval (seconds, 0.1 to 3600); announced to clients.
     pub heartbeat: std::time::Duration,
+    /// `TLS`, `TLS_CERT`, `TLS_KEY`.
+    pub tls: ServerTlsSetting,
     /// The mappings, sorted by public port (each port once).
     pub mappings: Vec<Mapping>,
     /// Problems that did not stop the load (ignored keys, nothing mapped): log them.
     pub warnings: Vec<String>,
+}
+
+/// The server's TLS: off, on with a certificate made at start-up, or on with the
+/// certificate and key files named in the config (already loaded and checked).
+#[derive(Debug)]
+pub enum ServerTlsSetting {
+    Off,
+    SelfSigned,
+    Files(ServerTls),
 }
 
 /// What the command line says about the client: the server's address (the positionals) or a
@@ -97,6 +110,14 @@ pub struct ClientInput {
     pub tag: Option<String>,
     /// From `--token` or `TCP_FORWARD_TOKEN`.
     pub token: Option<String>,
+    /// `--tls on|off`.
+    pub tls: Option<String>,
+    /// `--ca FILE`.
+    pub ca: Option<PathBuf>,
+    /// `--server-name NAME`.
+    pub server_name: Option<String>,
+    /// `--fingerprint HEX`.
+    pub fingerprint: Option<String>,
 }
 
 /// Everything the client needs, from the command line or `forward_client.cfg`.
@@ -108,6 +129,8 @@ pub struct ClientConfig {
     pub tag: String,
     pub token: Option<Secret>,
     pub log_level: Option<LevelFilter>,
+    /// `None` when TLS is off.
+    pub tls: Option<ClientTls>,
     pub warnings: Vec<String>,
 }
 
@@ -217,6 +240,10 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
     let mut bind_addr = None;
     let mut max_streams = None;
     let mut heartbeat = None;
+    let mut tls_on = None;
+    let mut tls_cert = None;
+    let mut tls_key = None;
+    let dir = path.parent().unwrap_or(Path::new(""));
     for e in doc.default_entries()? {
         match e.key.as_str() {
             "INNER_PORT" => {
@@ -274,6 +301,11 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
                     })?;
                 heartbeat = Some(std::time::Duration::from_secs_f64(secs));
             }
+            "TLS" => {
+                tls_on = Some(on_off(&e.value).ok_or_else(|| doc.err(e, not_on_off(&e.value)))?)
+            }
+            "TLS_CERT" => tls_cert = Some((file_value(&doc, e, dir)?, e)),
+            "TLS_KEY" => tls_key = Some((file_value(&doc, e, dir)?, e)),
             k if k == "BANDWIDTH"
                 || k == "USER_FILE"
                 || k.starts_with("REST")
@@ -291,7 +323,39 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         )
     })?;
 
-    let dir = path.parent().unwrap_or(Path::new(""));
+    let tls = match (tls_on.unwrap_or(true), tls_cert, tls_key) {
+        (false, cert, key) => {
+            if let Some((_, e)) = cert.or(key) {
+                warnings.push(doc.note(e.line, Some(e), "TLS is off: ignored"));
+            }
+            ServerTlsSetting::Off
+        }
+        (true, None, None) => ServerTlsSetting::SelfSigned,
+        (true, Some((cert, ce)), Some((key, ke))) => {
+            let loaded = ServerTls::from_files(&cert, &key).map_err(|err| {
+                let e = if err.file.as_deref() == Some(cert.as_path()) {
+                    ce
+                } else {
+                    ke
+                };
+                doc.err(e, err.to_string())
+            })?;
+            ServerTlsSetting::Files(loaded)
+        }
+        (true, Some((_, e)), None) => {
+            return Err(doc.err(
+                e,
+                "TLS_KEY is missing: give both TLS_CERT and TLS_KEY".into(),
+            ));
+        }
+        (true, None, Some((_, e))) => {
+            return Err(doc.err(
+                e,
+                "TLS_CERT is missing: give both TLS_CERT and TLS_KEY".into(),
+            ));
+        }
+    };
+
     let mapper_file = match outer_file {
         Some(p) if p.is_absolute() => p,
         Some(p) => dir.join(p),
@@ -308,6 +372,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         token,
         max_streams: max_streams.unwrap_or(DEFAULT_MAX_STREAMS),
         heartbeat: heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
+        tls,
         mappings,
         warnings,
     })
@@ -320,6 +385,7 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
     let mut tag = None;
     let mut token = None;
     let mut log_level = None;
+    let mut tls_file = TlsInput::default();
     let (server_host, server_port) = if let Some(path) = &args.config {
         if args.server_ip.is_some() || args.server_port.is_some() {
             return Err(ConfigError::cli(
@@ -348,6 +414,21 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
                 }
                 "TOKEN" => token = Some(token_value(&doc, e)?),
                 "LOG_LEVEL" => log_level = Some(level_value(&doc, e)?),
+                "TLS" => {
+                    tls_file.on =
+                        Some(on_off(&e.value).ok_or_else(|| doc.err(e, not_on_off(&e.value)))?)
+                }
+                "TLS_CA" => {
+                    let dir = path.parent().unwrap_or(Path::new(""));
+                    tls_file.ca = Some(file_value(&doc, e, dir)?);
+                }
+                "TLS_SERVER_NAME" => {
+                    tls_file.server_name = Some(server_name(&e.value).map_err(|m| doc.err(e, m))?)
+                }
+                "TLS_FINGERPRINT" => {
+                    tls_file.pin =
+                        Some(tls::parse_fingerprint(&e.value).map_err(|m| doc.err(e, m))?)
+                }
                 _ => warnings.push(doc.note(e.line, Some(e), "unknown key, ignored")),
             }
         }
@@ -390,14 +471,122 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
         }
         token = Some(Secret::new(t.clone()));
     }
+    let tls = client_tls(args, tls_file, &server_host, args.config.as_deref())?;
     Ok(ClientConfig {
         server_host,
         server_port,
         tag: tag.unwrap_or_else(|| DEFAULT_TAG.to_string()),
         token,
         log_level,
+        tls,
         warnings,
     })
+}
+
+/// The client's TLS keys from its config file, before the flags override them.
+#[derive(Default)]
+struct TlsInput {
+    on: Option<bool>,
+    ca: Option<PathBuf>,
+    server_name: Option<String>,
+    pin: Option<tls::Fingerprint>,
+}
+
+/// The flags over the file's keys: `None` when TLS is off. The file's TLS_CA failing to load
+/// is reported against the file; `--ca` against the command line.
+fn client_tls(
+    args: &ClientInput,
+    file: TlsInput,
+    server_host: &str,
+    cfg_file: Option<&Path>,
+) -> Result<Option<ClientTls>, ConfigError> {
+    let on = match &args.tls {
+        Some(v) => on_off(v).ok_or_else(|| ConfigError::cli("--tls", not_on_off(v)))?,
+        None => file.on.unwrap_or(true),
+    };
+    let pin = match &args.fingerprint {
+        Some(v) => {
+            Some(tls::parse_fingerprint(v).map_err(|m| ConfigError::cli("--fingerprint", m))?)
+        }
+        None => file.pin,
+    };
+    let name = match &args.server_name {
+        Some(v) => Some(server_name(v).map_err(|m| ConfigError::cli("--server-name", m))?),
+        None => file.server_name,
+    };
+    let (ca, ca_from_cli) = match &args.ca {
+        Some(p) => (Some(p.clone()), true),
+        None => (file.ca, false),
+    };
+    if !on {
+        if ca.is_some() || pin.is_some() {
+            let key = if ca.is_some() {
+                "--ca"
+            } else {
+                "--fingerprint"
+            };
+            return Err(ConfigError::cli(
+                key,
+                "TLS is off, so the server's certificate would not be checked: \
+                 remove it or turn TLS on"
+                    .to_string(),
+            ));
+        }
+        return Ok(None);
+    }
+    let name = name.unwrap_or_else(|| server_host.to_string());
+    let server_name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| {
+        ConfigError::cli(
+            "--server-name",
+            format!("{name:?} is not a host name or IP address"),
+        )
+    })?;
+    let trust = Trust { ca_file: ca, pin };
+    ClientTls::new(&trust, server_name)
+        .map(Some)
+        .map_err(|e| match cfg_file {
+            Some(f) if !ca_from_cli => ConfigError::in_file(
+                f,
+                None,
+                Some("[DEFAULT] key TLS_CA".to_string()),
+                e.to_string(),
+            ),
+            _ => ConfigError::cli("--ca", e.to_string()),
+        })
+}
+
+/// `on` or `off` (also true/false, yes/no, 1/0), any case.
+fn on_off(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Some(true),
+        "off" | "false" | "no" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+fn not_on_off(s: &str) -> String {
+    format!("{s:?} is not on or off")
+}
+
+/// A file named by a key, relative to the config file's folder.
+fn file_value(doc: &Doc, e: &Entry, dir: &Path) -> Result<PathBuf, ConfigError> {
+    if e.value.is_empty() {
+        return Err(doc.err(e, "empty file name".to_string()));
+    }
+    let p = PathBuf::from(&e.value);
+    Ok(if p.is_absolute() { p } else { dir.join(p) })
+}
+
+/// The name the server's certificate must carry: a host name or an IP address.
+fn server_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(s);
+    rustls::pki_types::ServerName::try_from(s)
+        .map(|_| s.to_string())
+        .map_err(|_| format!("{s:?} is not a host name or IP address"))
 }
 
 /// A port 1..=65535 written in decimal digits only (no sign, no spaces).

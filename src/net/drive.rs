@@ -9,6 +9,7 @@ use log::debug;
 use crate::net::pump::SpliceIn;
 use crate::net::reactor::{ClosedTunnel, Core, Endpoint, Role};
 use crate::net::sys;
+use crate::net::tls::tls_failure;
 use crate::net::tunnel::Tunnel;
 use crate::protocol::CloseReason;
 use crate::protocol::session::{Event, Input};
@@ -86,7 +87,7 @@ impl Core {
                     return;
                 }
                 Err(e) => {
-                    self.close_tunnel(key, CloseReason::io("read", &e));
+                    self.close_tunnel(key, transport_error("read", &e));
                     return;
                 }
             }
@@ -146,7 +147,7 @@ impl Core {
             self.pipes.put(pipe);
         }
         if let Err(e) = result {
-            self.close_tunnel(key, CloseReason::io("write", &e));
+            self.close_tunnel(key, transport_error("write", &e));
             return;
         }
         let Some(t) = self.tunnel_mut(key) else {
@@ -183,6 +184,7 @@ impl Core {
             t.rx.release();
             t.session.release_buffers();
         }
+        t.transport.handle_timeout(now);
         t.session.handle_timeout(now);
         self.mark_dirty(key);
         if !self.close_if_ended(key) {
@@ -194,12 +196,13 @@ impl Core {
         let Some(t) = self.tunnel_mut(key) else {
             return;
         };
-        let at = match (t.session.poll_timeout(), t.release_at) {
-            (Some(d), Some(r)) => d.min(r),
-            (d, r) => match d.or(r) {
-                Some(at) => at,
-                None => return,
-            },
+        let deadlines = [
+            t.session.poll_timeout(),
+            t.release_at,
+            t.transport.poll_timeout(),
+        ];
+        let Some(at) = deadlines.into_iter().flatten().min() else {
+            return;
         };
         // One timer per tunnel: a tick already due no later than this one reschedules itself.
         if t.tick_at.is_some_and(|current| current <= at) {
@@ -227,9 +230,11 @@ impl Core {
     /// Close a tunnel and reset every stream on it. The role hears of it at the end of the
     /// current dispatch. The one way a tunnel ends.
     pub fn close_tunnel(&mut self, key: usize, reason: CloseReason) {
-        let Some(Endpoint::Tunnel(t)) = self.remove(key) else {
+        let Some(Endpoint::Tunnel(mut t)) = self.remove(key) else {
             return;
         };
+        // A refusal or an alert rustls still holds goes out if the socket takes it now.
+        let _ = t.transport.flush();
         for (_, rkey) in t.session.streams() {
             match self.slab.get(rkey).map(|e| &e.ep) {
                 Some(Endpoint::Relay(r)) if r.tunnel == key => {
@@ -260,5 +265,13 @@ impl Core {
                 let _ = t.flush(&mut None);
             }
         }
+    }
+}
+
+/// Why a read or write of the tunnel's transport failed: a TLS failure says what TLS found.
+fn transport_error(op: &'static str, e: &io::Error) -> CloseReason {
+    match tls_failure(e) {
+        Some(why) => CloseReason::Tls(why.to_string()),
+        None => CloseReason::io(op, e),
     }
 }

@@ -1,4 +1,4 @@
-//! I/O only: the poll loop, the endpoints it owns, the tunnel's transport, the two pumps
+//! I/O only: the poll loop, the endpoints it owns, the tunnel's transport (plain or TLS), the two pumps
 //! that move stream bytes, splicing, name resolution and the few raw OS calls. What the
 //! bytes mean is `protocol`'s business; what to do with a connection is `role`'s.
 
@@ -10,5 +10,6 @@ pub mod relay;
 pub mod resolve;
 pub mod splice;
 pub mod sys;
+pub mod tls;
 pub mod transport;
 pub mod tunnel;

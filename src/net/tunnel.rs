@@ -83,6 +83,11 @@ impl Tunnel {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(n) => {
                     self.header_only = false;
+                    // A TLS handshake that just completed hands its binding to the session
+                    // before the session sees a byte of what the handshake protects.
+                    if let Some(binding) = self.transport.take_binding() {
+                        self.session.bind_channel(binding);
+                    }
                     return Ok((n, limit));
                 }
                 Err(e) => return Err(e),
@@ -91,7 +96,7 @@ impl Tunnel {
     }
 
     /// Write what the session has queued, its caller-moved payload spliced in its place,
-    /// until the socket refuses. A pipe whose payload went out lands in `spare`.
+    /// and what the transport holds, until the socket refuses. A pipe whose payload went out lands in `spare`.
     pub(crate) fn flush(&mut self, spare: &mut Option<Pipe>) -> io::Result<()> {
         loop {
             match self.session.poll_transmit() {
@@ -122,7 +127,7 @@ impl Tunnel {
                         Err(e) => return Err(e),
                     }
                 }
-                Transmit::Idle => return Ok(()),
+                Transmit::Idle => return self.transport.flush(),
             }
         }
     }

@@ -28,6 +28,12 @@ pub enum CloseReason {
     },
     /// The first bytes were not a tcp-forward preamble.
     NotTcpForward,
+    /// Server with TLS off: the first bytes were a TLS ClientHello.
+    PeerSpeaksTls,
+    /// Server with TLS on: the client spoke in clear; it was told so.
+    TlsRequired,
+    /// The TLS layer failed: a certificate check, an alert, bytes that are not TLS.
+    Tls(String),
     /// The peer speaks another protocol version; it was told so.
     Version {
         theirs: u16,
@@ -81,6 +87,9 @@ impl CloseReason {
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::DeadPeer { .. } => "dead_peer",
             CloseReason::NotTcpForward => "not_tcp_forward",
+            CloseReason::PeerSpeaksTls => "tls_unexpected",
+            CloseReason::TlsRequired => "tls_required",
+            CloseReason::Tls(_) => "tls_error",
             CloseReason::Version { .. } => "version_mismatch",
             CloseReason::Malformed(_) => "malformed",
             CloseReason::Violation(_) => "protocol_violation",
@@ -96,11 +105,12 @@ impl CloseReason {
         }
     }
 
-    /// The server turned us down: retrying at once would fix nothing.
+    /// The server turned us down, or TLS failed (a certificate that does not check out):
+    /// retrying at once would fix nothing.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            CloseReason::Refused(_) | CloseReason::ServerAuthFailed
+            CloseReason::Refused(_) | CloseReason::ServerAuthFailed | CloseReason::Tls(_)
         )
     }
 }
@@ -119,6 +129,13 @@ impl fmt::Display for CloseReason {
                 silence.as_secs_f64()
             ),
             CloseReason::NotTcpForward => f.write_str("not a tcp-forward peer (bad magic)"),
+            CloseReason::PeerSpeaksTls => {
+                f.write_str("the client speaks TLS, but this server runs with TLS=off")
+            }
+            CloseReason::TlsRequired => f.write_str(
+                "the server requires TLS: run the client with TLS on (the default, --tls on)",
+            ),
+            CloseReason::Tls(why) => f.write_str(why),
             CloseReason::Version { theirs } => write!(
                 f,
                 "unsupported protocol version {theirs} (this side speaks {VERSION})"

@@ -6,8 +6,13 @@
 //! server -> client   ACCEPT{window, max_streams, heartbeat}   or   REFUSE{reason} and close
 //! ```
 //! The preamble is `TCPFWD` and a big-endian u16 version. `proof` is
-//! HMAC-SHA-256(token, "tcp-forward/1" || nonce || tag): the token never crosses the wire,
-//! a proof cannot be replayed against another nonce, and it binds the announced tag.
+//! HMAC-SHA-256(token, "tcp-forward/1 client" || nonce || tag): the token never crosses the
+//! wire, a proof cannot be replayed against another nonce, and it binds the announced tag.
+//!
+//! Under TLS both proofs also cover the session's channel binding, 32 bytes exported with
+//! RFC 9266's label: HMAC-SHA-256(token, "tcp-forward/1 client tls" || binding || nonce ||
+//! tag). A man in the middle runs two TLS sessions with two different bindings, so a proof
+//! made on one side verifies on neither.
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -20,8 +25,14 @@ pub const PROOF_LEN: usize = 32;
 pub const MAX_TAG_LEN: usize = 64;
 /// Shortest heartbeat interval a server may announce.
 pub const MIN_HEARTBEAT_MS: u32 = 100;
+/// Bytes of TLS channel binding each proof covers under TLS.
+pub const BINDING_LEN: usize = 32;
 const CLIENT_CONTEXT: &[u8] = b"tcp-forward/1 client";
 const SERVER_CONTEXT: &[u8] = b"tcp-forward/1 server";
+const CLIENT_TLS_CONTEXT: &[u8] = b"tcp-forward/1 client tls";
+const SERVER_TLS_CONTEXT: &[u8] = b"tcp-forward/1 server tls";
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const FLAG_AUTH_REQUIRED: u8 = 1;
 
 /// The 8 bytes each side sends before its first frame.
@@ -38,10 +49,15 @@ pub enum PreambleCheck {
     NeedMore,
     Ok,
     NotTcpForward,
+    /// A TLS handshake record: the peer speaks TLS.
+    Tls,
     Version(u16),
 }
 
 pub fn check_preamble(buf: &[u8]) -> PreambleCheck {
+    if buf.first() == Some(&TLS_HANDSHAKE_RECORD) {
+        return PreambleCheck::Tls;
+    }
     let n = buf.len().min(MAGIC.len());
     if buf[..n] != MAGIC[..n] {
         return PreambleCheck::NotTcpForward;
@@ -176,10 +192,30 @@ impl Accept {
     }
 }
 
-fn mac(token: &[u8], context: &[u8], nonces: &[&[u8; NONCE_LEN]], tag: &str) -> Hmac<Sha256> {
+/// A channel binding: the TLS session's exported bytes, or `None` on a plain connection.
+pub type Binding<'a> = Option<&'a [u8; BINDING_LEN]>;
+
+fn mac(
+    token: &[u8],
+    side: Side,
+    binding: Binding<'_>,
+    nonces: &[&[u8; NONCE_LEN]],
+    tag: &str,
+) -> Hmac<Sha256> {
     let mut m =
         <Hmac<Sha256> as KeyInit>::new_from_slice(token).expect("HMAC takes keys of any length");
-    m.update(context);
+    match (side, binding) {
+        (Side::Client, None) => m.update(CLIENT_CONTEXT),
+        (Side::Server, None) => m.update(SERVER_CONTEXT),
+        (Side::Client, Some(b)) => {
+            m.update(CLIENT_TLS_CONTEXT);
+            m.update(b);
+        }
+        (Side::Server, Some(b)) => {
+            m.update(SERVER_TLS_CONTEXT);
+            m.update(b);
+        }
+    }
     for nonce in nonces {
         m.update(*nonce);
     }
@@ -187,17 +223,34 @@ fn mac(token: &[u8], context: &[u8], nonces: &[&[u8; NONCE_LEN]], tag: &str) -> 
     m
 }
 
-/// The client's proof that it knows `token`, over the server's nonce.
-pub fn proof(token: &[u8], nonce: &[u8; NONCE_LEN], tag: &str) -> [u8; PROOF_LEN] {
-    mac(token, CLIENT_CONTEXT, &[nonce], tag)
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// The client's proof that it knows `token`, over the server's nonce (and the binding).
+pub fn proof(
+    token: &[u8],
+    binding: Binding<'_>,
+    nonce: &[u8; NONCE_LEN],
+    tag: &str,
+) -> [u8; PROOF_LEN] {
+    mac(token, Side::Client, binding, &[nonce], tag)
         .finalize()
         .into_bytes()
         .into()
 }
 
 /// Check a client's proof in constant time.
-pub fn verify(token: &[u8], nonce: &[u8; NONCE_LEN], tag: &str, proof: &[u8]) -> bool {
-    mac(token, CLIENT_CONTEXT, &[nonce], tag)
+pub fn verify(
+    token: &[u8],
+    binding: Binding<'_>,
+    nonce: &[u8; NONCE_LEN],
+    tag: &str,
+    proof: &[u8],
+) -> bool {
+    mac(token, Side::Client, binding, &[nonce], tag)
         .verify_slice(proof)
         .is_ok()
 }
@@ -206,27 +259,41 @@ pub fn verify(token: &[u8], nonce: &[u8; NONCE_LEN], tag: &str, proof: &[u8]) ->
 /// server that cannot give it, so an impostor cannot reach into the private network.
 pub fn server_proof(
     token: &[u8],
+    binding: Binding<'_>,
     client_nonce: &[u8; NONCE_LEN],
     server_nonce: &[u8; NONCE_LEN],
     tag: &str,
 ) -> [u8; PROOF_LEN] {
-    mac(token, SERVER_CONTEXT, &[client_nonce, server_nonce], tag)
-        .finalize()
-        .into_bytes()
-        .into()
+    mac(
+        token,
+        Side::Server,
+        binding,
+        &[client_nonce, server_nonce],
+        tag,
+    )
+    .finalize()
+    .into_bytes()
+    .into()
 }
 
 /// Check the server's proof in constant time.
 pub fn verify_server(
     token: &[u8],
+    binding: Binding<'_>,
     client_nonce: &[u8; NONCE_LEN],
     server_nonce: &[u8; NONCE_LEN],
     tag: &str,
     proof: &[u8],
 ) -> bool {
-    mac(token, SERVER_CONTEXT, &[client_nonce, server_nonce], tag)
-        .verify_slice(proof)
-        .is_ok()
+    mac(
+        token,
+        Side::Server,
+        binding,
+        &[client_nonce, server_nonce],
+        tag,
+    )
+    .verify_slice(proof)
+    .is_ok()
 }
 
 /// Append an optional proof: its length (0 or 32), then its bytes.
@@ -347,25 +414,54 @@ mod tests {
     #[test]
     fn proof_binds_token_nonce_and_tag() {
         let nonce = [3; NONCE_LEN];
-        let p = proof(b"secret", &nonce, "default");
-        assert!(verify(b"secret", &nonce, "default", &p));
-        assert!(!verify(b"Secret", &nonce, "default", &p));
-        assert!(!verify(b"secret", &[4; NONCE_LEN], "default", &p));
-        assert!(!verify(b"secret", &nonce, "other", &p));
-        assert!(!verify(b"secret", &nonce, "default", &p[..31]));
+        let p = proof(b"secret", None, &nonce, "default");
+        assert!(verify(b"secret", None, &nonce, "default", &p));
+        assert!(!verify(b"Secret", None, &nonce, "default", &p));
+        assert!(!verify(b"secret", None, &[4; NONCE_LEN], "default", &p));
+        assert!(!verify(b"secret", None, &nonce, "other", &p));
+        assert!(!verify(b"secret", None, &nonce, "default", &p[..31]));
     }
 
     #[test]
     fn server_proof_binds_both_nonces_and_differs_from_the_client_proof() {
         let (c, s) = ([1; NONCE_LEN], [2; NONCE_LEN]);
-        let p = server_proof(b"secret", &c, &s, "default");
-        assert!(verify_server(b"secret", &c, &s, "default", &p));
-        assert!(!verify_server(b"wrong", &c, &s, "default", &p));
+        let p = server_proof(b"secret", None, &c, &s, "default");
+        assert!(verify_server(b"secret", None, &c, &s, "default", &p));
+        assert!(!verify_server(b"wrong", None, &c, &s, "default", &p));
         assert!(
-            !verify_server(b"secret", &s, &c, "default", &p),
+            !verify_server(b"secret", None, &s, &c, "default", &p),
             "nonces swapped"
         );
-        assert!(!verify_server(b"secret", &c, &s, "other", &p));
-        assert_ne!(p, proof(b"secret", &s, "default"));
+        assert!(!verify_server(b"secret", None, &c, &s, "other", &p));
+        assert_ne!(p, proof(b"secret", None, &s, "default"));
+    }
+
+    #[test]
+    fn bound_proofs_verify_only_under_the_same_binding() {
+        let (c, s) = ([1; NONCE_LEN], [2; NONCE_LEN]);
+        let (b1, b2) = ([10; BINDING_LEN], [11; BINDING_LEN]);
+        let p = proof(b"secret", Some(&b1), &s, "default");
+        assert!(verify(b"secret", Some(&b1), &s, "default", &p));
+        assert!(
+            !verify(b"secret", Some(&b2), &s, "default", &p),
+            "another TLS session"
+        );
+        assert!(
+            !verify(b"secret", None, &s, "default", &p),
+            "a plain connection"
+        );
+        let unbound = proof(b"secret", None, &s, "default");
+        assert!(!verify(b"secret", Some(&b1), &s, "default", &unbound));
+        let sp = server_proof(b"secret", Some(&b1), &c, &s, "default");
+        assert!(verify_server(b"secret", Some(&b1), &c, &s, "default", &sp));
+        assert!(!verify_server(b"secret", Some(&b2), &c, &s, "default", &sp));
+        assert!(!verify_server(b"secret", None, &c, &s, "default", &sp));
+        assert_ne!(sp, p);
+    }
+
+    #[test]
+    fn a_tls_record_is_told_apart_from_a_preamble() {
+        assert_eq!(check_preamble(&[0x16, 3, 1, 0, 200]), PreambleCheck::Tls);
+        assert_eq!(check_preamble(&[0x16]), PreambleCheck::Tls);
     }
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use super::close::CloseReason;
 use super::flow::{Flow, Windows};
 use super::frame::{Frame, kind};
-use super::handshake::{self, Challenge, NONCE_LEN};
+use super::handshake::{self, BINDING_LEN, Challenge, NONCE_LEN};
 use super::streams::Streams;
 use crate::buffer::Buf;
 
@@ -63,6 +63,8 @@ pub const STREAM_IN_MIN: usize = 64 * 1024;
 /// What a server session needs to know.
 pub struct ServerParams {
     pub token: Option<Vec<u8>>,
+    /// Refuse a client that is not on a TLS session (none bound with `bind_channel`).
+    pub require_tls: bool,
     pub max_streams: usize,
     pub heartbeat: Duration,
     pub window: u32,
@@ -160,6 +162,8 @@ pub struct Session<H> {
     next_ping: Instant,
     ping_interval: Duration,
     handshake_deadline: Instant,
+    /// The TLS session's channel binding, which both proofs cover; `None` in clear.
+    binding: Option<[u8; BINDING_LEN]>,
 }
 
 impl<H: Copy> Session<H> {
@@ -185,6 +189,7 @@ impl<H: Copy> Session<H> {
             next_ping: now,
             ping_interval: HANDSHAKE_TIMEOUT,
             handshake_deadline: now + HANDSHAKE_TIMEOUT,
+            binding: None,
         }
     }
 
@@ -217,6 +222,12 @@ impl<H: Copy> Session<H> {
             window,
             now,
         )
+    }
+
+    /// The tunnel runs over TLS: both handshake proofs cover `binding`, the session's
+    /// exported channel binding. Call it before handing the session any received byte.
+    pub fn bind_channel(&mut self, binding: [u8; BINDING_LEN]) {
+        self.binding = Some(binding);
     }
 
     // ---- queries ----

@@ -17,6 +17,7 @@ use crate::net::reactor::{
 use crate::net::relay::RelayState;
 use crate::net::resolve::Ticket;
 use crate::net::sys::{self, Jitter};
+use crate::net::tls::TlsStream;
 use crate::net::transport::Transport;
 use crate::net::tunnel::Tunnel;
 use crate::protocol::CloseReason;
@@ -184,27 +185,60 @@ impl ClientRole {
             return;
         }
         let mut nonce = [0u8; NONCE_LEN];
-        if let Err(e) = sys::random_bytes(&mut nonce) {
-            core.remove(key);
-            warn!("handshake with server {peer} failed: {e}");
-            self.lost_server(core, false, false);
-            return;
-        }
+        let tls = self
+            .cfg
+            .tls
+            .as_ref()
+            .map(TlsStream::client_connection)
+            .transpose();
+        let tls = match sys::random_bytes(&mut nonce).and(tls) {
+            Ok(tls) => tls,
+            Err(e) => {
+                core.remove(key);
+                warn!("handshake with server {peer} failed: {e}");
+                self.lost_server(core, false, false);
+                return;
+            }
+        };
         let Some(Endpoint::Dial(d)) = core.take_in_place(key) else {
             return;
         };
         let _ = d.sock.set_nodelay(true);
         let session = Session::client(Arc::clone(&self.params), nonce, core.now);
-        let mut t = Tunnel::new(Transport::Plain(d.sock), peer, session);
+        let transport = match tls {
+            Some(conn) => Transport::Tls(Box::new(TlsStream::client(d.sock, conn))),
+            None => Transport::Plain(d.sock),
+        };
+        let mut t = Tunnel::new(transport, peer, session);
         t.readable = true;
         // The server may have sent its challenge and closed already: read on to the end.
         t.read_closed_hint = hung_up;
         core.put_in_place(key, Endpoint::Tunnel(Box::new(t)));
         debug!("connected to server {peer}");
+        // A TLS ClientHello waits to go out.
+        core.mark_dirty(key);
         core.schedule_tunnel_tick(key);
         // The challenge may have arrived with the same readiness event: read it now, as no
         // further edge will announce it.
         core.tunnel_read(key, self);
+    }
+
+    /// Say so when nothing proves that the server is the real one.
+    fn warn_if_unauthenticated(&self) {
+        if self.cfg.token.is_some() {
+            return;
+        }
+        match &self.cfg.tls {
+            Some(tls) if tls.authenticates_server => {}
+            Some(_) => warn!(
+                "the server is not authenticated: no token, --ca or --fingerprint, so a man \
+                 in the middle could pose as the server and read the traffic"
+            ),
+            None => warn!(
+                "the server is not authenticated and TLS is off: anyone on the path can read \
+                 the traffic or pose as the server"
+            ),
+        }
     }
 
     /// The server opened stream `id` to `target`: resolve it or connect it.
@@ -333,6 +367,7 @@ impl Role for ClientRole {
                 if let Some(t) = core.tunnel_mut(tkey) {
                     info!("tunnel up: server {} tag {}", t.peer, t.session.tag());
                 }
+                self.warn_if_unauthenticated();
                 self.attempt = 0;
                 self.refused = false;
             }

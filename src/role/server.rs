@@ -4,23 +4,26 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, ServerTlsSetting};
 use crate::net::reactor::{
     ClosedTunnel, Core, Endpoint, Listener, Purpose, Reactor, RelaySpec, Role,
 };
 use crate::net::relay::RelayState;
 use crate::net::sys;
+use crate::net::tls::TlsStream;
 use crate::net::transport::Transport;
 use crate::net::tunnel::Tunnel;
 use crate::protocol::CloseReason;
 use crate::protocol::handshake::NONCE_LEN;
 use crate::protocol::session::{Event, OpenError, STREAM_WINDOW, ServerParams, Session};
+use crate::tls::{self, ServerTls};
 
 /// Handshakes in progress beyond this number evict the oldest, so idle or garbage
 /// connections cannot keep a real client out.
@@ -39,6 +42,8 @@ struct Pool {
 
 pub struct ServerRole {
     params: Arc<ServerParams>,
+    /// `None` with TLS off.
+    tls: Option<Arc<rustls::ServerConfig>>,
     pools: HashMap<String, Pool>,
     handshakes: VecDeque<(usize, u64)>,
     /// Listeners with an accept retry scheduled.
@@ -57,7 +62,32 @@ pub fn run(cfg: ServerConfig) -> io::Result<()> {
     if cfg.token.is_none() {
         warn!("no TOKEN set: any client may attach");
     }
-    let mut reactor = Reactor::new(ServerRole::new(&cfg))?;
+    let tls = match &cfg.tls {
+        ServerTlsSetting::Off => {
+            warn!("TLS is off: the tunnel's traffic crosses the network in clear");
+            None
+        }
+        ServerTlsSetting::SelfSigned => {
+            let tls = ServerTls::self_signed().map_err(|e| io::Error::other(e.to_string()))?;
+            info!(
+                "TLS on, with a self-signed certificate made at start-up: SHA-256 fingerprint {}",
+                tls::format_fingerprint(&tls.fingerprint)
+            );
+            Some(tls)
+        }
+        ServerTlsSetting::Files(tls) => {
+            let file = tls.cert_file.as_deref().unwrap_or(Path::new("?"));
+            info!(
+                "TLS on, certificate {}: SHA-256 fingerprint {}",
+                file.display(),
+                tls::format_fingerprint(&tls.fingerprint)
+            );
+            Some(tls.clone())
+        }
+    };
+    let mut role = ServerRole::new(&cfg);
+    role.tls = tls.map(|t| t.config);
+    let mut reactor = Reactor::new(role)?;
     let addr = SocketAddr::new(cfg.bind_addr, cfg.inner_port);
     let sock = TcpListener::bind(addr).map_err(|e| {
         io::Error::new(
@@ -102,6 +132,7 @@ impl ServerRole {
     pub fn new(cfg: &ServerConfig) -> ServerRole {
         ServerRole::with_params(ServerParams {
             token: cfg.token.as_ref().map(|t| t.expose().to_vec()),
+            require_tls: !matches!(cfg.tls, ServerTlsSetting::Off),
             max_streams: cfg.max_streams,
             heartbeat: cfg.heartbeat,
             window: STREAM_WINDOW,
@@ -111,6 +142,7 @@ impl ServerRole {
     fn with_params(params: ServerParams) -> ServerRole {
         ServerRole {
             params: Arc::new(params),
+            tls: None,
             pools: HashMap::new(),
             handshakes: VecDeque::new(),
             accept_retry: HashSet::new(),
@@ -140,7 +172,15 @@ impl ServerRole {
             return;
         }
         let session = Session::server(Arc::clone(&self.params), nonce, core.now);
-        let t = Tunnel::new(Transport::Plain(sock), peer, session);
+        let transport = match &self.tls {
+            Some(config) => Transport::Tls(Box::new(TlsStream::server(
+                sock,
+                Arc::clone(config),
+                core.now,
+            ))),
+            None => Transport::Plain(sock),
+        };
+        let t = Tunnel::new(transport, peer, session);
         match core.insert_tunnel(t) {
             Ok(kg) => self.handshakes.push_back(kg),
             Err(e) => {
@@ -381,6 +421,7 @@ mod tests {
     fn reactor() -> Reactor<ServerRole> {
         let role = ServerRole::with_params(ServerParams {
             token: None,
+            require_tls: false,
             max_streams: 8,
             heartbeat: Duration::from_secs(10),
             window: STREAM_WINDOW,

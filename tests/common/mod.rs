@@ -654,6 +654,12 @@ impl ServerSetup {
         self
     }
 
+    /// Run the server with `TLS=off` (the default is on).
+    pub fn tls_off(mut self) -> Self {
+        self.extra.push("TLS=off".to_string());
+        self
+    }
+
     pub fn server_cfg_text(&self) -> String {
         let mut s = String::from("[DEFAULT]\n");
         let _ = writeln!(s, "INNER_PORT={}", self.inner_port);
@@ -737,6 +743,10 @@ pub struct ClientOpts<'a> {
     pub token: Option<&'a str>,
     pub env_token: Option<&'a str>,
     pub name: Option<&'a str>,
+    /// `--tls off` (the default is on).
+    pub tls_off: bool,
+    /// More arguments, as given (`--fingerprint HEX`, say).
+    pub extra: Vec<&'a str>,
 }
 
 /// Start a client dialling 127.0.0.1:inner_port (does not wait).
@@ -751,6 +761,11 @@ pub fn spawn_client(inner_port: u16, o: &ClientOpts<'_>) -> Proc {
         args.push("--token");
         args.push(t);
     }
+    if o.tls_off {
+        args.push("--tls");
+        args.push("off");
+    }
+    args.extend(o.extra.iter().copied());
     let mut envs = Vec::new();
     if let Some(t) = o.env_token {
         envs.push(("TCP_FORWARD_TOKEN", t));

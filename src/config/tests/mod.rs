@@ -63,6 +63,7 @@ fn client_args(config: Option<PathBuf>, ip: Option<&str>, port: Option<&str>) ->
         config,
         tag: None,
         token: None,
+        ..Default::default()
     }
 }
 

@@ -102,6 +102,7 @@ impl<H: Copy> Session<H> {
                         self.rx = Rx::Frames;
                     }
                     PreambleCheck::NotTcpForward => self.fail(CloseReason::NotTcpForward),
+                    PreambleCheck::Tls => self.fail(CloseReason::PeerSpeaksTls),
                     PreambleCheck::Version(theirs) => {
                         self.refuse(CloseReason::Version { theirs }, now)
                     }
@@ -339,7 +340,11 @@ impl<H: Copy> Session<H> {
             Err(e) => return self.malformed(format!("malformed HELLO: {e}")),
         };
         let token = params.token.as_deref();
-        let refusal = if !hello
+        let binding = self.binding;
+        let binding = binding.as_ref();
+        let refusal = if params.require_tls && binding.is_none() {
+            Some(CloseReason::TlsRequired)
+        } else if !hello
             .tag
             .chars()
             .all(|c| !c.is_control() && !c.is_whitespace())
@@ -351,10 +356,15 @@ impl<H: Copy> Session<H> {
                 (Some(_), None) => Some(CloseReason::AuthFailed(
                     "authentication failed: the server requires a token",
                 )),
-                (Some(token), Some(proof)) => (!handshake::verify(token, &nonce, hello.tag, proof))
-                    .then_some(CloseReason::AuthFailed(
-                        "authentication failed: wrong token",
-                    )),
+                (Some(token), Some(proof)) => (!handshake::verify(
+                    token, binding, &nonce, hello.tag, proof,
+                ))
+                .then_some(CloseReason::AuthFailed(if binding.is_some() {
+                    "authentication failed: wrong token, or a man in the middle \
+                         (the proof is bound to the TLS session)"
+                } else {
+                    "authentication failed: wrong token"
+                })),
             }
         };
         if let Some(reason) = refusal {
@@ -367,7 +377,8 @@ impl<H: Copy> Session<H> {
             window: self.windows.recv,
             max_streams: params.max_streams as u32,
             heartbeat_ms: params.heartbeat.as_millis() as u32,
-            proof: token.map(|t| handshake::server_proof(t, &hello.nonce, &nonce, hello.tag)),
+            proof: token
+                .map(|t| handshake::server_proof(t, binding, &hello.nonce, &nonce, hello.tag)),
         }
         .encode();
         self.queue(&Frame::Accept(&accept));
@@ -382,6 +393,7 @@ impl<H: Copy> Session<H> {
         let params = Arc::clone(params);
         let token = params.token.as_deref();
         let tag = params.tag.as_str();
+        let binding = self.binding;
         match (&self.phase, f) {
             (&Phase::AwaitChallenge { nonce }, Frame::Challenge(p)) => {
                 let ch = match Challenge::decode(p) {
@@ -392,7 +404,7 @@ impl<H: Copy> Session<H> {
                     window: self.windows.recv,
                     tag,
                     nonce,
-                    proof: token.map(|t| handshake::proof(t, &ch.nonce, tag)),
+                    proof: token.map(|t| handshake::proof(t, binding.as_ref(), &ch.nonce, tag)),
                 }
                 .encode();
                 self.push(&handshake::preamble());
@@ -418,7 +430,15 @@ impl<H: Copy> Session<H> {
                 // a client that connects wherever it is told, inside the private network.
                 if let Some(t) = token {
                     let proven = a.proof.is_some_and(|proof| {
-                        handshake::verify_server(t, &client_nonce, &server_nonce, tag, &proof)
+                        let binding = binding.as_ref();
+                        handshake::verify_server(
+                            t,
+                            binding,
+                            &client_nonce,
+                            &server_nonce,
+                            tag,
+                            &proof,
+                        )
                     });
                     if !proven {
                         self.fail(CloseReason::ServerAuthFailed);

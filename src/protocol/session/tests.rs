@@ -11,6 +11,7 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 fn server_params(token: Option<&[u8]>, window: u32) -> Arc<ServerParams> {
     Arc::new(ServerParams {
         token: token.map(<[u8]>::to_vec),
+        require_tls: false,
         max_streams: 8,
         heartbeat: HEARTBEAT,
         window,
