@@ -199,3 +199,99 @@ fn sample_files_load() {
     assert_eq!(client.tag, "default");
     assert!(client.warnings.is_empty(), "{:?}", client.warnings);
 }
+
+#[test]
+fn client_tls_flags_and_keys() {
+    let args = client_args(None, Some("tunnel.example.com"), Some("1"));
+    let cfg = client_from_args(&args).unwrap();
+    let tls = cfg.tls.expect("on by default");
+    assert!(!tls.authenticates_server);
+    assert_eq!(
+        format!("{:?}", tls.server_name),
+        format!("{:?}", server_name("tunnel.example.com"))
+    );
+
+    let mut args = client_args(None, Some("10.0.0.1"), Some("1"));
+    args.tls = Some("OFF".into());
+    assert!(client_from_args(&args).unwrap().tls.is_none());
+
+    let fp = "ab".repeat(32);
+    let mut args = client_args(None, Some("10.0.0.1"), Some("1"));
+    args.fingerprint = Some(fp.clone());
+    args.server_name = Some("gw.example.com".into());
+    let tls = client_from_args(&args).unwrap().tls.unwrap();
+    assert!(tls.authenticates_server);
+    assert_eq!(
+        format!("{:?}", tls.server_name),
+        format!("{:?}", server_name("gw.example.com"))
+    );
+
+    // The same from a file; the flags override it.
+    let s = Scratch::new("client-tls");
+    let (cert, _, _) = crate::tls::write_cert_files(&s.0.join("pki"), &["x".into()]).unwrap();
+    assert!(cert.exists());
+    let path = s.write(
+        "forward_client.cfg",
+        &format!(
+            "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\nTLS=on\nTLS_CA=pki/tcp-forward.crt\n\
+             TLS_SERVER_NAME=x\nTLS_FINGERPRINT={fp}\n"
+        ),
+    );
+    let cfg = client_from_args(&client_args(Some(path.clone()), None, None)).unwrap();
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    assert!(cfg.tls.unwrap().authenticates_server);
+    let mut args = client_args(Some(path), None, None);
+    args.tls = Some("off".into());
+    let e = client_from_args(&args).unwrap_err();
+    assert_eq!(e.key(), Some("--ca"), "{e}");
+    assert!(e.message().contains("TLS is off"), "{e}");
+}
+
+fn server_name(s: &'static str) -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from(s).unwrap()
+}
+
+#[test]
+fn client_tls_errors() {
+    let base = || client_args(None, Some("10.0.0.1"), Some("1"));
+    let mut a = base();
+    a.tls = Some("maybe".into());
+    assert_eq!(client_from_args(&a).unwrap_err().key(), Some("--tls"));
+    let mut a = base();
+    a.fingerprint = Some("12:34".into());
+    let e = client_from_args(&a).unwrap_err();
+    assert_eq!(e.key(), Some("--fingerprint"));
+    assert!(e.message().contains("64 hex digits"), "{e}");
+    let mut a = base();
+    a.ca = Some("/nonexistent/ca.pem".into());
+    let e = client_from_args(&a).unwrap_err();
+    assert_eq!(e.key(), Some("--ca"));
+    assert!(
+        e.message().contains("/nonexistent/ca.pem: cannot read"),
+        "{e}"
+    );
+    let mut a = base();
+    a.server_name = Some("bad name!".into());
+    assert_eq!(
+        client_from_args(&a).unwrap_err().key(),
+        Some("--server-name")
+    );
+
+    let s = Scratch::new("client-tls-err");
+    let path = s.write(
+        "forward_client.cfg",
+        "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\nTLS_CA=none.pem\n",
+    );
+    let e = client_from_args(&client_args(Some(path.clone()), None, None)).unwrap_err();
+    assert_err(&e, &path, &["TLS_CA", "none.pem: cannot read"]);
+    let path = s.write(
+        "forward_client.cfg",
+        "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\nTLS_FINGERPRINT=zz\n",
+    );
+    let e = client_from_args(&client_args(Some(path.clone()), None, None)).unwrap_err();
+    assert_err(
+        &e,
+        &path,
+        &["line 4", "TLS_FINGERPRINT", "not a SHA-256 fingerprint"],
+    );
+}

@@ -429,3 +429,81 @@ fn exact_brief_message() {
         )
     );
 }
+
+#[test]
+fn server_tls_keys() {
+    let s = Scratch::new("tls");
+    let cfg = load_server(&s.server(CFG, MAPPER)).unwrap();
+    assert!(
+        matches!(cfg.tls, ServerTlsSetting::SelfSigned),
+        "on by default"
+    );
+    let off = load_server(&s.server("[DEFAULT]\nINNER_PORT=1\nTLS = Off\n", MAPPER)).unwrap();
+    assert!(matches!(off.tls, ServerTlsSetting::Off));
+
+    // The files `tcp-forward cert` writes, named relative to the config file.
+    let (cert, key, fp) = crate::tls::write_cert_files(&s.0.join("pki"), &["x".into()]).unwrap();
+    assert!(cert.starts_with(&s.0) && key.starts_with(&s.0));
+    let text =
+        "[DEFAULT]\nINNER_PORT=1\nTLS_CERT=pki/tcp-forward.crt\nTLS_KEY=pki/tcp-forward.key\n";
+    let cfg = load_server(&s.server(text, MAPPER)).unwrap();
+    match &cfg.tls {
+        ServerTlsSetting::Files(t) => assert_eq!(t.fingerprint, fp),
+        other => panic!("{other:?}"),
+    }
+    // With TLS off they are not loaded, and that is said.
+    let text = "[DEFAULT]\nINNER_PORT=1\nTLS=off\nTLS_CERT=nowhere.crt\n";
+    let cfg = load_server(&s.server(text, MAPPER)).unwrap();
+    assert!(
+        cfg.warnings.iter().any(|w| w.contains("TLS is off")),
+        "{:?}",
+        cfg.warnings
+    );
+}
+
+#[test]
+fn server_tls_errors() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "TLS=maybe\n",
+            &["line 3", "TLS", "\"maybe\" is not on or off"],
+        ),
+        ("TLS_CERT=a.crt\n", &["TLS_CERT", "TLS_KEY is missing"]),
+        ("TLS_KEY=a.key\n", &["TLS_KEY", "TLS_CERT is missing"]),
+        ("TLS_CERT=\nTLS_KEY=k\n", &["TLS_CERT", "empty file name"]),
+        (
+            "TLS_CERT=missing.crt\nTLS_KEY=missing.key\n",
+            &["TLS_CERT", "missing.crt: cannot read"],
+        ),
+    ];
+    for (lines, parts) in cases {
+        let (s, e) = server_err(&format!("[DEFAULT]\nINNER_PORT=1\n{lines}"), MAPPER);
+        assert_err(&e, &s.0.join("forward_server.cfg"), parts);
+    }
+    // A key file that holds no key, and a certificate file that holds a key.
+    let s = Scratch::new("tls-bad");
+    let (cert, key, _) = crate::tls::write_cert_files(&s.0, &["x".into()]).unwrap();
+    let garbage = s.write("garbage.pem", "not a key\n");
+    let text = format!(
+        "[DEFAULT]\nINNER_PORT=1\nTLS_CERT={}\nTLS_KEY={}\n",
+        cert.display(),
+        garbage.display()
+    );
+    let e = load_server(&s.server(&text, MAPPER)).unwrap_err();
+    assert_err(
+        &e,
+        &s.0.join("forward_server.cfg"),
+        &["TLS_KEY", "garbage.pem", "not a PEM private key"],
+    );
+    let text = format!(
+        "[DEFAULT]\nINNER_PORT=1\nTLS_CERT={}\nTLS_KEY={}\n",
+        key.display(),
+        key.display()
+    );
+    let e = load_server(&s.server(&text, MAPPER)).unwrap_err();
+    assert_err(
+        &e,
+        &s.0.join("forward_server.cfg"),
+        &["TLS_CERT", "no CERTIFICATE"],
+    );
+}

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::*;
 use crate::protocol::frame::{self, HEADER_LEN, LONG_HEADER_LEN};
-use crate::protocol::handshake::Accept;
+use crate::protocol::handshake::{Accept, BINDING_LEN};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -356,6 +356,102 @@ fn an_impostor_server_that_cannot_prove_the_token_is_not_served() {
     frame::encode(&Frame::Accept(&accept), &mut wire);
     feed(&mut c, &wire, now);
     assert_eq!(c.close_reason(), Some(&CloseReason::ServerAuthFailed));
+}
+
+fn tls_server_params(token: Option<&[u8]>) -> Arc<ServerParams> {
+    Arc::new(ServerParams {
+        token: token.map(<[u8]>::to_vec),
+        require_tls: true,
+        max_streams: 8,
+        heartbeat: HEARTBEAT,
+        window: STREAM_WINDOW,
+    })
+}
+
+#[test]
+fn under_one_tls_session_both_bound_proofs_verify() {
+    let mut p = Pair::new(
+        tls_server_params(Some(b"secret")),
+        client_params(Some(b"secret"), STREAM_WINDOW),
+    );
+    p.server.s.bind_channel([5; BINDING_LEN]);
+    p.client.s.bind_channel([5; BINDING_LEN]);
+    p.drive();
+    assert!(p.server.s.is_established() && p.client.s.is_established());
+}
+
+#[test]
+fn a_man_in_the_middle_with_two_tls_sessions_is_refused() {
+    // The relay in the middle passes every byte; only the bindings differ.
+    let mut p = Pair::new(
+        tls_server_params(Some(b"secret")),
+        client_params(Some(b"secret"), STREAM_WINDOW),
+    );
+    p.server.s.bind_channel([5; BINDING_LEN]);
+    p.client.s.bind_channel([6; BINDING_LEN]);
+    p.drive();
+    assert_eq!(p.server.label(), Some("auth_failed"));
+    assert!(
+        p.server.closed().unwrap().contains("man in the middle"),
+        "{:?}",
+        p.server.closed()
+    );
+    assert!(p.client.s.close_reason().unwrap().is_refusal());
+    assert!(!p.client.s.was_established());
+}
+
+#[test]
+fn a_server_proof_made_on_another_tls_session_is_refused() {
+    // The best a relay could forward: the real server's proof, made on the server's TLS
+    // session with the relay (binding 5). The client is on its own session (binding 6).
+    let accept_with = |binding: [u8; BINDING_LEN]| {
+        let now = Instant::now();
+        let mut c = Session::<u32>::client(client_params(Some(b"secret"), 1024), [2; 32], now);
+        c.bind_channel([6; BINDING_LEN]);
+        let mut wire = handshake::preamble().to_vec();
+        let challenge = Challenge {
+            auth_required: true,
+            nonce: [9; NONCE_LEN],
+        }
+        .encode();
+        frame::encode(&Frame::Challenge(&challenge), &mut wire);
+        let proof = handshake::server_proof(b"secret", Some(&binding), &[2; 32], &[9; 32], "lab");
+        let accept = Accept {
+            window: 1024,
+            max_streams: 4,
+            heartbeat_ms: 1000,
+            proof: Some(proof),
+        }
+        .encode();
+        frame::encode(&Frame::Accept(&accept), &mut wire);
+        feed(&mut c, &wire, now);
+        c
+    };
+    let c = accept_with([5; BINDING_LEN]);
+    assert_eq!(c.close_reason(), Some(&CloseReason::ServerAuthFailed));
+    let c = accept_with([6; BINDING_LEN]);
+    assert!(
+        c.is_established(),
+        "the same proof on the client's own session verifies"
+    );
+}
+
+#[test]
+fn a_plain_client_of_a_tls_server_is_told_tls_is_required() {
+    let mut p = Pair::new(tls_server_params(None), client_params(None, STREAM_WINDOW));
+    p.drive();
+    assert_eq!(p.server.label(), Some("tls_required"));
+    let client = p.client.closed().unwrap();
+    assert!(client.contains("the server requires TLS"), "{client}");
+    assert!(p.client.s.close_reason().unwrap().is_refusal());
+}
+
+#[test]
+fn a_tls_hello_to_a_plain_server_is_named() {
+    let now = Instant::now();
+    let mut s: Session<u32> = Session::server(server_params(None, 1024), [1; 32], now);
+    feed(&mut s, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01], now);
+    assert_eq!(s.close_reason(), Some(&CloseReason::PeerSpeaksTls));
 }
 
 /// Decode all of `wire`, ignoring the inputs.
