@@ -18,9 +18,12 @@ use mio::net::TcpStream;
 use rustls::{ClientConnection, Connection, ServerConnection};
 
 use crate::protocol::handshake::{BINDING_LEN, TLS_HANDSHAKE_RECORD};
+use crate::protocol::session::TX_DATA_LIMIT;
 use crate::tls::{BINDING_LABEL, ClientTls};
-/// Encrypted bytes rustls may hold for a socket that is not taking them.
-const TLS_BUFFER_LIMIT: usize = 256 * 1024;
+/// Encrypted bytes rustls may hold for a socket that is not taking them: what a loop turn
+/// queues at most (the session's data limit), plus the records' overhead, so that a turn's
+/// output leaves in one write.
+const TLS_BUFFER_LIMIT: usize = TX_DATA_LIMIT + 64 * 1024;
 /// How long a server waits for a first byte before taking the client as a plain one.
 pub const SNIFF_WAIT: Duration = Duration::from_secs(1);
 
@@ -235,7 +238,8 @@ impl TlsStream {
     }
 
     /// Take plaintext to encrypt; returns how much was taken (`WouldBlock` when rustls's
-    /// buffer is full and the socket takes nothing). Before the server knows what its peer
+    /// buffer is full and the socket takes nothing). The records wait for `flush`, so that
+    /// what a loop turn queues leaves in one write. Before the server knows what its peer
     /// speaks, nothing is taken.
     pub fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let conn = match &mut self.layer {
@@ -243,18 +247,16 @@ impl TlsStream {
             Layer::Clear => return self.sock.write(buf),
             Layer::Tls(conn) => conn,
         };
-        for _ in 0..2 {
-            let n = conn.writer().write(buf)?;
-            flush_tls(conn, &mut self.sock)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            // The buffer was full; the flush may have made room.
-            if conn.wants_write() {
-                break;
-            }
+        let n = conn.writer().write(buf)?;
+        if n > 0 {
+            return Ok(n);
         }
-        Err(io::ErrorKind::WouldBlock.into())
+        // The buffer is full: make room, then take what fits.
+        flush_tls(conn, &mut self.sock)?;
+        match conn.writer().write(buf)? {
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
     }
 
     /// Write the encrypted bytes rustls holds until the socket refuses. `Ok` either way.
