@@ -84,6 +84,12 @@ impl Core {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     t.readable = false;
+                    // A TLS read may have moved the handshake on without a byte of
+                    // plaintext: what the session queued meanwhile (a server's challenge)
+                    // must reach the TLS layer, which sends it once the handshake is done.
+                    if t.transport.is_tls() {
+                        self.mark_dirty(key);
+                    }
                     return;
                 }
                 Err(e) => {

@@ -271,11 +271,6 @@ impl TlsStream {
     pub fn has_pending(&self) -> bool {
         matches!(&self.layer, Layer::Tls(conn) if conn.wants_write())
     }
-
-    /// The connection runs TLS (not clear, not yet undecided).
-    pub fn is_tls(&self) -> bool {
-        matches!(self.layer, Layer::Tls(_))
-    }
 }
 
 /// Write what `conn` holds for the socket until it refuses (`Ok` then too).

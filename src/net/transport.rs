@@ -75,6 +75,11 @@ impl Transport {
         }
     }
 
+    /// TLS runs (or may yet run: a server still waiting for the first byte).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
     /// The TLS channel binding, once, when the handshake has just completed.
     pub fn take_binding(&mut self) -> Option<[u8; BINDING_LEN]> {
         match self {
