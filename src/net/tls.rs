@@ -117,6 +117,8 @@ impl TlsStream {
     /// read means the socket is drained. `Ok(0)` is end of stream.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
+        // The last socket read was short: the socket is drained, no need to ask again.
+        let mut drained = false;
         loop {
             let conn = match &mut self.layer {
                 Layer::Sniff { .. } => {
@@ -133,6 +135,13 @@ impl TlsStream {
                     if filled == buf.len() {
                         return Ok(filled);
                     }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained => {
+                    return if filled > 0 {
+                        Ok(filled)
+                    } else {
+                        Err(e)
+                    };
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The peer closed the socket without close_notify: the protocol's own
@@ -168,9 +177,13 @@ impl TlsStream {
                     Err(e) => return Err(e),
                 }
             }
-            match conn.read_tls(&mut self.sock) {
+            let mut sock = ShortRead {
+                sock: &mut self.sock,
+                short: false,
+            };
+            match conn.read_tls(&mut sock) {
                 Ok(0) => self.eof = true,
-                Ok(_) => {}
+                Ok(_) => drained = sock.short,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => {
                     return Ok(filled);
@@ -285,4 +298,19 @@ fn flush_tls(conn: &mut Connection, sock: &mut TcpStream) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The socket as rustls reads it, noting whether a read returned less than was asked:
+/// then the socket is drained for now, and asking again would only return `WouldBlock`.
+struct ShortRead<'a> {
+    sock: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for ShortRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
+    }
 }
