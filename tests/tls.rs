@@ -1,7 +1,8 @@
 //! TLS on the tunnel: what a wiretap between client and server sees, a man in the middle
 //! (with and without a token, relaying or posing as the server), the client's trust (`--ca`,
 //! `--fingerprint`, and their keys in forward_client.cfg), `tcp-forward cert`, TLS on one side
-//! only, TLS configuration errors, and bytes that are not a TLS handshake sent to a server.
+//! only, TLS configuration errors, and bytes that are not a TLS handshake (or half of one)
+//! sent to a server.
 
 mod common;
 
@@ -34,6 +35,7 @@ use tcp_forward::protocol::frame::{self, Frame};
 use tcp_forward::protocol::handshake::{
     self, Accept, Challenge, Hello, NONCE_LEN, PREAMBLE_LEN, PROOF_LEN, PreambleCheck,
 };
+use tcp_forward::protocol::session::HANDSHAKE_TIMEOUT;
 
 const TOKEN: &str = "tls-Token-5be1c9e7";
 /// Bound for one connection attempt (refused, or failing TLS) to show in the logs: the
@@ -1409,4 +1411,28 @@ fn a_server_that_hangs_up_during_the_handshake_is_named_as_such() {
         ATTEMPT,
     );
     assert_eq!(client.count("tunnel up"), 0);
+}
+
+#[test]
+fn a_tls_handshake_that_stalls_is_dropped_in_time() {
+    let dir = TempDir::new("tls-stall");
+    let (_echo, setup, port) = echo_mapping();
+    let server = setup.start(&dir);
+    let _client = attach_client(&server, setup.inner_port, &ClientOpts::default());
+    // Half a ClientHello, then silence with the connection open.
+    let hello = client_hello();
+    let mut s = connect_retry(loopback(setup.inner_port), Duration::from_secs(2)).expect("connect");
+    s.write_all(&hello[..hello.len() / 2]).expect("write");
+    let started = Instant::now();
+    let closed = wait_closed(&mut s, Duration::from_secs(10));
+    assert!(closed.is_closed(), "still open after 10 s: {closed:?}");
+    let took = started.elapsed();
+    let line = server.wait_for_line("refused client", ATTEMPT);
+    assert!(line.contains("handshake not completed in time"), "{line}");
+    let slack = Duration::from_secs(2);
+    assert!(
+        took + slack >= HANDSHAKE_TIMEOUT && took < HANDSHAKE_TIMEOUT + slack,
+        "dropped after {took:?}, the handshake timeout is {HANDSHAKE_TIMEOUT:?}"
+    );
+    assert_echo(port, "the tunnel beside a stalled handshake");
 }
