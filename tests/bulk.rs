@@ -1,4 +1,5 @@
-//! Bulk transfer: 64 MiB each way at the same time on one stream, checksummed.
+//! Bulk transfer: 64 MiB each way at the same time on one stream, checksummed; streams reset
+//! mid-payload; large messages on an open connection. Each runs over TLS and over plain TCP.
 
 mod common;
 
@@ -11,10 +12,19 @@ use tcp_forward::net::sys::set_abortive_close;
 
 #[test]
 fn sixty_four_mib_each_way_at_once_on_one_stream() {
+    sixty_four_mib_each_way(Tls::On);
+}
+
+#[test]
+fn sixty_four_mib_each_way_at_once_on_one_stream_tls_off() {
+    sixty_four_mib_each_way(Tls::Off);
+}
+
+fn sixty_four_mib_each_way(tls: Tls) {
     const N: u64 = 64 * 1024 * 1024;
     let dir = TempDir::new("bulk");
     let (duplex, reports) = Target::duplex(N, 0xb0b);
-    let (_server, _client, port) = tunnel_to(&dir, duplex.target());
+    let (_server, _client, port) = tunnel_over(&dir, duplex.target(), tls);
 
     let mut s = visit(port);
     let mut w = s.try_clone().expect("clone");
@@ -35,7 +45,7 @@ fn sixty_four_mib_each_way_at_once_on_one_stream() {
         .expect("target report")
         .expect("target i/o");
     eprintln!(
-        "64 MiB each way in {elapsed:?} ({:.0} MiB/s per direction)",
+        "{tls:?}: 64 MiB each way in {elapsed:?} ({:.0} MiB/s per direction)",
         mib_per_s(N, elapsed)
     );
     assert_eq!(
@@ -54,6 +64,15 @@ fn sixty_four_mib_each_way_at_once_on_one_stream() {
 /// arrive whole in both directions.
 #[test]
 fn streams_reset_mid_payload_leave_the_tunnel_intact() {
+    streams_reset_mid_payload(Tls::On);
+}
+
+#[test]
+fn streams_reset_mid_payload_leave_the_tunnel_intact_tls_off() {
+    streams_reset_mid_payload(Tls::Off);
+}
+
+fn streams_reset_mid_payload(tls: Tls) {
     const N: u64 = 32 * 1024 * 1024;
     const CUT: usize = 4 * 1024 * 1024;
     let dir = TempDir::new("bulk-reset");
@@ -69,7 +88,7 @@ fn streams_reset_mid_payload_leave_the_tunnel_intact() {
     let down = setup.map(source.target(), None);
     let quit = setup.map(quitter.target(), None);
     let up = setup.map(sink.target(), None);
-    let (_server, _client) = server_and_client(&dir, &setup);
+    let (_server, _client) = server_and_client_over(&dir, &setup, tls);
 
     for round in 0..3 {
         // The visitor resets a download.
@@ -107,11 +126,20 @@ fn streams_reset_mid_payload_leave_the_tunnel_intact() {
 /// each must arrive without an end-of-file or more traffic to wake anyone up.
 #[test]
 fn large_messages_echo_on_an_open_connection() {
+    large_messages_echo(Tls::On);
+}
+
+#[test]
+fn large_messages_echo_on_an_open_connection_tls_off() {
+    large_messages_echo(Tls::Off);
+}
+
+fn large_messages_echo(tls: Tls) {
     use std::io::Write;
     const LEN: usize = 3 * 1024 * 1024 + 12_345;
     let dir = TempDir::new("bulk-echo");
     let echo = Target::echo();
-    let (_server, _client, port) = tunnel_to(&dir, echo.target());
+    let (_server, _client, port) = tunnel_over(&dir, echo.target(), tls);
     let mut s = visit(port);
     for round in 0..5u64 {
         let msg = pattern(round, LEN);

@@ -1,5 +1,6 @@
 //! Data through the tunnel: echo of mixed sizes, many concurrent streams, half-close in both
-//! orders, a target that sends and closes, IPv6 and host-name targets.
+//! orders (over TLS and over plain TCP), a target that sends and closes, IPv6 and host-name
+//! targets.
 
 mod common;
 
@@ -108,9 +109,18 @@ fn fifty_plus_concurrent_streams_echo_distinct_data() {
 
 #[test]
 fn half_close_visitor_first_then_full_reply() {
+    half_close_visitor_first(Tls::On);
+}
+
+#[test]
+fn half_close_visitor_first_then_full_reply_tls_off() {
+    half_close_visitor_first(Tls::Off);
+}
+
+fn half_close_visitor_first(tls: Tls) {
     let dir = TempDir::new("half-close-visitor");
     let responder = Target::half_close_responder();
-    let (_server, _client, port) = tunnel_to(&dir, responder.target());
+    let (_server, _client, port) = tunnel_over(&dir, responder.target(), tls);
 
     for (i, n) in [0usize, 10, 1024 * 1024 + 5].into_iter().enumerate() {
         let mut s = visit(port);
@@ -130,10 +140,19 @@ fn half_close_visitor_first_then_full_reply() {
 
 #[test]
 fn half_close_target_first_while_visitor_still_sends() {
+    half_close_target_first(Tls::On);
+}
+
+#[test]
+fn half_close_target_first_while_visitor_still_sends_tls_off() {
+    half_close_target_first(Tls::Off);
+}
+
+fn half_close_target_first(tls: Tls) {
     let dir = TempDir::new("half-close-target");
     const GREETING: u64 = 300 * 1024;
     let (duplex, reports) = Target::duplex(GREETING, 42);
-    let (_server, _client, port) = tunnel_to(&dir, duplex.target());
+    let (_server, _client, port) = tunnel_over(&dir, duplex.target(), tls);
 
     let mut s = visit(port);
     // The target sends its greeting and shuts down its write half at once.

@@ -1,5 +1,5 @@
 //! Flow control: stalled streams (in both directions) must not slow the other streams of the
-//! tunnel nor grow either process's memory.
+//! tunnel nor grow either process's memory, over TLS and over plain TCP.
 
 mod common;
 
@@ -49,6 +49,15 @@ fn timed_download(port: u16, seed: u64, n: u64) -> f64 {
 
 #[test]
 fn stalled_streams_do_not_slow_others_and_memory_stays_bounded() {
+    stalled_streams(Tls::On);
+}
+
+#[test]
+fn stalled_streams_do_not_slow_others_and_memory_stays_bounded_tls_off() {
+    stalled_streams(Tls::Off);
+}
+
+fn stalled_streams(tls: Tls) {
     let dir = TempDir::new("stall");
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -74,7 +83,7 @@ fn stalled_streams_do_not_slow_others_and_memory_stays_bounded() {
     let p_base = setup.map(baseline_source.target(), None);
     let p_active = setup.map(active_source.target(), None);
     let p_echo = setup.map(echo.target(), None);
-    let (server, client) = server_and_client(&dir, &setup);
+    let (server, client) = server_and_client_over(&dir, &setup, tls);
 
     let baseline = timed_download(p_base, 1, BASELINE);
 
@@ -141,7 +150,7 @@ fn stalled_streams_do_not_slow_others_and_memory_stays_bounded() {
     let server_now = server.rss_kib().unwrap_or(0);
     let client_now = client.rss_kib().unwrap_or(0);
     eprintln!(
-        "baseline {baseline:.0} MiB/s, with stalls {active:.0} MiB/s; RSS max server {server_max} KiB, client {client_max} KiB; \
+        "{tls:?}: baseline {baseline:.0} MiB/s, with stalls {active:.0} MiB/s; RSS max server {server_max} KiB, client {client_max} KiB; \
          now server {server_now} KiB, client {client_now} KiB; stalled pushes {:.1} / {:.1} MiB",
         fire_total as f64 / MIB as f64,
         deaf_total as f64 / MIB as f64

@@ -145,8 +145,12 @@ impl TlsStream {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The peer closed the socket without close_notify: the protocol's own
-                // framing says whether anything was cut short.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
+                // framing says whether anything was cut short. During the handshake there
+                // is nothing to frame: that is said below.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !conn.is_handshaking() => {
+                    return Ok(filled);
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
                 Err(e) => return Err(e),
             }
             if self.eof {

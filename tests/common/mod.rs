@@ -660,6 +660,14 @@ impl ServerSetup {
         self
     }
 
+    /// Run the server with TLS on (the default) or off.
+    pub fn with_tls(self, tls: Tls) -> Self {
+        match tls {
+            Tls::On => self,
+            Tls::Off => self.tls_off(),
+        }
+    }
+
     pub fn server_cfg_text(&self) -> String {
         let mut s = String::from("[DEFAULT]\n");
         let _ = writeln!(s, "INNER_PORT={}", self.inner_port);
@@ -736,6 +744,24 @@ pub fn start_server_cfg(cfg: &Path, setup: &ServerSetup, name: &str) -> Proc {
     }
 }
 
+/// Whether a tunnel runs TLS (the default) or plain TCP: tests that are about the data path
+/// run both ways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tls {
+    On,
+    Off,
+}
+
+impl Tls {
+    /// Client options that match a server run with `self`.
+    pub fn client<'a>(self) -> ClientOpts<'a> {
+        ClientOpts {
+            tls_off: self == Tls::Off,
+            ..ClientOpts::default()
+        }
+    }
+}
+
 /// Options for a client process.
 #[derive(Clone, Debug, Default)]
 pub struct ClientOpts<'a> {
@@ -791,8 +817,24 @@ pub fn attach_client(server: &Proc, inner_port: u16, o: &ClientOpts<'_>) -> Proc
 
 /// Server with the given setup plus one attached default-tag client.
 pub fn server_and_client(dir: &TempDir, setup: &ServerSetup) -> (Proc, Proc) {
+    server_and_client_over(dir, setup, Tls::On)
+}
+
+/// Like `server_and_client`, with TLS on or off at both ends.
+pub fn server_and_client_over(dir: &TempDir, setup: &ServerSetup, tls: Tls) -> (Proc, Proc) {
+    let setup = setup.clone().with_tls(tls);
     let s = setup.start(dir);
-    let c = attach_client(&s, setup.inner_port, &ClientOpts::default());
+    // Logged before the server listens, so already collected.
+    let announced = match tls {
+        Tls::On => "TLS on",
+        Tls::Off => "TLS is off",
+    };
+    assert!(
+        s.count(announced) > 0,
+        "the server should log {announced:?}:\n{}",
+        s.tail(20)
+    );
+    let c = attach_client(&s, setup.inner_port, &tls.client());
     (s, c)
 }
 
@@ -808,9 +850,14 @@ pub fn echo_mapping() -> (Target, ServerSetup, u16) {
 /// A server mapping one fresh public port to `target`, with one attached default-tag
 /// client: (server, client, public port).
 pub fn tunnel_to(dir: &TempDir, target: impl std::fmt::Display) -> (Proc, Proc, u16) {
+    tunnel_over(dir, target, Tls::On)
+}
+
+/// Like `tunnel_to`, with TLS on or off at both ends.
+pub fn tunnel_over(dir: &TempDir, target: impl std::fmt::Display, tls: Tls) -> (Proc, Proc, u16) {
     let mut setup = ServerSetup::new();
     let port = setup.map(target, None);
-    let (server, client) = server_and_client(dir, &setup);
+    let (server, client) = server_and_client_over(dir, &setup, tls);
     (server, client, port)
 }
 
