@@ -72,6 +72,8 @@ pub struct TlsStream {
     is_client: bool,
     /// Client: nothing received yet (the first byte tells a server in clear apart).
     first_read: bool,
+    /// The peer has closed its end: read on to the end of stream, short reads or not.
+    pub read_to_eof: bool,
 }
 
 impl TlsStream {
@@ -86,6 +88,7 @@ impl TlsStream {
             eof: false,
             is_client: false,
             first_read: false,
+            read_to_eof: false,
         }
     }
 
@@ -105,6 +108,7 @@ impl TlsStream {
             eof: false,
             is_client: true,
             first_read: true,
+            read_to_eof: false,
         }
     }
 
@@ -137,11 +141,7 @@ impl TlsStream {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained => {
-                    return if filled > 0 {
-                        Ok(filled)
-                    } else {
-                        Err(e)
-                    };
+                    return if filled > 0 { Ok(filled) } else { Err(e) };
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The peer closed the socket without close_notify: the protocol's own
@@ -187,7 +187,7 @@ impl TlsStream {
             };
             match conn.read_tls(&mut sock) {
                 Ok(0) => self.eof = true,
-                Ok(_) => drained = sock.short,
+                Ok(_) => drained = sock.short && !self.read_to_eof,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => {
                     return Ok(filled);

@@ -42,11 +42,15 @@ impl Transport {
     }
 
     /// Read decoded bytes (the frames); `Ok(0)` is end of stream. A read shorter than `buf`
-    /// means the socket is drained.
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// means the socket is drained, unless `to_eof` says the peer has closed: then the
+    /// reads go on to the end of stream.
+    pub fn read(&mut self, buf: &mut [u8], to_eof: bool) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
-            Transport::Tls(t) => t.read(buf),
+            Transport::Tls(t) => {
+                t.read_to_eof = to_eof;
+                t.read(buf)
+            }
         }
     }
 

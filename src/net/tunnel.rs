@@ -79,7 +79,7 @@ impl Tunnel {
         };
         let room = &mut room[..limit];
         loop {
-            match self.transport.read(room) {
+            match self.transport.read(room, self.read_closed_hint) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(n) => {
                     self.header_only = false;
