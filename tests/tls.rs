@@ -19,14 +19,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{
-    ClientConnection, ConnectionCommon, DigitallySignedStruct, ServerConnection, SideData,
-    SignatureScheme, StreamOwned,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData, StreamOwned};
 use sha2::{Digest as _, Sha256};
 
 use common::*;
@@ -36,6 +31,7 @@ use tcp_forward::protocol::handshake::{
     self, Accept, Challenge, Hello, NONCE_LEN, PREAMBLE_LEN, PROOF_LEN, PreambleCheck,
 };
 use tcp_forward::protocol::session::HANDSHAKE_TIMEOUT;
+use tcp_forward::tls::{ClientTls, Trust};
 
 const TOKEN: &str = "tls-Token-5be1c9e7";
 /// Bound for one connection attempt (refused, or failing TLS) to show in the logs: the
@@ -113,72 +109,27 @@ fn nth_line(p: &Proc, needle: &str, n: usize, within: Duration) -> String {
 // rustls pieces for the relays
 // ---------------------------------------------------------------------------------------
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// A client-side verifier that takes any certificate (checking only that its key signed the
-/// handshake): the man in the middle does not care whom it talks to.
-#[derive(Debug)]
-struct AnyCertificate(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
+/// What the man in the middle's client side uses: tcp-forward's own trust with neither a CA
+/// nor a pin, which takes any certificate whose key signs the handshake.
 fn trusting_client_config() -> Arc<rustls::ClientConfig> {
-    let provider = provider();
-    let verifier = Arc::new(AnyCertificate(provider.signature_verification_algorithms));
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Arc::new(config)
+    let name = ServerName::try_from("tcp-forward").expect("a name");
+    ClientTls::new(&Trust::default(), name)
+        .expect("a client configuration")
+        .config
 }
 
 /// A server configuration with a self-signed certificate of its own for `name`.
 fn own_server_config(name: &str) -> Arc<rustls::ServerConfig> {
-    let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("certificate");
-    let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der()));
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_no_client_auth()
-        .with_single_cert(vec![made.cert.der().clone()], key)
-        .expect("a certificate and its key");
+    let made = tcp_forward::tls::generate(&[name.to_string()]).expect("certificate");
+    let key = PrivateKeyDer::from_pem_slice(made.key_pem.as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3")
+    .with_no_client_auth()
+    .with_single_cert(vec![made.cert_der.into()], key)
+    .expect("a certificate and its key");
     Arc::new(config)
 }
 
