@@ -368,28 +368,29 @@ fn tls_server_params(token: Option<&[u8]>) -> Arc<ServerParams> {
     })
 }
 
-#[test]
-fn under_one_tls_session_both_bound_proofs_verify() {
+/// A pair with a token, each side on a TLS session with the binding given, driven through
+/// its handshake.
+fn bound_pair(server_binding: u8, client_binding: u8) -> Pair {
     let mut p = Pair::new(
         tls_server_params(Some(b"secret")),
         client_params(Some(b"secret"), STREAM_WINDOW),
     );
-    p.server.s.bind_channel([5; BINDING_LEN]);
-    p.client.s.bind_channel([5; BINDING_LEN]);
+    p.server.s.bind_channel([server_binding; BINDING_LEN]);
+    p.client.s.bind_channel([client_binding; BINDING_LEN]);
     p.drive();
+    p
+}
+
+#[test]
+fn under_one_tls_session_both_bound_proofs_verify() {
+    let p = bound_pair(5, 5);
     assert!(p.server.s.is_established() && p.client.s.is_established());
 }
 
 #[test]
 fn a_man_in_the_middle_with_two_tls_sessions_is_refused() {
     // The relay in the middle passes every byte; only the bindings differ.
-    let mut p = Pair::new(
-        tls_server_params(Some(b"secret")),
-        client_params(Some(b"secret"), STREAM_WINDOW),
-    );
-    p.server.s.bind_channel([5; BINDING_LEN]);
-    p.client.s.bind_channel([6; BINDING_LEN]);
-    p.drive();
+    let p = bound_pair(5, 6);
     assert_eq!(p.server.label(), Some("auth_failed"));
     assert!(
         p.server.closed().unwrap().contains("man in the middle"),
