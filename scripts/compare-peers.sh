@@ -3,7 +3,8 @@
 #
 # Peers: direct (no tunnel), socat (one relay hop), relay-chain (two chained blocking
 # relays, examples/reference_relay.rs: the tunnel's shape without multiplexing), rathole,
-# bore, ssh -R, tcp-forward.
+# rathole-tls (its TLS transport), bore, ssh -R, tcp-forward (TLS, its default) and
+# tcp-forward-plain (TLS=off, --tls off).
 # Tests through each: iperf3 single stream (both directions), iperf3 -P 8, wrk against
 # nginx serving a ~600 byte file, redis-benchmark GET/SET; plus resident memory and CPU
 # seconds per GB of each tunnel's processes. Each measurement is repeated R times (rounds
@@ -23,9 +24,13 @@ Usage: scripts/compare-peers.sh [options]
 
   -t, --seconds N     duration of each iperf3 / wrk run (default 5; env DURATION or SECONDS)
   -r, --repeats N     rounds; the median is reported (default 3; env R or REPEATS)
-  -p, --peers LIST    comma list out of: direct,socat,relay-chain,rathole,bore,ssh,tcp-forward
-                      (default all;
-                      direct is always measured, ratios need it)
+  -p, --peers LIST    comma list out of: direct, socat, relay-chain, rathole, rathole-tls,
+                      bore, ssh, tcp-forward, tcp-forward-plain (default all; direct is
+                      always measured, ratios need it). tcp-forward runs with TLS (its
+                      default, the server's certificate self-signed at start-up),
+                      tcp-forward-plain with TLS=off / --tls off; rathole-tls uses
+                      rathole's TLS transport with a CA and certificate made by openssl
+                      at run time (PKCS#12 for the server, trusted_root for the client)
       --bin PATH      tcp-forward binary (default target/release/tcp-forward; env TCP_FORWARD_BIN)
       --no-redis      skip redis-benchmark
   env SOCAT_BACKLOG   listen backlog for socat (default 1024; empty = socat's default of 5)
@@ -45,7 +50,7 @@ if [[ -z $DURATION && $START_SECONDS_ENV -gt 0 ]]; then
 fi
 DURATION=${DURATION:-5}
 REPEATS=${R:-${REPEATS:-3}}
-PEERS=direct,socat,relay-chain,rathole,bore,ssh,tcp-forward
+PEERS=direct,socat,relay-chain,rathole,rathole-tls,bore,ssh,tcp-forward,tcp-forward-plain
 WITH_REDIS=1
 JSON_OUT=
 MD_OUT=
@@ -300,16 +305,52 @@ setup_relay_chain() {
     wait_listening 10 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" "${hops[@]}" || { SETUP_ERR="reference relays did not listen: $(logtail "$TMP"/relay-*.log)"; return 1; }
 }
 
-setup_rathole() {
-    local bin ctrl d
+# rathole's TLS transport: a CA and a server certificate for "localhost", made once per run,
+# the server's key and chain in a PKCS#12 archive (rathole 0.5 built with native-tls, which
+# is OpenSSL here) and the CA as the client's trusted_root.
+RATHOLE_TLS_PASS=peer-bench-pkcs12
+make_rathole_identity() { # dir
+    local d=$1 openssl
+    [[ -s $d/identity.pfx && -s $d/ca.pem ]] && return 0
+    openssl=$(find_bin openssl) || { SETUP_ERR="openssl not found (apt-get install openssl)"; return 1; }
+    mkdir -p "$d"
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+        "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$d/leaf.ext"
+    if ! {
+        "$openssl" req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj "/CN=compare-peers test CA" -keyout "$d/ca.key" -out "$d/ca.pem" &&
+            "$openssl" req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -subj "/CN=localhost" -keyout "$d/server.key" -out "$d/server.csr" &&
+            "$openssl" x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" \
+                -CAcreateserial -days 2 -extfile "$d/leaf.ext" -out "$d/server.crt" &&
+            "$openssl" pkcs12 -export -out "$d/identity.pfx" -inkey "$d/server.key" \
+                -in "$d/server.crt" -certfile "$d/ca.pem" -passout "pass:$RATHOLE_TLS_PASS"
+    } >"$d/openssl.log" 2>&1; then
+        SETUP_ERR="openssl could not make rathole's certificate: $(logtail "$d/openssl.log")"
+        return 1
+    fi
+}
+
+setup_rathole_with() { # plain|tls
+    local mode=$1 bin ctrl d id server_transport="" client_transport=""
     bin=$(find_bin rathole) || { SETUP_ERR="rathole not found (cargo install --root /opt/peers rathole)"; return 1; }
     read -r ctrl PUB_IPERF PUB_HTTP PUB_REDIS < <(ports 4)
-    d=$TMP/rathole
+    d=$TMP/rathole-$mode
     mkdir -p "$d"
+    if [[ $mode == tls ]]; then
+        id=$TMP/rathole-identity
+        make_rathole_identity "$id" || return 1
+        server_transport=$(printf '%s\n' "[server.transport]" 'type = "tls"' "[server.transport.tls]" \
+            "pkcs12 = \"$id/identity.pfx\"" "pkcs12_password = \"$RATHOLE_TLS_PASS\"")
+        client_transport=$(printf '%s\n' "[client.transport]" 'type = "tls"' "[client.transport.tls]" \
+            "trusted_root = \"$id/ca.pem\"" 'hostname = "localhost"')
+    fi
     cat >"$d/server.toml" <<EOF
 [server]
 bind_addr = "127.0.0.1:$ctrl"
 default_token = "$TOKEN"
+
+$server_transport
 
 [server.services.iperf]
 bind_addr = "127.0.0.1:$PUB_IPERF"
@@ -324,6 +365,8 @@ EOF
 [client]
 remote_addr = "127.0.0.1:$ctrl"
 default_token = "$TOKEN"
+
+$client_transport
 
 [client.services.iperf]
 local_addr = "127.0.0.1:$IPERF_PORT"
@@ -343,6 +386,9 @@ EOF
     wait_listening 15 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" ||
         { SETUP_ERR="rathole services did not listen: $(logtail "$d/server.log" "$d/client.log")"; return 1; }
 }
+
+setup_rathole() { setup_rathole_with plain; }
+setup_rathole_tls() { setup_rathole_with tls; }
 
 setup_bore() {
     local bin pair pub target
@@ -419,15 +465,18 @@ EOF
         { SETUP_ERR="ssh -R forwards did not listen: $(logtail "$d/ssh.log" "$d/sshd.log")"; return 1; }
 }
 
-setup_tcp_forward() {
-    local inner d
+setup_tcp_forward_with() { # on|off: the server's TLS key and the client's --tls
+    local tls=$1 inner d
     if [[ ! -x $TF_BIN ]]; then
         SETUP_ERR="$TF_BIN not found (cargo build --release)"
         return 1
     fi
     read -r inner PUB_IPERF PUB_HTTP PUB_REDIS < <(ports 4)
-    d=$TMP/tcp-forward
+    d=$TMP/tcp-forward-tls-$tls
     mkdir -p "$d"
+    # With TLS on and neither TLS_CERT nor TLS_KEY, the server makes a self-signed certificate
+    # at start-up; the client, given neither --ca nor --fingerprint, relies on the token's
+    # proof, which is bound to the TLS session.
     cat >"$d/server.cfg" <<EOF
 [DEFAULT]
 INNER_PORT=$inner
@@ -435,6 +484,7 @@ OUTER_PORTS_FILE=port_mapper.cfg
 LOG_LEVEL=INFO
 TOKEN=$TOKEN
 BIND_ADDR=127.0.0.1
+TLS=$tls
 EOF
     cat >"$d/port_mapper.cfg" <<EOF
 [MAPPER]
@@ -446,12 +496,15 @@ EOF
     start_bg "$d/server.log" "$TF_BIN" server "$d/server.cfg"
     PEER_PIDS+=("$LAST_PID")
     wait_listening 10 "$inner" || { SETUP_ERR="tcp-forward server did not listen: $(logtail "$d/server.log")"; return 1; }
-    start_bg "$d/client.log" "$TF_BIN" client 127.0.0.1 "$inner" --token "$TOKEN"
+    start_bg "$d/client.log" "$TF_BIN" client 127.0.0.1 "$inner" --token "$TOKEN" --tls "$tls"
     PEER_PIDS+=("$LAST_PID")
     wait_log 15 "$d/server.log" "tunnel attached" ||
         { SETUP_ERR="no 'tunnel attached' from tcp-forward server: $(logtail "$d/server.log" "$d/client.log")"; return 1; }
     wait_listening 10 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" || { SETUP_ERR="tcp-forward public ports not listening"; return 1; }
 }
+
+setup_tcp_forward() { setup_tcp_forward_with on; }
+setup_tcp_forward_plain() { setup_tcp_forward_with off; }
 
 teardown_peer() {
     if ((${#PEER_PIDS[@]})); then
@@ -580,9 +633,12 @@ version_of() { # peer -> one line
     relay-chain) [[ -x $REF_BIN ]] && echo "two chained examples/reference_relay (blocking, 2 threads per connection, mode $RELAY_MODE)" ;;
     socat) b=$(find_bin socat) && "$b" -V 2>/dev/null | awk -v bl="${SOCAT_BACKLOG:-default}" '/socat version/{print "socat " $3 ", TCP-LISTEN:p,fork,reuseaddr,backlog=" bl; exit}' ;;
     rathole) b=$(find_bin rathole) && "$b" --version 2>/dev/null | awk '/Build Version:/{print "rathole " $3; exit}' ;;
+    rathole-tls) b=$(find_bin rathole) && "$b" --version 2>/dev/null | awk '/Build Version:/{print "rathole " $3 ", TLS transport (native-tls), EC P-256 certificate from a CA made at run time"; exit}' ;;
     bore) b=$(find_bin bore) && "$b" --version 2>/dev/null | head -n 1 ;;
     ssh) b=$(find_bin ssh) && "$b" -V 2>&1 | head -n 1 ;;
-    tcp-forward) [[ -x $TF_BIN ]] && echo "$({ "$TF_BIN" --version 2>/dev/null || echo tcp-forward; } | head -n 1), binary ${TF_ORIG:-$TF_BIN} built $(date -u -r "${TF_ORIG:-$TF_BIN}" +%Y-%m-%dT%H:%M:%SZ)" ;;
+    tcp-forward | tcp-forward-plain)
+        b=$([[ $1 == tcp-forward ]] && echo "TLS on" || echo "TLS off")
+        [[ -x $TF_BIN ]] && echo "$({ "$TF_BIN" --version 2>/dev/null || echo tcp-forward; } | head -n 1), $b, binary ${TF_ORIG:-$TF_BIN} built $(date -u -r "${TF_ORIG:-$TF_BIN}" +%Y-%m-%dT%H:%M:%SZ)" ;;
     esac
 }
 
@@ -599,7 +655,7 @@ SELECTED=(direct)
 for p in "${PEER_LIST[@]}"; do
     case $p in
     direct) ;;
-    socat | relay-chain | rathole | bore | ssh | tcp-forward) SELECTED+=("$p") ;;
+    socat | relay-chain | rathole | rathole-tls | bore | ssh | tcp-forward | tcp-forward-plain) SELECTED+=("$p") ;;
     *) echo "unknown peer: $p" >&2; exit 2 ;;
     esac
 done

@@ -1,12 +1,13 @@
 //! The bench's environment: the target services, and the server and client roles as child
 //! processes of this same binary (`tcp-forward server <tmp cfg>` and `tcp-forward client
-//! 127.0.0.1 <inner port>`) carrying them through a tunnel, so that the roles' memory and CPU
-//! time can be read from /proc. The roles are stopped (SIGTERM, then SIGKILL) on every path out.
+//! 127.0.0.1 <inner port> --tls on|off`) carrying them through a tunnel, plain or TLS, so that
+//! the roles' memory and CPU time can be read from /proc. The roles are stopped (SIGTERM, then
+//! SIGKILL) on every path out.
 
 use std::fmt::Write as _;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,8 +15,9 @@ use std::time::{Duration, Instant};
 use crate::config::DEFAULT_MAPPER_FILE;
 
 use super::harness::{
-    Endpoints, Process, ProcessOptions, Stop, Targets, TempDir, free_ports, loopback,
+    Endpoints, Process, ProcessOptions, Stop, Targets, TempDir, free_ports, loopback, procfs,
 };
+use super::report::Tunnel;
 use super::workloads::echo_byte;
 
 /// How long the roles get to listen and attach.
@@ -31,19 +33,53 @@ pub(super) struct Env {
     pub(super) targets: Targets,
     /// The target services through the tunnel: the server's public ports.
     pub(super) public: Endpoints,
+    /// How the client is started again ([`Env::restart_client`]).
+    client_start: ClientStart,
     // Field order matters for Drop: the client goes before the server, both before the files.
     pub(super) client: Process,
     pub(super) server: Process,
     _dir: TempDir,
 }
 
+/// What the client role is started with.
+struct ClientStart {
+    exe: PathBuf,
+    inner: u16,
+    token: String,
+    tunnel: Tunnel,
+}
+
+impl ClientStart {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("client")
+            .arg("127.0.0.1")
+            .arg(self.inner.to_string())
+            .arg("--tls")
+            .arg(self.tunnel.tls_flag())
+            .arg("-q");
+        cmd.env("TCP_FORWARD_TOKEN", &self.token);
+        cmd
+    }
+}
+
+/// One start of the client, timed ([`Env::restart_client`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClientStartTimes {
+    /// From spawning the client process to the first echo through a public port.
+    pub(super) spawn_to_echo: Duration,
+    /// From the server's accepting the client's connection (an open file more in the server)
+    /// to that echo; `None` when /proc does not tell.
+    pub(super) connect_to_echo: Option<Duration>,
+}
+
 /// Target services on loopback and a server and client (child processes of `exe`) carrying
-/// them through a tunnel: what the criterion benches measure end to end.
+/// them through a TLS tunnel, the roles' default: what the criterion benches measure end to end.
 pub struct Harness(Env);
 
 impl Harness {
     pub fn start(exe: &Path) -> Result<Harness, String> {
-        Env::start(Some(exe)).map(Harness)
+        Env::start(Some(exe), Tunnel::Tls).map(Harness)
     }
 
     fn endpoints(&self, tunnel: bool) -> Endpoints {
@@ -65,6 +101,15 @@ impl Harness {
     }
 }
 
+/// The roles started by [`Env::start_roles`], with what they need.
+struct Roles {
+    public: Endpoints,
+    client_start: ClientStart,
+    client: Process,
+    server: Process,
+    dir: TempDir,
+}
+
 /// Why the roles could not be started, and whether fresh ports might help.
 struct StartError {
     message: String,
@@ -72,8 +117,8 @@ struct StartError {
 }
 
 impl Env {
-    /// Start the targets and the roles; `exe` is this program when `None`.
-    pub(super) fn start(exe: Option<&Path>) -> Result<Env, String> {
+    /// Start the targets and the roles carrying `tunnel`; `exe` is this program when `None`.
+    pub(super) fn start(exe: Option<&Path>, tunnel: Tunnel) -> Result<Env, String> {
         let targets = Targets::start()
             .map_err(|e| format!("cannot start the target servers on 127.0.0.1: {e}"))?;
         // Ports are picked by binding port 0 and released for the server: another program may
@@ -82,14 +127,15 @@ impl Env {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Env::start_roles(&targets, exe) {
-                Ok((public, client, server, dir)) => {
+            match Env::start_roles(&targets, exe, tunnel) {
+                Ok(roles) => {
                     return Ok(Env {
                         targets,
-                        public,
-                        client,
-                        server,
-                        _dir: dir,
+                        public: roles.public,
+                        client_start: roles.client_start,
+                        client: roles.client,
+                        server: roles.server,
+                        _dir: roles.dir,
                     });
                 }
                 Err(StartError { message, retry }) if !retry || attempt == 3 => {
@@ -103,7 +149,8 @@ impl Env {
     fn start_roles(
         targets: &Targets,
         exe: Option<&Path>,
-    ) -> Result<(Endpoints, Process, Process, TempDir), StartError> {
+        tunnel: Tunnel,
+    ) -> Result<Roles, StartError> {
         let fatal = |message: String| StartError {
             message,
             retry: false,
@@ -119,8 +166,13 @@ impl Env {
             .map_err(|e| fatal(format!("cannot create a temporary directory: {e}")))?;
         let token = random_token().map_err(|e| fatal(format!("cannot make a bench token: {e}")))?;
         // The mapping file goes where the server looks without OUTER_PORTS_FILE.
-        let cfg_text =
-            format!("[DEFAULT]\nINNER_PORT={inner}\nBIND_ADDR=127.0.0.1\nTOKEN={token}\n");
+        // A TLS server without TLS_CERT and TLS_KEY makes a self-signed certificate at start-up;
+        // a client with neither --ca nor --fingerprint takes it, the token's proof bound to the
+        // session authenticating the server.
+        let cfg_text = format!(
+            "[DEFAULT]\nINNER_PORT={inner}\nBIND_ADDR=127.0.0.1\nTOKEN={token}\nTLS={}\n",
+            tunnel.tls_flag()
+        );
         let t = targets.addr;
         let map_text = format!(
             "[MAPPER]\n{echo}={}\n{sink}={}\n{source}={}\n",
@@ -154,14 +206,13 @@ impl Env {
         // The public ports may be bound just after the inner one.
         thread::sleep(Duration::from_millis(20));
 
-        let mut client_cmd = Command::new(&exe);
-        client_cmd
-            .arg("client")
-            .arg("127.0.0.1")
-            .arg(inner.to_string())
-            .arg("-q");
-        client_cmd.env("TCP_FORWARD_TOKEN", &token);
-        let mut client = spawn_role("client", &mut client_cmd).map_err(fatal)?;
+        let client_start = ClientStart {
+            exe,
+            inner,
+            token,
+            tunnel,
+        };
+        let mut client = spawn_role("client", &mut client_start.command()).map_err(fatal)?;
         let public = Endpoints {
             echo: loopback(echo),
             sink: loopback(sink),
@@ -178,7 +229,77 @@ impl Env {
             message,
             retry: exited && server.exited().is_some(),
         })?;
-        Ok((public, client, server, dir))
+        Ok(Roles {
+            public,
+            client_start,
+            client,
+            server,
+            dir,
+        })
+    }
+
+    /// Stop the client, wait until the server has let its tunnel go, start a new client and
+    /// time it until the first 1-byte echo through the public echo port.
+    pub(super) fn restart_client(&mut self) -> Result<ClientStartTimes, String> {
+        match self.client.stop() {
+            Stop::Exited(_) | Stop::Killed => {}
+            Stop::AlreadyExited(status) => {
+                return Err(exited_text(&self.client, status, "before it was restarted"));
+            }
+        }
+        // The server closes visitors while no tunnel is attached: a failed echo says the old
+        // tunnel is gone.
+        let gone = Instant::now() + ATTACH_TIMEOUT;
+        while probe_echo(self.public.echo) {
+            if Instant::now() >= gone {
+                return Err("the old tunnel still carried streams after its client stopped".into());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Let the server finish with the old tunnel and the refused probe.
+        thread::sleep(Duration::from_millis(20));
+        let server_pid = self.server.pid();
+        let idle_fds = procfs::fd_count(server_pid);
+        let start = Instant::now();
+        self.client = spawn_role("client", &mut self.client_start.command())?;
+        let deadline = start + ATTACH_TIMEOUT;
+        let mut accepted: Option<Instant> = None;
+        loop {
+            if let Some(status) = self.server.exited() {
+                return Err(exited_text(&self.server, status, "while a client attached"));
+            }
+            if let Some(status) = self.client.exited() {
+                return Err(exited_text(&self.client, status, "while attaching"));
+            }
+            // The server holds one more file once it has accepted the client's connection;
+            // visitors are sent only from then on, so that they do not count.
+            let connected = match (accepted, idle_fds) {
+                (Some(_), _) => true,
+                (None, Some(idle)) => {
+                    let now = procfs::fd_count(server_pid).is_some_and(|n| n > idle);
+                    if now {
+                        accepted = Some(Instant::now());
+                    }
+                    now
+                }
+                (None, None) => true,
+            };
+            if connected && probe_echo(self.public.echo) {
+                let end = Instant::now();
+                return Ok(ClientStartTimes {
+                    spawn_to_echo: end - start,
+                    connect_to_echo: accepted.map(|a| end - a),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no working tunnel {} s after the client was started again{}",
+                    ATTACH_TIMEOUT.as_secs(),
+                    tail_text(&self.client)
+                ));
+            }
+            thread::sleep(Duration::from_micros(100));
+        }
     }
 
     /// `Err` with the role's last log lines when a role has exited.

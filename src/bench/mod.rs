@@ -3,10 +3,13 @@
 //! The server and client roles run as separate child processes of this same binary, so their
 //! resident memory and CPU time can be read from `/proc/<pid>`; the target servers (echo, sink,
 //! source) run in threads of the bench process on 127.0.0.1, on ports chosen by the OS ([`env`]).
-//! Every workload runs twice in the same run: directly (bench thread -> target) and through the
-//! tunnel (bench thread -> public port -> server -> tunnel -> client -> target); the table shows
-//! both figures and the tunnel/direct ratio. One workload runs through the tunnel only, since a
-//! direct path has no shared tunnel to stall ([`stalled`]).
+//! Every workload runs directly (bench thread -> target) and then through each tunnel measured
+//! (bench thread -> public port -> server -> tunnel -> client -> target): a plain one and a TLS
+//! one by default (`--tls both`), each with a server and client of its own, both running for the
+//! whole run; the table shows the figures side by side with the tunnel/direct and TLS/plain
+//! ratios. Two workloads run through the tunnels only: the stalled stream, since a direct path
+//! has no shared tunnel to stall ([`stalled`]), and the set-up time, which starts each tunnel's
+//! client again.
 //!
 //! Everything is bounded: each workload stops after its duration, every socket has read and
 //! write timeouts, and the roles are stopped (SIGTERM, then SIGKILL) on every path out.
@@ -17,6 +20,8 @@
 //! - [`env`]: the targets and the two roles; [`harness`]: the pieces the integration tests
 //!   share (temporary directories, free ports, child processes, /proc, target servers).
 
+use std::io;
+use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
@@ -32,25 +37,52 @@ mod workloads;
 pub use env::Harness;
 
 use env::Env;
+use harness::Endpoints;
 use render::{last_rows_text, mem_text, render_json, render_table};
-use report::{MemPair, Report, Transfer};
-use workloads::RssSampler;
+use report::{ByTunnel, MemPair, Report, Setup, Transfer, Tunnel};
+use workloads::{IdleStreams, RssSampler};
 
 /// Connections in the many-connection request/response workload.
 const RR_CONNS: usize = 50;
+/// Client starts timed by the set-up workload, for each tunnel.
+const SETUP_STARTS: usize = 5;
 
 /// Options of `tcp-forward bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Seconds per workload, run once directly and once through the tunnel
+    /// Seconds per workload, run once directly and once through each tunnel
     #[arg(long, value_name = "N", default_value_t = 2.0, value_parser = parse_seconds)]
     pub seconds: f64,
+    /// The tunnels measured beside direct loopback: on (TLS), off (plain TCP) or both
+    #[arg(long, value_enum, value_name = "on|off|both", default_value_t = TlsMode::Both)]
+    pub tls: TlsMode,
     /// Print one JSON object on stdout instead of the table
     #[arg(long)]
     pub json: bool,
     /// Run only this workload (repeatable; default: all)
     #[arg(long, value_enum, value_name = "WORKLOAD")]
     pub only: Vec<Workload>,
+}
+
+/// What `--tls` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsMode {
+    /// The TLS tunnel only
+    On,
+    /// The plain tunnel only
+    Off,
+    /// A plain and a TLS tunnel, side by side
+    Both,
+}
+
+impl TlsMode {
+    fn tunnels(self) -> Vec<Tunnel> {
+        match self {
+            TlsMode::On => vec![Tunnel::Tls],
+            TlsMode::Off => vec![Tunnel::Plain],
+            TlsMode::Both => vec![Tunnel::Plain, Tunnel::Tls],
+        }
+    }
 }
 
 /// The workloads `--only` can select.
@@ -72,6 +104,8 @@ pub enum Workload {
     Streams,
     /// 64-byte round trips on 1 connection before and while another stream is stalled
     Stalled,
+    /// Tunnel set-up time: the client started again, until the first echo through it
+    Setup,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -89,24 +123,34 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
 pub fn run(args: BenchArgs) -> u8 {
     // Children inherit the raised limit.
     let nofile = crate::net::sys::raise_nofile_limit().unwrap_or(0);
-    let mut env = match Env::start(None) {
-        Ok(env) => env,
-        Err(e) => {
-            eprintln!("tcp-forward bench: {e}");
-            return 1;
-        }
-    };
+    let tunnels = args.tls.tunnels();
+    let mut envs: ByTunnel<Env> = ByTunnel::default();
     let mut report = Report {
         seconds: args.seconds,
         nofile,
-        server_pid: env.server.pid(),
-        client_pid: env.client.pid(),
+        tunnels: tunnels.clone(),
         ..Report::default()
     };
-    eprintln!(
-        "bench: server (pid {}) and client (pid {}) roles running as separate processes; tunnel attached",
-        report.server_pid, report.client_pid
-    );
+    for &t in &tunnels {
+        match Env::start(None, t) {
+            Ok(env) => {
+                let f = report.figures_mut(t);
+                f.server_pid = env.server.pid();
+                f.client_pid = env.client.pid();
+                eprintln!(
+                    "bench: {} tunnel: server (pid {}) and client (pid {}) roles running as separate processes; tunnel attached",
+                    t.name(),
+                    f.server_pid,
+                    f.client_pid
+                );
+                envs.set(t, env);
+            }
+            Err(e) => {
+                eprintln!("tcp-forward bench: {} tunnel: {e}", t.name());
+                return 1;
+            }
+        }
+    }
 
     let selected = |w: &Workload| args.only.is_empty() || args.only.contains(w);
     let workloads: Vec<Workload> = Workload::value_variants()
@@ -115,8 +159,15 @@ pub fn run(args: BenchArgs) -> u8 {
         .filter(selected)
         .collect();
     let duration = Duration::from_secs_f64(args.seconds);
-    let outcome = run_workloads(&mut env, duration, &workloads, &mut report);
-    report.notes.extend(env.stop());
+    let outcome = run_workloads(&mut envs, duration, &workloads, &mut report);
+    for (t, env) in envs.iter_mut() {
+        let notes = env.stop();
+        report.notes.extend(
+            notes
+                .into_iter()
+                .map(|n| format!("{} tunnel: {n}", t.name())),
+        );
+    }
     if let Err(e) = &outcome {
         eprintln!("\ntcp-forward bench: {e}");
         report.failed = true;
@@ -154,90 +205,278 @@ impl Workload {
                 "the stalled-stream workload",
                 "64 B round trips, 1 connection, before and while another stream is stalled",
             ),
+            Workload::Setup => ("the set-up workload", "tunnel set-up, client started again"),
         }
     }
 }
 
-/// Run the workloads in order. `Err` means the run cannot go on (a role died); a single
-/// workload's failure is recorded in the report and the run continues.
+/// The roles' pids of a tunnel: server, client.
+fn pids(env: &Env) -> [u32; 2] {
+    [env.server.pid(), env.client.pid()]
+}
+
+/// Run the workloads in order, each directly and then through each tunnel. `Err` means the
+/// run cannot go on (a role died); a single workload's failure is recorded in the report and
+/// the run continues.
 fn run_workloads(
-    env: &mut Env,
+    envs: &mut ByTunnel<Env>,
     duration: Duration,
     workloads: &[Workload],
     report: &mut Report,
 ) -> Result<(), String> {
-    let pids = [env.server.pid(), env.client.pid()];
-    let (direct, tunnel) = (env.targets.addr, env.public);
+    let Some((_, first)) = envs.iter().next() else {
+        return Ok(());
+    };
+    let direct = first.targets.addr;
     thread::sleep(Duration::from_millis(100));
-    report.mem_idle = Some(MemPair::rss(pids));
-    report.mem_idle_anon = Some(MemPair::read(pids, "RssAnon"));
-    eprintln!("bench: memory, idle: {}", mem_text(report.mem_idle));
+    for (t, env) in envs.iter() {
+        let f = report.figures_mut(t);
+        f.mem_idle = Some(MemPair::rss(pids(env)));
+        f.mem_idle_anon = Some(MemPair::read(pids(env), "RssAnon"));
+        eprintln!(
+            "bench: {} tunnel: memory, idle: {}",
+            t.name(),
+            mem_text(f.mem_idle)
+        );
+    }
 
     for &workload in workloads {
         let (during, title) = workload.names();
-        env.check_alive(during)?;
+        for (t, env) in envs.iter_mut() {
+            env.check_alive(during)
+                .map_err(|e| format!("{} tunnel: {e}", t.name()))?;
+        }
         eprint!("bench: {title}: ");
         match workload {
             Workload::Upload => {
-                let (d, t, cpu) =
-                    workloads::bulk(workloads::upload, direct.sink, tunnel.sink, duration, pids);
-                report.cpu_upload = cpu;
-                report.push("upload_gbps", "upload, 1 stream (Gbit/s)", d, t);
+                let (d, through) = bulk(envs, direct.sink, |e| e.sink, workloads::upload, duration);
+                for (t, (_, cpu)) in through.iter() {
+                    report.figures_mut(t).cpu_upload = *cpu;
+                }
+                let through = through.into_map(|(gbits, _)| gbits);
+                report.push("upload_gbps", "upload, 1 stream (Gbit/s)", d, through);
             }
             Workload::Download => {
-                let (d, t, cpu) = workloads::bulk(
-                    workloads::download,
+                let (d, through) = bulk(
+                    envs,
                     direct.source,
-                    tunnel.source,
+                    |e| e.source,
+                    workloads::download,
                     duration,
-                    pids,
                 );
-                report.cpu_download = cpu;
-                report.push("download_gbps", "download, 1 stream (Gbit/s)", d, t);
+                for (t, (_, cpu)) in through.iter() {
+                    report.figures_mut(t).cpu_download = *cpu;
+                }
+                let through = through.into_map(|(gbits, _)| gbits);
+                report.push("download_gbps", "download, 1 stream (Gbit/s)", d, through);
             }
             Workload::Parallel => {
                 let d = workloads::parallel_upload(direct.sink, duration);
-                let sampler = RssSampler::start(pids);
-                let t = workloads::parallel_upload(tunnel.sink, duration);
-                report.mem_peak = sampler.finish();
-                let (d, t) = (d.map(Transfer::gbits), t.map(Transfer::gbits));
-                report.push("parallel8_gbps", "upload, 8 streams (Gbit/s)", d, t);
+                let through = envs.map(|_, env| {
+                    let sampler = RssSampler::start(pids(env));
+                    let r = workloads::parallel_upload(env.public.sink, duration);
+                    (r.map(Transfer::gbits), sampler.finish())
+                });
+                for (t, (_, peak)) in through.iter() {
+                    report.figures_mut(t).mem_peak = *peak;
+                }
+                let gbits = through.into_map(|(gbits, _)| gbits);
+                let d = d.map(Transfer::gbits);
+                report.push("parallel8_gbps", "upload, 8 streams (Gbit/s)", d, gbits);
             }
             Workload::Rr1 => {
                 let d = workloads::request_response(direct.echo, 1, duration);
-                let t = workloads::request_response(tunnel.echo, 1, duration);
+                let t =
+                    envs.map(|_, env| workloads::request_response(env.public.echo, 1, duration));
                 report.push_samples("rr1", "64 B round trips, 1 conn", d, t);
             }
             Workload::Rr50 => {
                 let d = workloads::request_response_poll(direct.echo, RR_CONNS, duration);
-                let t = workloads::request_response_poll(tunnel.echo, RR_CONNS, duration);
+                let t = envs.map(|_, env| {
+                    workloads::request_response_poll(env.public.echo, RR_CONNS, duration)
+                });
                 report.push_samples("rr50", "64 B round trips, 50 conns", d, t);
             }
             Workload::Connect => {
                 let d = workloads::connection_rate(direct.echo, duration);
-                // Let the sockets of the direct run leave the accept queues before the tunnel run.
-                thread::sleep(Duration::from_millis(100));
-                let t = workloads::connection_rate(tunnel.echo, duration);
+                let t = envs.map(|_, env| {
+                    // Let the sockets of the run before leave the accept queues.
+                    thread::sleep(Duration::from_millis(100));
+                    workloads::connection_rate(env.public.echo, duration)
+                });
                 report.push_samples("connect", "connect+echo+close, 8 thr", d, t);
             }
             Workload::Streams => {
-                workloads::idle_streams(tunnel.echo, pids, report);
+                let mut texts = Vec::new();
+                for (t, env) in envs.iter() {
+                    let text =
+                        match workloads::idle_streams(env.public.echo, pids(env), report.nofile) {
+                            IdleStreams::Held(mem) => {
+                                report.figures_mut(t).mem_streams = Some(mem);
+                                mem_text(Some(mem))
+                            }
+                            IdleStreams::Skipped(why) => {
+                                report.notes.push(why);
+                                "skipped".to_string()
+                            }
+                            IdleStreams::Failed(e) => {
+                                report.failed = true;
+                                report.notes.push(format!(
+                                    "1,000 idle streams through the {} tunnel: {e}",
+                                    t.name()
+                                ));
+                                format!("failed: {e}")
+                            }
+                        };
+                    texts.push(format!("{} {text}", t.name()));
+                    if text == "skipped" {
+                        break;
+                    }
+                }
+                eprintln!("{}", texts.join("; "));
                 continue;
             }
             Workload::Stalled => {
-                stalled::stalled_stream(tunnel, &env.targets, duration, pids, report);
+                let mut texts = Vec::new();
+                for (t, env) in envs.iter() {
+                    let text = stalled::stalled_stream(
+                        t,
+                        env.public,
+                        &env.targets,
+                        duration,
+                        pids(env),
+                        report,
+                    );
+                    texts.push(format!("{}: {text}", t.name()));
+                }
+                eprintln!("{}", texts.join("; "));
+                continue;
+            }
+            Workload::Setup => {
+                let mut texts = Vec::new();
+                for (t, env) in envs.iter_mut() {
+                    let (setup, error) = time_setup(env);
+                    if let Some(e) = error {
+                        report.failed = true;
+                        report
+                            .notes
+                            .push(format!("tunnel set-up, {} tunnel: {e}", t.name()));
+                    }
+                    texts.push(format!(
+                        "{} {} ms (server accepts client -> echo {} ms)",
+                        t.name(),
+                        render::opt_num(setup.spawn_median()),
+                        render::opt_num(setup.connect_median())
+                    ));
+                    report.figures_mut(t).setup = Some(setup);
+                }
+                eprintln!("{}", texts.join("; "));
                 continue;
             }
         }
         eprintln!("{}", last_rows_text(report));
     }
-    env.check_alive("the end of the run")?;
+    for (t, env) in envs.iter_mut() {
+        env.check_alive("the end of the run")
+            .map_err(|e| format!("{} tunnel: {e}", t.name()))?;
+    }
     Ok(())
+}
+
+/// A transfer's Gbit/s and the CPU seconds per GB it cost the tunnel's roles.
+type BulkFigures = (io::Result<f64>, Option<f64>);
+
+/// A single-stream transfer directly to `direct`, then through each tunnel to the service
+/// `service` picks, with the tunnel's CPU seconds per GB: (direct Gbit/s, per tunnel
+/// (Gbit/s, CPU s/GB)).
+fn bulk(
+    envs: &ByTunnel<Env>,
+    direct: SocketAddr,
+    service: fn(&Endpoints) -> SocketAddr,
+    work: fn(SocketAddr, Duration) -> io::Result<Transfer>,
+    duration: Duration,
+) -> (io::Result<f64>, ByTunnel<BulkFigures>) {
+    let d = work(direct, duration).map(Transfer::gbits);
+    let through = envs
+        .map(|_, env| workloads::bulk_with_cpu(work, service(&env.public), duration, pids(env)));
+    (d, through)
+}
+
+/// Start a tunnel's client again `SETUP_STARTS` times, timing each; stops at the first
+/// failure, which it returns beside the times so far.
+fn time_setup(env: &mut Env) -> (Setup, Option<String>) {
+    let (mut spawn, mut connect) = (Vec::new(), Vec::new());
+    let mut error = None;
+    for _ in 0..SETUP_STARTS {
+        match env.restart_client() {
+            Ok(times) => {
+                spawn.push(times.spawn_to_echo.as_secs_f64() * 1e3);
+                if let Some(c) = times.connect_to_echo {
+                    connect.push(c.as_secs_f64() * 1e3);
+                }
+            }
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    (Setup::new(spawn, connect), error)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    /// `tcp-forward bench ARGS...` as the command line parses it.
+    fn parse(args: &[&str]) -> Result<BenchArgs, String> {
+        let argv = ["tcp-forward", "bench"].iter().chain(args);
+        match crate::cli::Cli::try_parse_from(argv) {
+            Ok(crate::cli::Cli {
+                command: crate::cli::Command::Bench(b),
+            }) => Ok(b),
+            Ok(other) => Err(format!("not the bench: {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn tls_defaults_to_both_tunnels() {
+        let b = parse(&[]).expect("bench without options");
+        assert_eq!(b.tls, TlsMode::Both);
+        assert_eq!(b.tls.tunnels(), [Tunnel::Plain, Tunnel::Tls]);
+        assert_eq!(b.seconds, 2.0);
+        assert!(!b.json);
+        assert!(b.only.is_empty());
+    }
+
+    #[test]
+    fn tls_on_off_and_both_pick_the_tunnels() {
+        for (arg, mode, tunnels) in [
+            ("on", TlsMode::On, vec![Tunnel::Tls]),
+            ("off", TlsMode::Off, vec![Tunnel::Plain]),
+            ("both", TlsMode::Both, vec![Tunnel::Plain, Tunnel::Tls]),
+        ] {
+            let b = parse(&["--tls", arg]).expect(arg);
+            assert_eq!(b.tls, mode, "--tls {arg}");
+            assert_eq!(b.tls.tunnels(), tunnels, "--tls {arg}");
+            let b = parse(&[&format!("--tls={arg}"), "--json"]).expect(arg);
+            assert_eq!(b.tls, mode, "--tls={arg}");
+        }
+        for bad in ["yes", "ON", "", "tls"] {
+            let e = parse(&["--tls", bad]).expect_err(bad);
+            assert!(e.contains("possible values: on, off, both"), "{bad}: {e}");
+        }
+        assert!(parse(&["--tls"]).is_err());
+    }
+
+    #[test]
+    fn setup_is_a_workload_of_its_own() {
+        let b = parse(&["--only", "setup", "--only", "rr1", "--tls", "off"]).expect("--only setup");
+        assert_eq!(b.only, [Workload::Setup, Workload::Rr1]);
+        assert_eq!(Workload::value_variants().last(), Some(&Workload::Setup));
+    }
 
     #[test]
     fn seconds_are_validated() {

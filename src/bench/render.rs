@@ -6,7 +6,10 @@ use std::thread;
 
 use serde_json::{Map, Number, Value, json};
 
-use super::report::{Kind, MemPair, Report, Row, STALLED_TARGET_RATIO};
+use super::report::{
+    Kind, MemPair, Report, Row, STALLED_TARGET_RATIO, Setup, Tunnel, TunnelFigures, median,
+    ratio_of,
+};
 
 /// A figure with about three significant digits, thousands grouped for large ones.
 pub(super) fn fmt_num(v: f64) -> String {
@@ -46,7 +49,7 @@ fn fmt_signed(v: f64) -> String {
     }
 }
 
-fn opt_num(v: Option<f64>) -> String {
+pub(super) fn opt_num(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), fmt_num)
 }
 
@@ -71,18 +74,60 @@ pub(super) fn mem_text(m: Option<MemPair>) -> String {
 }
 
 /// The progress text of the last workload: its rate row and, after a request/response
-/// workload, its latency rows.
+/// workload, its latency rows, each with the figure of every tunnel measured.
 pub(super) fn last_rows_text(r: &Report) -> String {
     let n = match r.rows.last() {
         Some(last) if last.kind == Kind::Latency => 3.min(r.rows.len()),
         Some(_) => 1,
         None => 0,
     };
-    rows_text(&r.rows[r.rows.len() - n..], ["direct", "tunnel"])
+    let mut out = String::new();
+    for row in &r.rows[r.rows.len() - n..] {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        match row.kind {
+            Kind::Rate => {
+                let _ = write!(out, "direct {}", opt_num(row.direct));
+                for &t in &r.tunnels {
+                    let v = row.through(t);
+                    let _ = write!(out, ", {} {}", t.name(), opt_num(v));
+                    let mut why = Vec::new();
+                    if let Some(q) = ratio_of(v, row.direct) {
+                        why.push(format!("ratio {}", fmt_ratio(q)));
+                    }
+                    if t == Tunnel::Tls
+                        && r.tunnels.contains(&Tunnel::Plain)
+                        && let Some(q) = ratio_of(row.tls, row.tunnel)
+                    {
+                        why.push(format!("{} of plain", fmt_ratio(q)));
+                    }
+                    if !why.is_empty() {
+                        let _ = write!(out, " ({})", why.join(", "));
+                    }
+                }
+            }
+            Kind::Latency => {
+                let _ = write!(out, "{} {} ->", latency_name(row), opt_num(row.direct));
+                let figures: Vec<String> = r
+                    .tunnels
+                    .iter()
+                    .map(|&t| format!(" {} {}", t.name(), opt_num(row.through(t))))
+                    .collect();
+                let _ = write!(out, "{} µs", figures.join(","));
+            }
+        }
+    }
+    out
 }
 
-/// The progress text of rows: a rate row as both figures and their ratio, a latency row as
-/// both figures; `sides` names the figures of a rate row.
+/// "p50" of a latency row's key.
+fn latency_name(row: &Row) -> &str {
+    row.key.rsplit('_').nth(1).unwrap_or("")
+}
+
+/// The progress text of a stalled table's rows: a rate row as both figures and their ratio,
+/// a latency row as both figures; `sides` names the figures of a rate row.
 pub(super) fn rows_text(rows: &[Row], sides: [&str; 2]) -> String {
     let mut out = String::new();
     for row in rows {
@@ -104,10 +149,10 @@ pub(super) fn rows_text(rows: &[Row], sides: [&str; 2]) -> String {
                 }
             }
             Kind::Latency => {
-                let name = row.key.rsplit('_').nth(1).unwrap_or("");
                 let _ = write!(
                     out,
-                    "{name} {} -> {} µs",
+                    "{} {} -> {} µs",
+                    latency_name(row),
                     opt_num(row.direct),
                     opt_num(row.tunnel)
                 );
@@ -117,34 +162,67 @@ pub(super) fn rows_text(rows: &[Row], sides: [&str; 2]) -> String {
     out
 }
 
+/// A ratio cell: the ratio, and for a latency the time added.
+fn ratio_cell(kind: Kind, num: Option<f64>, den: Option<f64>) -> String {
+    match (ratio_of(num, den), kind, num, den) {
+        (Some(q), Kind::Latency, Some(n), Some(d)) => {
+            format!("{} ({} µs)", fmt_ratio(q), fmt_signed(n - d))
+        }
+        (Some(q), _, _, _) => fmt_ratio(q),
+        _ => "-".to_string(),
+    }
+}
+
+/// The processes of each tunnel measured.
+fn pids_text(r: &Report) -> String {
+    let parts: Vec<String> = r
+        .tunnels
+        .iter()
+        .map(|&t| {
+            let f = r.figures(t);
+            format!(
+                "{}: server pid {}, client pid {}",
+                t.name(),
+                f.server_pid,
+                f.client_pid
+            )
+        })
+        .collect();
+    parts.join("; ")
+}
+
 /// The table printed on stdout.
 pub(super) fn render_table(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "tcp-forward bench: 127.0.0.1, {} s per workload and path, {} cores; server (pid {}) and client (pid {}) as separate processes",
+        "tcp-forward bench: 127.0.0.1, {} s per workload and path, {} cores; roles as separate processes ({})",
         fmt_num(r.seconds),
         cores(),
-        r.server_pid,
-        r.client_pid
+        pids_text(r)
     );
-    push_table(
-        &mut out,
-        ["workload", "direct", "tunnel", "tunnel/direct"],
-        &r.rows,
-    );
-    if !r.stalled_rows.is_empty() {
-        push_table(
-            &mut out,
-            [
-                "tunnel, another stream stalled",
-                "unstalled",
-                "stalled",
-                "stalled/unstalled",
-            ],
-            &r.stalled_rows,
-        );
-        let _ = match r.stall {
+    push_main_table(&mut out, r);
+    for &t in &r.tunnels {
+        let f = r.figures(t);
+        if f.stalled_rows.is_empty() {
+            continue;
+        }
+        let title = format!("{} tunnel, another stream stalled", t.name());
+        let header = [title.as_str(), "unstalled", "stalled", "stalled/unstalled"];
+        let cells: Vec<Vec<String>> = f
+            .stalled_rows
+            .iter()
+            .map(|row| {
+                vec![
+                    row.label.clone(),
+                    opt_num(row.direct),
+                    opt_num(row.tunnel),
+                    ratio_cell(row.kind, row.tunnel, row.direct),
+                ]
+            })
+            .collect();
+        push_table(&mut out, &header.map(str::to_string), 3, &cells);
+        let _ = match f.stall {
             Some(st) => writeln!(
                 out,
                 "(the stalled stream stopped {:.2} s after it opened, holding {} MiB; target: round trips/s stalled/unstalled >= {})",
@@ -155,36 +233,9 @@ pub(super) fn render_table(r: &Report) -> String {
             None => writeln!(out, "(the other stream did not stall)"),
         };
     }
-    let mems = r.memory();
-    if mems.iter().any(|(_, _, m)| m.is_some()) {
-        let _ = writeln!(
-            out,
-            "\nresident memory, VmRSS (MiB)      server   client    total"
-        );
-        for (label, _, m) in mems {
-            if let Some(m) = m {
-                let _ = writeln!(
-                    out,
-                    "{label:<32} {:>7}  {:>7}  {:>7}",
-                    fmt_mib(m.server_kib),
-                    fmt_mib(m.client_kib),
-                    fmt_mib(m.total_kib())
-                );
-            }
-        }
-    }
-    let cpu = r.cpu();
-    if cpu.iter().any(|(_, _, v)| v.is_some()) {
-        let _ = writeln!(
-            out,
-            "\nCPU seconds per GB moved, server + client (utime + stime)"
-        );
-        for (label, _, v) in cpu {
-            if let Some(v) = v {
-                let _ = writeln!(out, "{label:<32} {v:>7.3}");
-            }
-        }
-    }
+    push_memory_table(&mut out, r);
+    push_cpu_table(&mut out, r);
+    push_setup_table(&mut out, r);
     if !r.notes.is_empty() {
         let _ = writeln!(out, "\nnotes:");
         for n in &r.notes {
@@ -194,57 +245,163 @@ pub(super) fn render_table(r: &Report) -> String {
     out
 }
 
-/// A blank line, then a table of rows: a header, a rule, and each row's label, both figures
-/// and their ratio (with the added time for a latency). Nothing when there are no rows.
-fn push_table(out: &mut String, header: [&str; 4], rows: &[Row]) {
+/// The workloads: direct, each tunnel, each tunnel against direct, and TLS against plain
+/// when both were measured.
+fn push_main_table(out: &mut String, r: &Report) {
+    let both = r.tunnels.len() == 2;
+    let mut header = vec!["workload".to_string(), "direct".to_string()];
+    header.extend(r.tunnels.iter().map(|t| t.name().to_string()));
+    header.extend(r.tunnels.iter().map(|t| format!("{}/direct", t.name())));
+    if both {
+        header.push("TLS/plain".to_string());
+    }
+    let cells: Vec<Vec<String>> = r
+        .rows
+        .iter()
+        .map(|row| {
+            let mut c = vec![row.label.clone(), opt_num(row.direct)];
+            c.extend(r.tunnels.iter().map(|&t| opt_num(row.through(t))));
+            c.extend(
+                r.tunnels
+                    .iter()
+                    .map(|&t| ratio_cell(row.kind, row.through(t), row.direct)),
+            );
+            if both {
+                c.push(ratio_cell(row.kind, row.tls, row.tunnel));
+            }
+            c
+        })
+        .collect();
+    push_table(out, &header, 2 + r.tunnels.len(), &cells);
+}
+
+/// Resident memory, server, client and total, of each tunnel side by side.
+fn push_memory_table(out: &mut String, r: &Report) {
+    let figures: Vec<_> = r.tunnels.iter().map(|&t| r.figures(t).memory()).collect();
+    let Some(first) = figures.first() else {
+        return;
+    };
+    let shown: Vec<usize> = (0..first.len())
+        .filter(|&i| figures.iter().any(|f| f[i].2.is_some()))
+        .collect();
+    if shown.is_empty() {
+        return;
+    }
+    let mut header = vec!["resident memory, VmRSS (MiB)".to_string()];
+    for t in &r.tunnels {
+        for part in ["server", "client", "total"] {
+            header.push(format!("{} {part}", t.name()));
+        }
+    }
+    let cells: Vec<Vec<String>> = shown
+        .iter()
+        .map(|&i| {
+            let mut c = vec![first[i].0.to_string()];
+            for f in &figures {
+                let m = f[i].2;
+                c.push(fmt_mib(m.and_then(|m| m.server_kib)));
+                c.push(fmt_mib(m.and_then(|m| m.client_kib)));
+                c.push(fmt_mib(m.and_then(|m| m.total_kib())));
+            }
+            c
+        })
+        .collect();
+    push_table(out, &header, header.len(), &cells);
+}
+
+/// CPU seconds per GB of each tunnel side by side.
+fn push_cpu_table(out: &mut String, r: &Report) {
+    let figures: Vec<_> = r.tunnels.iter().map(|&t| r.figures(t).cpu()).collect();
+    let Some(first) = figures.first() else {
+        return;
+    };
+    let shown: Vec<usize> = (0..first.len())
+        .filter(|&i| figures.iter().any(|f| f[i].2.is_some()))
+        .collect();
+    if shown.is_empty() {
+        return;
+    }
+    let mut header = vec!["CPU s per GB, server + client (utime + stime)".to_string()];
+    header.extend(r.tunnels.iter().map(|t| t.name().to_string()));
+    let cells: Vec<Vec<String>> = shown
+        .iter()
+        .map(|&i| {
+            let mut c = vec![first[i].0.to_string()];
+            c.extend(figures.iter().map(|f| {
+                f[i].2
+                    .map_or_else(|| "-".to_string(), |v| format!("{v:.3}"))
+            }));
+            c
+        })
+        .collect();
+    push_table(out, &header, header.len(), &cells);
+}
+
+/// The tunnel's set-up time of each tunnel side by side: medians, and the spread.
+fn push_setup_table(out: &mut String, r: &Report) {
+    let setups: Vec<_> = r
+        .tunnels
+        .iter()
+        .map(|&t| r.figures(t).setup.as_ref())
+        .collect();
+    let Some(n) = setups.iter().flatten().map(|s| s.spawn_ms.len()).max() else {
+        return;
+    };
+    let mut header = vec![format!("tunnel set-up (ms, median of {n} client starts)")];
+    header.extend(r.tunnels.iter().map(|t| t.name().to_string()));
+    let median_cell = |list: Option<&Vec<f64>>| match list {
+        Some(l) if !l.is_empty() => format!(
+            "{} [{}-{}]",
+            opt_num(median(l)),
+            fmt_num(l[0]),
+            fmt_num(l[l.len() - 1])
+        ),
+        _ => "-".to_string(),
+    };
+    let mut spawn = vec!["client started -> first echo".to_string()];
+    spawn.extend(setups.iter().map(|s| median_cell(s.map(|s| &s.spawn_ms))));
+    let mut connect = vec!["server accepts client -> first echo".to_string()];
+    connect.extend(setups.iter().map(|s| median_cell(s.map(|s| &s.connect_ms))));
+    push_table(out, &header, header.len(), &[spawn, connect]);
+}
+
+/// A blank line, then a table: a header, a rule, and the rows' cells. The first column is
+/// aligned left, the next ones up to `right_until` (exclusive) right, the rest left.
+/// Nothing when there are no rows.
+fn push_table(out: &mut String, header: &[String], right_until: usize, rows: &[Vec<String>]) {
     if rows.is_empty() {
         return;
     }
-    let cells: Vec<[String; 4]> = rows
-        .iter()
-        .map(|row| {
-            let ratio = match (row.ratio(), row.kind, row.direct, row.tunnel) {
-                (Some(q), Kind::Latency, Some(d), Some(t)) => {
-                    format!("{} ({} µs)", fmt_ratio(q), fmt_signed(t - d))
-                }
-                (Some(q), _, _, _) => fmt_ratio(q),
-                _ => "-".to_string(),
-            };
-            [
-                row.label.clone(),
-                opt_num(row.direct),
-                opt_num(row.tunnel),
-                ratio,
-            ]
-        })
-        .collect();
-    let mut width = header.map(|h| h.chars().count());
-    for c in &cells {
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for c in rows {
         for (w, s) in width.iter_mut().zip(c) {
             *w = (*w).max(s.chars().count());
         }
     }
     let _ = writeln!(out);
-    push_cells(out, &header.map(str::to_string), &width);
+    push_cells(out, header, &width, right_until);
     let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
     let _ = writeln!(out, "{}", rule.join("  "));
-    for c in &cells {
-        push_cells(out, c, &width);
+    for c in rows {
+        push_cells(out, c, &width, right_until);
     }
 }
 
-fn push_cells(out: &mut String, cells: &[String; 4], width: &[usize; 4]) {
-    let pad = |s: &str, w: usize| " ".repeat(w.saturating_sub(s.chars().count()));
-    let line = format!(
-        "{}{}  {}{}  {}{}  {}",
-        cells[0],
-        pad(&cells[0], width[0]),
-        pad(&cells[1], width[1]),
-        cells[1],
-        pad(&cells[2], width[2]),
-        cells[2],
-        cells[3]
-    );
+fn push_cells(out: &mut String, cells: &[String], width: &[usize], right_until: usize) {
+    let mut line = String::new();
+    for (i, (s, &w)) in cells.iter().zip(width).enumerate() {
+        if i > 0 {
+            line.push_str("  ");
+        }
+        let pad = " ".repeat(w.saturating_sub(s.chars().count()));
+        if i > 0 && i < right_until {
+            line.push_str(&pad);
+            line.push_str(s);
+        } else {
+            line.push_str(s);
+            line.push_str(&pad);
+        }
+    }
     let _ = writeln!(out, "{}", line.trim_end());
 }
 
@@ -266,8 +423,13 @@ fn json_num(v: Option<f64>) -> Value {
         .map_or(Value::Null, Value::Number)
 }
 
-/// Rows as an object keyed by each row's key: both figures named by `sides`, their ratio,
-/// and for a latency the time added.
+/// `a - b` when both are there.
+fn diff(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    a.zip(b).map(|(a, b)| a - b)
+}
+
+/// Stalled rows as an object keyed by each row's key: both figures named by `sides`, their
+/// ratio, and for a latency the time added.
 fn rows_json(rows: &[Row], sides: [&str; 2]) -> Map<String, Value> {
     rows.iter()
         .map(|row| {
@@ -276,7 +438,7 @@ fn rows_json(rows: &[Row], sides: [&str; 2]) -> Map<String, Value> {
             o.insert(sides[1].to_string(), json_num(row.tunnel));
             o.insert("ratio".to_string(), json_num(row.ratio()));
             if row.kind == Kind::Latency {
-                let added = row.direct.zip(row.tunnel).map(|(d, t)| t - d);
+                let added = diff(row.tunnel, row.direct);
                 o.insert("added_us".to_string(), json_num(added));
             }
             (row.key.clone(), Value::Object(o))
@@ -284,17 +446,61 @@ fn rows_json(rows: &[Row], sides: [&str; 2]) -> Map<String, Value> {
         .collect()
 }
 
-/// The one JSON object printed with `--json`.
-pub(super) fn render_json(r: &Report) -> String {
-    let mut stalled = rows_json(&r.stalled_rows, ["unstalled", "stalled"]);
-    if let Some(st) = r.stall {
+/// The workloads as an object keyed by each row's key: `direct`, the plain tunnel's figure
+/// as `tunnel` with its `ratio` to direct (and `added_us` for a latency), and an object
+/// `tls` with the TLS tunnel's figure as `tunnel`, its `ratio` to direct, its ratio
+/// `to_plain` (and `added_us`, `added_to_plain_us`). A tunnel not measured has nulls.
+fn workloads_json(rows: &[Row]) -> Map<String, Value> {
+    rows.iter()
+        .map(|row| {
+            let latency = row.kind == Kind::Latency;
+            let mut o = Map::new();
+            o.insert("direct".to_string(), json_num(row.direct));
+            o.insert("tunnel".to_string(), json_num(row.tunnel));
+            o.insert("ratio".to_string(), json_num(row.ratio()));
+            if latency {
+                o.insert(
+                    "added_us".to_string(),
+                    json_num(diff(row.tunnel, row.direct)),
+                );
+            }
+            let mut tls = Map::new();
+            tls.insert("tunnel".to_string(), json_num(row.tls));
+            tls.insert("ratio".to_string(), json_num(ratio_of(row.tls, row.direct)));
+            if latency {
+                tls.insert("added_us".to_string(), json_num(diff(row.tls, row.direct)));
+            }
+            tls.insert(
+                "to_plain".to_string(),
+                json_num(ratio_of(row.tls, row.tunnel)),
+            );
+            if latency {
+                tls.insert(
+                    "added_to_plain_us".to_string(),
+                    json_num(diff(row.tls, row.tunnel)),
+                );
+            }
+            o.insert("tls".to_string(), Value::Object(tls));
+            (row.key.clone(), Value::Object(o))
+        })
+        .collect()
+}
+
+/// One tunnel's stalled-stream figures.
+fn stalled_json(f: &TunnelFigures) -> Map<String, Value> {
+    let mut stalled = rows_json(&f.stalled_rows, ["unstalled", "stalled"]);
+    if let Some(st) = f.stall {
         stalled.insert("stalled_after_s".to_string(), json_num(Some(st.after_s)));
         let held_mib = st.held_bytes as f64 / (1024.0 * 1024.0);
         stalled.insert("held_mib".to_string(), json_num(Some(held_mib)));
     }
+    stalled
+}
+
+/// One tunnel's memory figures, those measured only.
+fn memory_json(f: &TunnelFigures) -> Map<String, Value> {
     let mib = |k: Option<u64>| json_num(k.map(|k| k as f64 / 1024.0));
-    let memory: Map<String, Value> = r
-        .memory()
+    f.memory()
         .into_iter()
         .filter_map(|(_, name, m)| {
             let m = m?;
@@ -305,24 +511,82 @@ pub(super) fn render_json(r: &Report) -> String {
             });
             Some((name.to_string(), figures))
         })
-        .collect();
-    let cpu: Map<String, Value> = r
-        .cpu()
+        .collect()
+}
+
+/// One tunnel's CPU figures.
+fn cpu_json(f: &TunnelFigures) -> Map<String, Value> {
+    f.cpu()
         .into_iter()
         .map(|(_, name, v)| (name.to_string(), json_num(v)))
+        .collect()
+}
+
+/// One tunnel's set-up times: medians and the number of client starts.
+fn setup_json(f: &TunnelFigures) -> Map<String, Value> {
+    let s = f.setup.as_ref();
+    let mut o = Map::new();
+    o.insert(
+        "spawn_to_echo".to_string(),
+        json_num(s.and_then(Setup::spawn_median)),
+    );
+    o.insert(
+        "connect_to_echo".to_string(),
+        json_num(s.and_then(Setup::connect_median)),
+    );
+    o.insert(
+        "samples".to_string(),
+        Value::from(s.map_or(0, |s| s.spawn_ms.len())),
+    );
+    o
+}
+
+/// A section: the plain tunnel's figures at its top, the TLS tunnel's in its `tls` object.
+fn section(r: &Report, part: fn(&TunnelFigures) -> Map<String, Value>) -> Value {
+    let mut o = part(&r.plain);
+    o.insert("tls".to_string(), Value::Object(part(&r.tls)));
+    Value::Object(o)
+}
+
+/// The one JSON object printed with `--json`.
+pub(super) fn render_json(r: &Report) -> String {
+    let first = r.tunnels.first().map_or(&r.plain, |&t| r.figures(t));
+    let pids: Map<String, Value> = r
+        .tunnels
+        .iter()
+        .map(|&t| {
+            let f = r.figures(t);
+            let key = match t {
+                Tunnel::Plain => "plain",
+                Tunnel::Tls => "tls",
+            };
+            let pair = json!({"server": f.server_pid, "client": f.client_pid});
+            (key.to_string(), pair)
+        })
+        .collect();
+    let tunnels: Vec<&str> = r
+        .tunnels
+        .iter()
+        .map(|t| match t {
+            Tunnel::Plain => "plain",
+            Tunnel::Tls => "tls",
+        })
         .collect();
     json!({
         "seconds": json_num(Some(r.seconds)),
         "address": "127.0.0.1",
         "roles": "separate processes",
-        "server_pid": r.server_pid,
-        "client_pid": r.client_pid,
+        "server_pid": first.server_pid,
+        "client_pid": first.client_pid,
         "cores": cores(),
         "nofile_limit": r.nofile,
-        "workloads": rows_json(&r.rows, ["direct", "tunnel"]),
-        "stalled_stream": stalled,
-        "memory_mib": memory,
-        "cpu_s_per_gb": cpu,
+        "tunnels": tunnels,
+        "pids": pids,
+        "workloads": workloads_json(&r.rows),
+        "stalled_stream": section(r, stalled_json),
+        "memory_mib": section(r, memory_json),
+        "cpu_s_per_gb": section(r, cpu_json),
+        "setup_ms": section(r, setup_json),
         "notes": r.notes,
         "ok": !r.failed,
     })
@@ -401,11 +665,18 @@ mod tests {
         let text = last_rows_text(&r);
         assert_eq!(
             text,
-            "direct 100, tunnel 50.0 (ratio 0.50); p50 10.0 -> 20.0 µs; p99 10.0 -> 20.0 µs"
+            "direct 100, plain 50.0 (ratio 0.50), TLS 40.0 (ratio 0.40, 0.80 of plain); \
+             p50 10.0 -> plain 20.0, TLS 25.0 µs; p99 10.0 -> plain 20.0, TLS 25.0 µs"
         );
         assert_eq!(
-            rows_text(&r.stalled_rows, ["unstalled", "stalled"]),
+            rows_text(&r.plain.stalled_rows, ["unstalled", "stalled"]),
             "unstalled 100, stalled 90.0 (ratio 0.90); p50 30.0 -> 40.0 µs; p99 30.0 -> 40.0 µs"
+        );
+        let mut only_tls = sample_report();
+        only_tls.tunnels = vec![Tunnel::Tls];
+        assert_eq!(
+            last_rows_text(&only_tls),
+            "direct 100, TLS 40.0 (ratio 0.40); p50 10.0 -> TLS 25.0 µs; p99 10.0 -> TLS 25.0 µs"
         );
     }
 
@@ -413,53 +684,130 @@ mod tests {
     fn without_the_stalled_workload_its_section_is_empty() {
         // Without the workload, neither the section nor its figures appear.
         assert!(!render_table(&Report::default()).contains("stalled"));
-        assert!(render_json(&Report::default()).contains("\"stalled_stream\":{},"));
+        assert!(render_json(&Report::default()).contains("\"stalled_stream\":{\"tls\":{}},"));
+    }
+
+    /// The line of `table` that starts with `start`, after the line that starts with `after`.
+    fn line_after<'a>(table: &'a str, after: &str, start: &str) -> &'a str {
+        table
+            .lines()
+            .skip_while(|l| !l.starts_with(after))
+            .find(|l| l.starts_with(start))
+            .unwrap_or("")
     }
 
     #[test]
     fn table_shows_figures_ratios_and_memory() {
         let table = render_table(&sample_report());
-        assert!(table.contains("separate processes"), "{table}");
-        let upload = table
+        assert!(table.contains("separate processes (plain: server pid 10, client pid 11; TLS: server pid 12, client pid 13)"), "{table}");
+        let header = table
             .lines()
-            .find(|l| l.starts_with("upload, 1 stream"))
+            .find(|l| l.starts_with("workload"))
             .unwrap_or("");
         assert!(
-            upload.contains("40.0") && upload.contains("20.0") && upload.ends_with("0.50"),
-            "{upload}"
+            header.ends_with("direct  plain   TLS  plain/direct     TLS/direct       TLS/plain"),
+            "{table}"
         );
-        let p50 = table.lines().find(|l| l.contains("p50")).unwrap_or("");
-        assert!(p50.ends_with("2.00 (+10.0 µs)"), "{p50}");
-        let download = table
-            .lines()
-            .find(|l| l.starts_with("download"))
-            .unwrap_or("");
-        assert!(download.ends_with(" -"), "{download}");
-        assert!(table.contains("idle, tunnel attached"));
-        assert!(table.contains("    2.0      1.0      3.0"), "{table}");
-        assert!(table.contains("0.400"));
+        let upload = line_after(&table, "workload", "upload, 1 stream");
+        assert!(
+            upload.ends_with("40.0   20.0  15.0  0.50             0.38             0.75"),
+            "{table}"
+        );
+        let p50 = line_after(&table, "workload", "64 B round trips, 1 conn, p50");
+        assert!(
+            p50.ends_with("10.0   20.0  25.0  2.00 (+10.0 µs)  2.50 (+15.0 µs)  1.25 (+5.00 µs)"),
+            "{table}"
+        );
+        let download = line_after(&table, "workload", "download");
+        assert!(
+            download.ends_with("40.0      -  16.0  -                0.40             -"),
+            "{table}"
+        );
+        let idle = line_after(&table, "resident memory", "idle, tunnel attached");
+        assert!(
+            idle.ends_with("2.0           1.0          3.0         3.0         2.0        5.0"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "plain server  plain client  plain total  TLS server  TLS client  TLS total"
+            ),
+            "{table}"
+        );
+        let stalled_mem = line_after(&table, "resident memory", "while one stream is stalled");
+        assert!(
+            stalled_mem
+                .ends_with("4.0           3.0          7.0           -           -          -"),
+            "{table}"
+        );
         assert!(!table.contains("1,000 idle streams open"));
-        assert!(table.contains("- download, 1 stream (Gbit/s), tunnel: boom"));
-        let stalled: Vec<&str> = table
+        let cpu = line_after(&table, "CPU s per GB", "upload, 1 stream");
+        assert!(cpu.ends_with("0.400  0.800"), "{table}");
+        let setup = line_after(&table, "tunnel set-up", "client started -> first echo");
+        assert!(
+            setup.ends_with("3.00 [2.00-4.00]  6.00 [5.00-7.00]"),
+            "{table}"
+        );
+        assert!(
+            table.contains("tunnel set-up (ms, median of 3 client starts)"),
+            "{table}"
+        );
+        let accepted = line_after(&table, "tunnel set-up", "server accepts client");
+        assert!(
+            accepted.ends_with("1.00 [0.50-1.50]  3.00 [2.50-3.50]"),
+            "{table}"
+        );
+        assert!(table.contains("- download, 1 stream (Gbit/s), plain tunnel: boom"));
+        for (t, last) in [("plain", "0.25 s"), ("TLS", "did not stall")] {
+            let stalled: Vec<&str> = table
+                .lines()
+                .skip_while(|l| !l.starts_with(&format!("{t} tunnel, another stream stalled")))
+                .collect();
+            assert!(
+                stalled[0].ends_with("unstalled  stalled  stalled/unstalled"),
+                "{table}"
+            );
+            assert!(
+                stalled[2].starts_with("64 B round trips, 1 conn (/s)"),
+                "{table}"
+            );
+            assert!(stalled[2].ends_with("100     90.0  0.90"), "{table}");
+            assert!(stalled[5].contains(last), "{table}");
+        }
+        let plain_p50 = line_after(
+            &table,
+            "plain tunnel, another",
+            "64 B round trips, 1 conn, p50",
+        );
+        assert!(
+            plain_p50.ends_with("30.0     40.0  1.33 (+10.0 µs)"),
+            "{table}"
+        );
+        assert!(table.contains("stopped 0.25 s after it opened, holding 3.0 MiB"));
+    }
+
+    #[test]
+    fn a_table_of_one_tunnel_has_its_columns_only() {
+        let mut r = sample_report();
+        r.tunnels = vec![Tunnel::Plain];
+        let table = render_table(&r);
+        let header = table
             .lines()
-            .skip_while(|l| !l.starts_with("tunnel, another stream stalled"))
-            .collect();
-        assert!(
-            stalled[0].ends_with("unstalled  stalled  stalled/unstalled"),
-            "{table}"
-        );
-        assert!(
-            stalled[2].starts_with("64 B round trips, 1 conn (/s)"),
-            "{table}"
-        );
-        assert!(stalled[2].ends_with("100     90.0  0.90"), "{table}");
-        assert!(
-            stalled[3].ends_with("30.0     40.0  1.33 (+10.0 µs)"),
-            "{table}"
-        );
-        assert!(stalled[5].contains("stopped 0.25 s after it opened, holding 3.0 MiB"));
-        assert!(table.contains("while one stream is stalled"));
-        assert!(table.contains("    4.0      3.0      7.0"), "{table}");
+            .find(|l| l.starts_with("workload"))
+            .unwrap_or("");
+        assert!(header.ends_with("direct  plain  plain/direct"), "{table}");
+        // The notes of the sample name both tunnels: look above them.
+        let figures = table.split("notes:").next().unwrap_or("");
+        assert!(!figures.contains("TLS"), "{table}");
+        r.tunnels = vec![Tunnel::Tls];
+        let table = render_table(&r);
+        let header = table
+            .lines()
+            .find(|l| l.starts_with("workload"))
+            .unwrap_or("");
+        assert!(header.ends_with("direct   TLS  TLS/direct"), "{table}");
+        let figures = table.split("notes:").next().unwrap_or("");
+        assert!(!figures.contains("plain"), "{table}");
     }
 
     #[test]
@@ -482,38 +830,69 @@ mod tests {
                 "client_pid",
                 "cores",
                 "nofile_limit",
+                "tunnels",
+                "pids",
                 "workloads",
                 "stalled_stream",
                 "memory_mib",
                 "cpu_s_per_gb",
+                "setup_ms",
                 "notes",
                 "ok"
             ]
         );
         assert!(json.starts_with("{\"seconds\":2,\"address\":\"127.0.0.1\","));
+        assert!(json.contains("\"server_pid\":10,\"client_pid\":11,"));
+        assert!(json.contains("\"tunnels\":[\"plain\",\"tls\"],\"pids\":{\"plain\":{\"server\":10,\"client\":11},\"tls\":{\"server\":12,\"client\":13}},"));
         assert!(
-            json.contains("\"upload_gbps\":{\"direct\":40,\"tunnel\":20,\"ratio\":0.5}"),
+            json.contains("\"upload_gbps\":{\"direct\":40,\"tunnel\":20,\"ratio\":0.5,\"tls\":{\"tunnel\":15,\"ratio\":0.375,\"to_plain\":0.75}}"),
             "{json}"
         );
-        assert!(json.contains("\"download_gbps\":{\"direct\":40,\"tunnel\":null,\"ratio\":null}"));
+        assert!(json.contains("\"download_gbps\":{\"direct\":40,\"tunnel\":null,\"ratio\":null,\"tls\":{\"tunnel\":16,\"ratio\":0.4,\"to_plain\":null}}"), "{json}");
         assert!(
             json.contains(
-                "\"rr1_p50_us\":{\"direct\":10,\"tunnel\":20,\"ratio\":2,\"added_us\":10}"
-            )
+                "\"rr1_p50_us\":{\"direct\":10,\"tunnel\":20,\"ratio\":2,\"added_us\":10,\"tls\":{\"tunnel\":25,\"ratio\":2.5,\"added_us\":15,\"to_plain\":1.25,\"added_to_plain_us\":5}}"
+            ),
+            "{json}"
         );
         assert!(json.contains(
-            "\"memory_mib\":{\"idle\":{\"server\":2,\"client\":1,\"total\":3},\"stalled_stream\":{\"server\":4,\"client\":3,\"total\":7}}"
-        ));
+            "\"memory_mib\":{\"idle\":{\"server\":2,\"client\":1,\"total\":3},\"stalled_stream\":{\"server\":4,\"client\":3,\"total\":7},\"tls\":{\"idle\":{\"server\":3,\"client\":2,\"total\":5}}}"
+        ), "{json}");
         assert!(
             json.contains(
                 "\"stalled_stream\":{\"rr1_per_s\":{\"unstalled\":100,\"stalled\":90,\"ratio\":0.9},\"rr1_p50_us\":{\"unstalled\":30,\"stalled\":40,\"ratio\":1.3333,\"added_us\":10},"
             ),
             "{json}"
         );
-        assert!(json.contains(",\"stalled_after_s\":0.25,\"held_mib\":3},"));
-        assert!(json.contains("\"cpu_s_per_gb\":{\"upload\":0.4,\"download\":null}"));
+        assert!(json.contains(",\"stalled_after_s\":0.25,\"held_mib\":3,\"tls\":{\"rr1_per_s\":{\"unstalled\":100,"), "{json}");
+        assert!(json.contains("\"cpu_s_per_gb\":{\"upload\":0.4,\"download\":null,\"tls\":{\"upload\":0.8,\"download\":null}}"), "{json}");
+        assert!(json.contains("\"setup_ms\":{\"spawn_to_echo\":3,\"connect_to_echo\":1,\"samples\":3,\"tls\":{\"spawn_to_echo\":6,\"connect_to_echo\":3,\"samples\":3}}"), "{json}");
         assert!(json.contains("\"roles\":\"separate processes\""));
-        assert!(json.contains("\"notes\":[\"download, 1 stream (Gbit/s), tunnel: boom\","));
+        assert!(json.contains("\"notes\":[\"download, 1 stream (Gbit/s), plain tunnel: boom\","));
         assert!(json.ends_with("\"ok\":false}"));
+    }
+
+    #[test]
+    fn json_of_one_tunnel_keeps_every_key() {
+        let mut r = sample_report();
+        r.tunnels = vec![Tunnel::Tls];
+        let json = render_json(&r);
+        assert!(
+            json.contains("\"server_pid\":12,\"client_pid\":13,"),
+            "{json}"
+        );
+        assert!(
+            json.contains(
+                "\"tunnels\":[\"tls\"],\"pids\":{\"tls\":{\"server\":12,\"client\":13}},"
+            ),
+            "{json}"
+        );
+        let r = Report {
+            tunnels: vec![Tunnel::Plain],
+            ..Report::default()
+        };
+        let json = render_json(&r);
+        assert!(json.contains("\"setup_ms\":{\"spawn_to_echo\":null,\"connect_to_echo\":null,\"samples\":0,\"tls\":{\"spawn_to_echo\":null,\"connect_to_echo\":null,\"samples\":0}}"), "{json}");
+        assert!(json.contains("\"cpu_s_per_gb\":{\"upload\":null,\"download\":null,\"tls\":{\"upload\":null,\"download\":null}}"), "{json}");
     }
 }

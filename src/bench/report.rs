@@ -1,5 +1,6 @@
-//! The figures of a bench run: rows (direct and tunnel, or unstalled and stalled), the
-//! samples and transfers they are computed from, memory and CPU, and the notes.
+//! The figures of a bench run: rows (direct, plain tunnel and TLS tunnel, or unstalled and
+//! stalled), the samples and transfers they are computed from, each tunnel's memory, CPU and
+//! set-up time, and the notes.
 
 use std::io;
 
@@ -7,6 +8,101 @@ use super::harness::procfs;
 
 /// The stalled-stream target: another stream's round trips/s keep this share of their rate.
 pub(super) const STALLED_TARGET_RATIO: f64 = 0.9;
+
+/// A tunnel the bench measures, each over a server and client of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tunnel {
+    /// `TLS=off` on the server, `--tls off` on the client.
+    Plain,
+    /// TLS 1.3 (the default of both roles), the server's certificate self-signed at start-up.
+    Tls,
+}
+
+impl Tunnel {
+    /// Its name in the table, the progress lines and the notes.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Tunnel::Plain => "plain",
+            Tunnel::Tls => "TLS",
+        }
+    }
+
+    /// The value of the server's `TLS` key and of the client's `--tls`.
+    pub(super) fn tls_flag(self) -> &'static str {
+        match self {
+            Tunnel::Plain => "off",
+            Tunnel::Tls => "on",
+        }
+    }
+}
+
+/// One value per tunnel; `None` for a tunnel the run does not measure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct ByTunnel<T> {
+    pub(super) plain: Option<T>,
+    pub(super) tls: Option<T>,
+}
+
+impl<T> Default for ByTunnel<T> {
+    fn default() -> Self {
+        ByTunnel {
+            plain: None,
+            tls: None,
+        }
+    }
+}
+
+impl<T> ByTunnel<T> {
+    pub(super) fn get(&self, t: Tunnel) -> Option<&T> {
+        match t {
+            Tunnel::Plain => self.plain.as_ref(),
+            Tunnel::Tls => self.tls.as_ref(),
+        }
+    }
+
+    pub(super) fn set(&mut self, t: Tunnel, v: T) {
+        match t {
+            Tunnel::Plain => self.plain = Some(v),
+            Tunnel::Tls => self.tls = Some(v),
+        }
+    }
+
+    /// The tunnels that have a value, plain first.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (Tunnel, &T)> {
+        [Tunnel::Plain, Tunnel::Tls]
+            .into_iter()
+            .filter_map(|t| self.get(t).map(|v| (t, v)))
+    }
+
+    /// `f` on each value, plain first.
+    pub(super) fn map<U>(&self, mut f: impl FnMut(Tunnel, &T) -> U) -> ByTunnel<U> {
+        let mut out = ByTunnel::default();
+        for (t, v) in self.iter() {
+            let u = f(t, v);
+            out.set(t, u);
+        }
+        out
+    }
+
+    /// The tunnels that have a value, plain first, the values mutable.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (Tunnel, &mut T)> {
+        [
+            (Tunnel::Plain, self.plain.as_mut()),
+            (Tunnel::Tls, self.tls.as_mut()),
+        ]
+        .into_iter()
+        .filter_map(|(t, v)| v.map(|v| (t, v)))
+    }
+
+    /// `f` on each value, taken, plain first.
+    pub(super) fn into_map<U>(self, mut f: impl FnMut(T) -> U) -> ByTunnel<U> {
+        let plain = self.plain.map(&mut f);
+        ByTunnel {
+            plain,
+            tls: self.tls.map(f),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Kind {
@@ -21,15 +117,33 @@ pub(super) struct Row {
     pub(super) key: String,
     pub(super) label: String,
     pub(super) kind: Kind,
+    /// Direct loopback (in a stalled table: before the other stream stalled).
     pub(super) direct: Option<f64>,
+    /// Through the plain tunnel (in a stalled table: while the other stream is stalled).
     pub(super) tunnel: Option<f64>,
+    /// Through the TLS tunnel (`None` in a stalled table, which has one tunnel).
+    pub(super) tls: Option<f64>,
+}
+
+/// `num / den`, when both are there and `den` is positive.
+pub(super) fn ratio_of(num: Option<f64>, den: Option<f64>) -> Option<f64> {
+    match (num, den) {
+        (Some(n), Some(d)) if d > 0.0 => Some(n / d),
+        _ => None,
+    }
 }
 
 impl Row {
+    /// Plain tunnel / direct (in a stalled table: stalled / unstalled).
     pub(super) fn ratio(&self) -> Option<f64> {
-        match (self.direct, self.tunnel) {
-            (Some(d), Some(t)) if d > 0.0 => Some(t / d),
-            _ => None,
+        ratio_of(self.tunnel, self.direct)
+    }
+
+    /// The figure through a tunnel.
+    pub(super) fn through(&self, t: Tunnel) -> Option<f64> {
+        match t {
+            Tunnel::Plain => self.tunnel,
+            Tunnel::Tls => self.tls,
         }
     }
 }
@@ -70,118 +184,68 @@ impl MemPair {
     }
 }
 
+/// The tunnel's set-up time over several client starts, in milliseconds, each list sorted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Setup {
+    /// From spawning the client process to the first 1-byte echo through a public port.
+    pub(super) spawn_ms: Vec<f64>,
+    /// From the server's accepting the client's connection to that echo.
+    pub(super) connect_ms: Vec<f64>,
+}
+
+impl Setup {
+    /// Sorts both lists.
+    pub(super) fn new(mut spawn_ms: Vec<f64>, mut connect_ms: Vec<f64>) -> Setup {
+        spawn_ms.sort_unstable_by(f64::total_cmp);
+        connect_ms.sort_unstable_by(f64::total_cmp);
+        Setup {
+            spawn_ms,
+            connect_ms,
+        }
+    }
+
+    pub(super) fn spawn_median(&self) -> Option<f64> {
+        median(&self.spawn_ms)
+    }
+
+    pub(super) fn connect_median(&self) -> Option<f64> {
+        median(&self.connect_ms)
+    }
+}
+
+/// The median of a sorted list (the mean of the middle two for an even count).
+pub(super) fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// What is measured of one tunnel alone: its processes, memory, CPU per byte, set-up time,
+/// and the stalled-stream workload (which has no direct side).
 #[derive(Debug, Default)]
-pub(super) struct Report {
-    pub(super) seconds: f64,
-    pub(super) nofile: u64,
+pub(super) struct TunnelFigures {
     pub(super) server_pid: u32,
     pub(super) client_pid: u32,
-    pub(super) rows: Vec<Row>,
     pub(super) mem_idle: Option<MemPair>,
     /// The anonymous part of `mem_idle`: the memory the processes own, without the code
     /// and library pages mapped from files (shared, and counted by VmRSS in each process).
     pub(super) mem_idle_anon: Option<MemPair>,
     pub(super) mem_streams: Option<MemPair>,
     pub(super) mem_peak: Option<MemPair>,
-    /// The stalled-stream workload (tunnel only): rows whose `direct` holds the figure before
-    /// the other stream stalled and `tunnel` the figure while it is.
+    /// The stalled-stream workload: rows whose `direct` holds the figure before the other
+    /// stream stalled and `tunnel` the figure while it is.
     pub(super) stalled_rows: Vec<Row>,
     pub(super) stall: Option<Stall>,
     pub(super) mem_stalled: Option<MemPair>,
     pub(super) cpu_upload: Option<f64>,
     pub(super) cpu_download: Option<f64>,
-    pub(super) notes: Vec<String>,
-    pub(super) failed: bool,
+    pub(super) setup: Option<Setup>,
 }
 
-impl Report {
-    /// Record one rate, direct and through the tunnel; a failed side is noted and marks the
-    /// run as failed.
-    pub(super) fn push(
-        &mut self,
-        key: &str,
-        label: &str,
-        direct: io::Result<f64>,
-        tunnel: io::Result<f64>,
-    ) {
-        let direct = self.take(label, "direct", direct);
-        let tunnel = self.take(label, "tunnel", tunnel);
-        self.rows.push(Row {
-            key: key.to_string(),
-            label: label.to_string(),
-            kind: Kind::Rate,
-            direct,
-            tunnel,
-        });
-    }
-
-    fn take<T>(&mut self, label: &str, side: &str, r: io::Result<T>) -> Option<T> {
-        match r {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.failed = true;
-                self.notes.push(format!("{label}, {side}: {e}"));
-                None
-            }
-        }
-    }
-
-    /// Record a request/response measurement: a rate row and p50/p99 latency rows.
-    pub(super) fn push_samples(
-        &mut self,
-        key: &str,
-        label: &str,
-        direct: io::Result<Samples>,
-        tunnel: io::Result<Samples>,
-    ) {
-        let rows = self.sample_rows(key, label, ["direct", "tunnel"], direct, tunnel);
-        self.rows.extend(rows);
-    }
-
-    /// A rate row and p50/p99 latency rows from two request/response measurements, the first
-    /// in each row's `direct`, the second in its `tunnel`; `sides` names them in the notes. A
-    /// failed side is noted and marks the run as failed.
-    pub(super) fn sample_rows(
-        &mut self,
-        key: &str,
-        label: &str,
-        sides: [&str; 2],
-        direct: io::Result<Samples>,
-        tunnel: io::Result<Samples>,
-    ) -> Vec<Row> {
-        let direct = self.take(label, sides[0], direct);
-        let tunnel = self.take(label, sides[1], tunnel);
-        for (side, s) in [(sides[0], &direct), (sides[1], &tunnel)] {
-            if let Some(s) = s
-                && s.errors > 0
-            {
-                let first = s.first_error.as_deref().unwrap_or("?");
-                self.notes.push(format!(
-                    "{label}, {side}: {} attempts failed (first: {first})",
-                    s.errors
-                ));
-            }
-        }
-        let (d, t) = (direct.as_ref(), tunnel.as_ref());
-        let mut rows = vec![Row {
-            key: format!("{key}_per_s"),
-            label: format!("{label} (/s)"),
-            kind: Kind::Rate,
-            direct: d.map(Samples::rate),
-            tunnel: t.map(Samples::rate),
-        }];
-        for p in [50.0, 99.0] {
-            rows.push(Row {
-                key: format!("{key}_p{p}_us"),
-                label: format!("{label}, p{p} (µs)"),
-                kind: Kind::Latency,
-                direct: d.and_then(|s| s.percentile_us(p)),
-                tunnel: t.and_then(|s| s.percentile_us(p)),
-            });
-        }
-        rows
-    }
-
+impl TunnelFigures {
     /// The memory figures: (table label, JSON name, figure).
     pub(super) fn memory(&self) -> [(&'static str, &'static str, Option<MemPair>); 5] {
         [
@@ -212,6 +276,174 @@ impl Report {
             ("download, 1 stream", "download", self.cpu_download),
         ]
     }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Report {
+    pub(super) seconds: f64,
+    pub(super) nofile: u64,
+    /// The tunnels measured, plain first.
+    pub(super) tunnels: Vec<Tunnel>,
+    pub(super) rows: Vec<Row>,
+    pub(super) plain: TunnelFigures,
+    pub(super) tls: TunnelFigures,
+    pub(super) notes: Vec<String>,
+    pub(super) failed: bool,
+}
+
+/// What the notes call a side of a row.
+fn side_name(t: Tunnel) -> &'static str {
+    match t {
+        Tunnel::Plain => "plain tunnel",
+        Tunnel::Tls => "TLS tunnel",
+    }
+}
+
+impl Report {
+    pub(super) fn figures(&self, t: Tunnel) -> &TunnelFigures {
+        match t {
+            Tunnel::Plain => &self.plain,
+            Tunnel::Tls => &self.tls,
+        }
+    }
+
+    pub(super) fn figures_mut(&mut self, t: Tunnel) -> &mut TunnelFigures {
+        match t {
+            Tunnel::Plain => &mut self.plain,
+            Tunnel::Tls => &mut self.tls,
+        }
+    }
+
+    /// Record one rate, direct and through each tunnel measured; a failed side is noted and
+    /// marks the run as failed.
+    pub(super) fn push(
+        &mut self,
+        key: &str,
+        label: &str,
+        direct: io::Result<f64>,
+        through: ByTunnel<io::Result<f64>>,
+    ) {
+        let direct = self.take(label, "direct", direct);
+        let [tunnel, tls] = self.take_tunnels(label, through);
+        self.rows.push(Row {
+            key: key.to_string(),
+            label: label.to_string(),
+            kind: Kind::Rate,
+            direct,
+            tunnel,
+            tls,
+        });
+    }
+
+    fn take<T>(&mut self, label: &str, side: &str, r: io::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.failed = true;
+                self.notes.push(format!("{label}, {side}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The plain and the TLS figure, each `None` when not measured or failed (noted).
+    fn take_tunnels<T>(&mut self, label: &str, through: ByTunnel<io::Result<T>>) -> [Option<T>; 2] {
+        let ByTunnel { plain, tls } = through;
+        let plain = plain.and_then(|r| self.take(label, side_name(Tunnel::Plain), r));
+        let tls = tls.and_then(|r| self.take(label, side_name(Tunnel::Tls), r));
+        [plain, tls]
+    }
+
+    /// Record a request/response measurement, direct and through each tunnel measured: a
+    /// rate row and p50/p99 latency rows.
+    pub(super) fn push_samples(
+        &mut self,
+        key: &str,
+        label: &str,
+        direct: io::Result<Samples>,
+        through: ByTunnel<io::Result<Samples>>,
+    ) {
+        let direct = self.take(label, "direct", direct);
+        let [tunnel, tls] = self.take_tunnels(label, through);
+        let sides = [
+            ("direct", direct.as_ref()),
+            (side_name(Tunnel::Plain), tunnel.as_ref()),
+            (side_name(Tunnel::Tls), tls.as_ref()),
+        ];
+        self.note_errors(label, &sides);
+        let rows = sample_rows(key, label, [direct.as_ref(), tunnel.as_ref(), tls.as_ref()]);
+        self.rows.extend(rows);
+    }
+
+    /// Notes the failed attempts of each side's samples.
+    fn note_errors(&mut self, label: &str, sides: &[(&str, Option<&Samples>)]) {
+        for (side, s) in sides {
+            if let Some(s) = s
+                && s.errors > 0
+            {
+                let first = s.first_error.as_deref().unwrap_or("?");
+                self.notes.push(format!(
+                    "{label}, {side}: {} attempts failed (first: {first})",
+                    s.errors
+                ));
+            }
+        }
+    }
+
+    /// The rows of the stalled-stream workload of one tunnel: a rate row and p50/p99 latency
+    /// rows, before the other stream stalled in each row's `direct` and while it is in its
+    /// `tunnel`. A failed side is noted and marks the run as failed.
+    pub(super) fn stalled_rows(
+        &mut self,
+        t: Tunnel,
+        key: &str,
+        label: &str,
+        unstalled: io::Result<Samples>,
+        stalled: io::Result<Samples>,
+    ) -> Vec<Row> {
+        let sides = [
+            format!("{}, unstalled", side_name(t)),
+            format!("{}, stalled", side_name(t)),
+        ];
+        let unstalled = self.take(label, &sides[0], unstalled);
+        let stalled = self.take(label, &sides[1], stalled);
+        self.note_errors(
+            label,
+            &[
+                (&sides[0], unstalled.as_ref()),
+                (&sides[1], stalled.as_ref()),
+            ],
+        );
+        sample_rows(key, label, [unstalled.as_ref(), stalled.as_ref(), None])
+    }
+}
+
+/// A rate row and p50/p99 latency rows from up to three request/response measurements, in
+/// each row's `direct`, `tunnel` and `tls`.
+fn sample_rows(key: &str, label: &str, s: [Option<&Samples>; 3]) -> Vec<Row> {
+    let row = |key: String, label: String, kind, f: &dyn Fn(&Samples) -> Option<f64>| Row {
+        key,
+        label,
+        kind,
+        direct: s[0].and_then(f),
+        tunnel: s[1].and_then(f),
+        tls: s[2].and_then(f),
+    };
+    let mut rows = vec![row(
+        format!("{key}_per_s"),
+        format!("{label} (/s)"),
+        Kind::Rate,
+        &|s| Some(s.rate()),
+    )];
+    for p in [50.0, 99.0] {
+        rows.push(row(
+            format!("{key}_p{p}_us"),
+            format!("{label}, p{p} (µs)"),
+            Kind::Latency,
+            &|s| s.percentile_us(p),
+        ));
+    }
+    rows
 }
 
 /// Outcome of a bulk transfer.
@@ -348,26 +580,66 @@ pub(super) mod tests {
         assert_eq!(cpu_per_gb(Some(5), Some(6), 0), None);
     }
 
-    /// A report with figures of every kind, a failed side and notes.
+    #[test]
+    fn medians_of_sorted_lists() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[1.0, 2.0, 9.0]), Some(2.0));
+        assert_eq!(median(&[1.0, 2.0, 4.0, 9.0]), Some(3.0));
+        let s = Setup::new(vec![5.0, 1.0, 3.0], vec![2.0, 0.5]);
+        assert_eq!(s.spawn_ms, [1.0, 3.0, 5.0]);
+        assert_eq!(s.spawn_median(), Some(3.0));
+        assert_eq!(s.connect_median(), Some(1.25));
+        assert_eq!(Setup::default().connect_median(), None);
+    }
+
+    #[test]
+    fn by_tunnel_keeps_plain_first() {
+        let mut b = ByTunnel::default();
+        b.set(Tunnel::Tls, 2);
+        b.set(Tunnel::Plain, 1);
+        let order: Vec<(Tunnel, i32)> = b.iter().map(|(t, v)| (t, *v)).collect();
+        assert_eq!(order, [(Tunnel::Plain, 1), (Tunnel::Tls, 2)]);
+        assert_eq!(b.map(|_, v| v * 10).tls, Some(20));
+        let only_tls = ByTunnel {
+            plain: None,
+            tls: Some("x"),
+        };
+        assert_eq!(only_tls.iter().count(), 1);
+        assert_eq!(only_tls.get(Tunnel::Plain), None);
+        assert_eq!(Tunnel::Plain.tls_flag(), "off");
+        assert_eq!(Tunnel::Tls.tls_flag(), "on");
+    }
+
+    /// A report of both tunnels with figures of every kind, a failed side and notes.
     pub(in crate::bench) fn sample_report() -> Report {
         let mut r = Report {
             seconds: 2.0,
-            server_pid: 10,
-            client_pid: 11,
             nofile: 20_000,
+            tunnels: vec![Tunnel::Plain, Tunnel::Tls],
             ..Report::default()
         };
+        r.plain.server_pid = 10;
+        r.plain.client_pid = 11;
+        r.tls.server_pid = 12;
+        r.tls.client_pid = 13;
         r.push(
             "upload_gbps",
             "upload, 1 stream (Gbit/s)",
             Ok(40.0),
-            Ok(20.0),
+            ByTunnel {
+                plain: Some(Ok(20.0)),
+                tls: Some(Ok(15.0)),
+            },
         );
         r.push(
             "download_gbps",
             "download, 1 stream (Gbit/s)",
             Ok(40.0),
-            Err(io::Error::other("boom")),
+            ByTunnel {
+                plain: Some(Err(io::Error::other("boom"))),
+                tls: Some(Ok(16.0)),
+            },
         );
         let direct = Samples {
             lat_ns: vec![10_000; 100],
@@ -380,37 +652,60 @@ pub(super) mod tests {
             errors: 2,
             first_error: Some("refused".to_string()),
         };
-        r.push_samples("rr1", "64 B round trips, 1 conn", Ok(direct), Ok(tunnel));
-        let unstalled = Samples {
-            lat_ns: vec![30_000; 100],
+        let tls = Samples {
+            lat_ns: vec![25_000; 40],
             secs: 1.0,
             ..Samples::default()
         };
-        let stalled = Samples {
-            lat_ns: vec![40_000; 90],
-            secs: 1.0,
-            ..Samples::default()
-        };
-        r.stalled_rows = r.sample_rows(
+        r.push_samples(
             "rr1",
             "64 B round trips, 1 conn",
-            ["unstalled", "stalled"],
-            Ok(unstalled),
-            Ok(stalled),
+            Ok(direct),
+            ByTunnel {
+                plain: Some(Ok(tunnel)),
+                tls: Some(Ok(tls)),
+            },
         );
-        r.stall = Some(Stall {
+        for (t, base) in [(Tunnel::Plain, 30_000), (Tunnel::Tls, 35_000)] {
+            let unstalled = Samples {
+                lat_ns: vec![base; 100],
+                secs: 1.0,
+                ..Samples::default()
+            };
+            let stalled = Samples {
+                lat_ns: vec![base + 10_000; 90],
+                secs: 1.0,
+                ..Samples::default()
+            };
+            let rows = r.stalled_rows(
+                t,
+                "rr1",
+                "64 B round trips, 1 conn",
+                Ok(unstalled),
+                Ok(stalled),
+            );
+            r.figures_mut(t).stalled_rows = rows;
+        }
+        r.plain.stall = Some(Stall {
             after_s: 0.25,
             held_bytes: 3 * 1024 * 1024,
         });
-        r.mem_idle = Some(MemPair {
+        r.plain.mem_idle = Some(MemPair {
             server_kib: Some(2048),
             client_kib: Some(1024),
         });
-        r.mem_stalled = Some(MemPair {
+        r.tls.mem_idle = Some(MemPair {
+            server_kib: Some(3072),
+            client_kib: Some(2048),
+        });
+        r.plain.mem_stalled = Some(MemPair {
             server_kib: Some(4096),
             client_kib: Some(3072),
         });
-        r.cpu_upload = Some(0.4);
+        r.plain.cpu_upload = Some(0.4);
+        r.tls.cpu_upload = Some(0.8);
+        r.plain.setup = Some(Setup::new(vec![3.0, 2.0, 4.0], vec![1.0, 1.5, 0.5]));
+        r.tls.setup = Some(Setup::new(vec![6.0, 5.0, 7.0], vec![3.0, 2.5, 3.5]));
         r
     }
 
@@ -430,28 +725,56 @@ pub(super) mod tests {
             ]
         );
         assert_eq!(r.rows[0].ratio(), Some(0.5));
+        assert_eq!(r.rows[0].through(Tunnel::Tls), Some(15.0));
+        assert_eq!(ratio_of(r.rows[0].tls, r.rows[0].tunnel), Some(0.75));
         assert_eq!(r.rows[1].ratio(), None);
+        assert_eq!(r.rows[1].tls, Some(16.0));
         assert_eq!(r.rows[2].direct, Some(100.0));
         assert_eq!(r.rows[2].tunnel, Some(50.0));
+        assert_eq!(r.rows[2].tls, Some(40.0));
         assert_eq!(r.rows[3].tunnel, Some(20.0));
-        assert!(r.notes.iter().any(|n| n.contains("tunnel: boom")));
-        assert!(
-            r.notes
-                .iter()
-                .any(|n| n.contains("2 attempts failed (first: refused)"))
-        );
-        let keys: Vec<&str> = r.stalled_rows.iter().map(|row| row.key.as_str()).collect();
+        assert_eq!(r.rows[3].tls, Some(25.0));
+        assert!(r.notes.iter().any(|n| n.contains("plain tunnel: boom")));
+        assert!(r.notes.iter().any(|n| n.contains(
+            "64 B round trips, 1 conn, plain tunnel: 2 attempts failed (first: refused)"
+        )));
+        let keys: Vec<&str> = r
+            .plain
+            .stalled_rows
+            .iter()
+            .map(|row| row.key.as_str())
+            .collect();
         assert_eq!(keys, ["rr1_per_s", "rr1_p50_us", "rr1_p99_us"]);
-        assert_eq!(r.stalled_rows[0].ratio(), Some(0.9));
+        assert_eq!(r.plain.stalled_rows[0].ratio(), Some(0.9));
+        assert_eq!(r.tls.stalled_rows[1].direct, Some(35.0));
+        assert!(r.tls.stalled_rows.iter().all(|row| row.tls.is_none()));
+    }
+
+    #[test]
+    fn a_tunnel_not_measured_is_no_failure() {
+        let mut r = Report::default();
+        r.push(
+            "upload_gbps",
+            "upload, 1 stream (Gbit/s)",
+            Ok(40.0),
+            ByTunnel {
+                plain: None,
+                tls: Some(Ok(10.0)),
+            },
+        );
+        assert!(!r.failed);
+        assert!(r.notes.is_empty());
+        assert_eq!(r.rows[0].tunnel, None);
+        assert_eq!(r.rows[0].tls, Some(10.0));
     }
 
     #[test]
     fn a_failed_stalled_side_is_noted_by_its_name() {
         let mut r = Report::default();
-        let rows = r.sample_rows(
+        let rows = r.stalled_rows(
+            Tunnel::Tls,
             "rr1",
             "64 B round trips, 1 conn",
-            ["unstalled", "stalled"],
             Ok(Samples::new(vec![5_000; 10], 1.0)),
             Err(io::Error::other(
                 "the other stream did not stall: still moving",
@@ -462,7 +785,9 @@ pub(super) mod tests {
         assert_eq!(rows[0].tunnel, None);
         assert_eq!(
             r.notes,
-            ["64 B round trips, 1 conn, stalled: the other stream did not stall: still moving"]
+            [
+                "64 B round trips, 1 conn, TLS tunnel, stalled: the other stream did not stall: still moving"
+            ]
         );
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::harness::{Endpoints, Targets};
 use super::render::{fmt_mib, mem_text, rows_text};
-use super::report::{MemPair, Report, Stall};
+use super::report::{MemPair, Report, Stall, Tunnel};
 use super::workloads::{connect, request_response};
 
 /// A stalled stream counts as stalled once nothing has moved on it for this long...
@@ -26,22 +26,24 @@ const SOURCE_END_TIMEOUT: Duration = Duration::from_secs(2);
 /// The stalled-stream workload, through the tunnel only: 64-byte round trips on one connection
 /// to the echo service; then a second stream from the source, never read, and the same round
 /// trips again while it stays stalled, with the roles' memory at the end; then the stalled
-/// stream is closed and its source connection must end. Prints its own progress result.
+/// stream is closed and its source connection must end. The figures go to those of tunnel `t`;
+/// returns the progress text.
 pub(super) fn stalled_stream(
+    t: Tunnel,
     tunnel: Endpoints,
     source: &Targets,
     dur: Duration,
     pids: [u32; 2],
     report: &mut Report,
-) {
+) -> String {
     let unstalled = request_response(tunnel.echo, 1, dur);
     // A source connection of an earlier workload still ending would blur the stall detection.
     let _ = wait_sources_ended(source, SOURCE_END_TIMEOUT);
     let stalled = match open_stalled(tunnel.source, source) {
         Ok((stream, stall)) => {
-            report.stall = Some(stall);
+            report.figures_mut(t).stall = Some(stall);
             let r = request_response(tunnel.echo, 1, dur);
-            report.mem_stalled = Some(MemPair::rss(pids));
+            report.figures_mut(t).mem_stalled = Some(MemPair::rss(pids));
             drop(stream);
             r
         }
@@ -51,22 +53,25 @@ pub(super) fn stalled_stream(
         )),
     };
     if let Err(e) = wait_sources_ended(source, SOURCE_END_TIMEOUT) {
-        report.notes.push(format!("stalled stream: {e}"));
+        report
+            .notes
+            .push(format!("stalled stream, {} tunnel: {e}", t.name()));
     }
-    let sides = ["unstalled", "stalled"];
-    report.stalled_rows =
-        report.sample_rows("rr1", "64 B round trips, 1 conn", sides, unstalled, stalled);
-    let mut text = rows_text(&report.stalled_rows, sides);
-    if let Some(st) = report.stall {
+    let label = "64 B round trips, 1 conn";
+    let rows = report.stalled_rows(t, "rr1", label, unstalled, stalled);
+    let figures = report.figures_mut(t);
+    figures.stalled_rows = rows;
+    let mut text = rows_text(&figures.stalled_rows, ["unstalled", "stalled"]);
+    if let Some(st) = figures.stall {
         let _ = write!(
             text,
             "; stalled after {:.2} s holding {} MiB; memory while stalled: {}",
             st.after_s,
             fmt_mib(Some(st.held_bytes / 1024)),
-            mem_text(report.mem_stalled)
+            mem_text(figures.mem_stalled)
         );
     }
-    eprintln!("{text}");
+    text
 }
 
 /// Open a stream from the source at `addr` and never read it. Returns once nothing has moved

@@ -11,8 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::harness::{CHUNK, procfs};
-use super::render::mem_text;
-use super::report::{MemPair, Report, Samples, Transfer, cpu_per_gb};
+use super::report::{MemPair, Samples, Transfer, cpu_per_gb};
 
 /// Streams in the parallel upload.
 const PARALLEL_STREAMS: usize = 8;
@@ -45,24 +44,22 @@ fn context(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), msg)
 }
 
-/// A bulk transfer directly, then through the tunnel with the roles' CPU time measured:
-/// (direct Gbit/s, tunnel Gbit/s, CPU seconds per GB of the tunnel run).
-pub(super) fn bulk(
+/// A bulk transfer through a tunnel with its roles' CPU time measured: (Gbit/s, CPU seconds
+/// per GB).
+pub(super) fn bulk_with_cpu(
     work: fn(SocketAddr, Duration) -> io::Result<Transfer>,
-    direct: SocketAddr,
-    tunnel: SocketAddr,
+    addr: SocketAddr,
     dur: Duration,
     pids: [u32; 2],
-) -> (io::Result<f64>, io::Result<f64>, Option<f64>) {
-    let d = work(direct, dur);
+) -> (io::Result<f64>, Option<f64>) {
     let before = cpu_ticks_pair(pids);
-    let t = work(tunnel, dur);
+    let t = work(addr, dur);
     let after = cpu_ticks_pair(pids);
     let cpu = t
         .as_ref()
         .ok()
         .and_then(|t| cpu_per_gb(before, after, t.bytes));
-    (d.map(Transfer::gbits), t.map(Transfer::gbits), cpu)
+    (t.map(Transfer::gbits), cpu)
 }
 
 /// Both roles' CPU time so far, in clock ticks.
@@ -70,33 +67,34 @@ fn cpu_ticks_pair(pids: [u32; 2]) -> Option<u64> {
     Some(procfs::cpu_ticks(pids[0])? + procfs::cpu_ticks(pids[1])?)
 }
 
-/// The memory figure with 1,000 idle streams open through the tunnel (when the open-file
-/// limit allows them); prints its own progress result.
-pub(super) fn idle_streams(addr: SocketAddr, pids: [u32; 2], report: &mut Report) {
+/// The memory of a tunnel's roles with 1,000 idle streams open through it, when the open-file
+/// limit `nofile` allows them.
+pub(super) fn idle_streams(addr: SocketAddr, pids: [u32; 2], nofile: u64) -> IdleStreams {
     let needed = 2 * IDLE_STREAMS as u64 + 256;
-    if report.nofile < needed {
-        eprintln!("skipped");
-        report.notes.push(format!(
-            "1,000 idle streams skipped: the open-file limit is {}, {needed} are needed (raise `ulimit -Hn`)",
-            report.nofile
+    if nofile < needed {
+        return IdleStreams::Skipped(format!(
+            "1,000 idle streams skipped: the open-file limit is {nofile}, {needed} are needed (raise `ulimit -Hn`)"
         ));
-        return;
     }
     match hold_streams(addr, IDLE_STREAMS) {
         Ok(streams) => {
             thread::sleep(Duration::from_millis(200));
-            report.mem_streams = Some(MemPair::rss(pids));
+            let mem = MemPair::rss(pids);
             drop(streams);
-            eprintln!("{}", mem_text(report.mem_streams));
+            IdleStreams::Held(mem)
         }
-        Err(e) => {
-            eprintln!("failed: {e}");
-            report.failed = true;
-            report
-                .notes
-                .push(format!("1,000 idle streams through the tunnel: {e}"));
-        }
+        Err(e) => IdleStreams::Failed(e.to_string()),
     }
+}
+
+/// What [`idle_streams`] found.
+pub(super) enum IdleStreams {
+    /// The roles' memory while the streams were open.
+    Held(MemPair),
+    /// Not run, and why.
+    Skipped(String),
+    /// The streams could not all be opened.
+    Failed(String),
 }
 
 /// Write 256 KiB chunks to a sink for `dur`, then half-close and wait for the sink to close:

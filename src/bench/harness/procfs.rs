@@ -16,6 +16,20 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     parse_stat_cpu_ticks(&read(pid, "stat")?)
 }
 
+/// Open files of a process (the entries of /proc/<pid>/fd).
+#[cfg(target_os = "linux")]
+pub fn fd_count(pid: u32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(Iterator::count)
+}
+
+/// Open files of a process: unknown without /proc.
+#[cfg(not(target_os = "linux"))]
+pub fn fd_count(_pid: u32) -> Option<usize> {
+    None
+}
+
 /// Clock ticks per second, the unit of [`cpu_ticks`].
 pub fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf only reads a system constant.
@@ -76,6 +90,8 @@ mod tests {
         assert!(cpu_ticks(own).is_some());
         assert!(rss_kib(own).is_some_and(|kib| kib > 0));
         assert!(status_kib(own, "RssAnon").is_some_and(|kib| kib > 0));
+        // At least the listing's own descriptor (the standard ones may be closed).
+        assert!(fd_count(own).is_some_and(|n| n >= 1));
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -84,5 +100,6 @@ mod tests {
         let own = std::process::id();
         assert_eq!(cpu_ticks(own), None);
         assert_eq!(rss_kib(own), None);
+        assert_eq!(fd_count(own), None);
     }
 }
