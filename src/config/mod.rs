@@ -534,11 +534,20 @@ fn client_tls(
         }
         return Ok(None);
     }
-    let name = name.unwrap_or_else(|| server_host.to_string());
+    // The server's address names the certificate unless --server-name says otherwise; a
+    // name that cannot be one (TLS's rules are stricter than a resolver's) says how to fix it.
+    let (name, key, hint) = match name {
+        Some(n) => (n, "--server-name", ""),
+        None => (
+            server_host.to_string(),
+            "server_ip",
+            ": give the name in the server's certificate with --server-name",
+        ),
+    };
     let server_name = rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| {
         ConfigError::cli(
-            "--server-name",
-            format!("{name:?} is not a host name or IP address"),
+            key,
+            format!("{name:?} is not a host name or IP address for TLS{hint}"),
         )
     })?;
     let trust = Trust { ca_file: ca, pin };

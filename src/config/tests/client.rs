@@ -295,3 +295,18 @@ fn client_tls_errors() {
         &["line 4", "TLS_FINGERPRINT", "not a SHA-256 fingerprint"],
     );
 }
+
+#[test]
+fn a_server_ip_that_cannot_name_a_certificate_points_to_server_name() {
+    // A resolver takes "gw-.example.com"; TLS's name rules do not.
+    let args = client_args(None, Some("gw-.example.com"), Some("1"));
+    let e = client_from_args(&args).unwrap_err();
+    assert_eq!(e.key(), Some("server_ip"), "{e}");
+    assert!(e.message().contains("--server-name"), "{e}");
+    let mut args = client_args(None, Some("gw-.example.com"), Some("1"));
+    args.server_name = Some("gw.example.com".into());
+    assert!(client_from_args(&args).unwrap().tls.is_some());
+    let mut args = client_args(None, Some("gw-.example.com"), Some("1"));
+    args.tls = Some("off".into());
+    assert!(client_from_args(&args).unwrap().tls.is_none());
+}
