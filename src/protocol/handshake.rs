@@ -204,17 +204,14 @@ fn mac(
 ) -> Hmac<Sha256> {
     let mut m =
         <Hmac<Sha256> as KeyInit>::new_from_slice(token).expect("HMAC takes keys of any length");
-    match (side, binding) {
-        (Side::Client, None) => m.update(CLIENT_CONTEXT),
-        (Side::Server, None) => m.update(SERVER_CONTEXT),
-        (Side::Client, Some(b)) => {
-            m.update(CLIENT_TLS_CONTEXT);
-            m.update(b);
-        }
-        (Side::Server, Some(b)) => {
-            m.update(SERVER_TLS_CONTEXT);
-            m.update(b);
-        }
+    m.update(match (side, binding.is_some()) {
+        (Side::Client, false) => CLIENT_CONTEXT,
+        (Side::Server, false) => SERVER_CONTEXT,
+        (Side::Client, true) => CLIENT_TLS_CONTEXT,
+        (Side::Server, true) => SERVER_TLS_CONTEXT,
+    });
+    if let Some(b) = binding {
+        m.update(b);
     }
     for nonce in nonces {
         m.update(*nonce);
@@ -229,6 +226,33 @@ enum Side {
     Server,
 }
 
+/// The client's MAC: over the server's nonce (and the binding).
+fn client_mac(
+    token: &[u8],
+    binding: Binding<'_>,
+    nonce: &[u8; NONCE_LEN],
+    tag: &str,
+) -> Hmac<Sha256> {
+    mac(token, Side::Client, binding, &[nonce], tag)
+}
+
+/// The server's MAC: over both nonces (and the binding).
+fn server_mac(
+    token: &[u8],
+    binding: Binding<'_>,
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+    tag: &str,
+) -> Hmac<Sha256> {
+    mac(
+        token,
+        Side::Server,
+        binding,
+        &[client_nonce, server_nonce],
+        tag,
+    )
+}
+
 /// The client's proof that it knows `token`, over the server's nonce (and the binding).
 pub fn proof(
     token: &[u8],
@@ -236,7 +260,7 @@ pub fn proof(
     nonce: &[u8; NONCE_LEN],
     tag: &str,
 ) -> [u8; PROOF_LEN] {
-    mac(token, Side::Client, binding, &[nonce], tag)
+    client_mac(token, binding, nonce, tag)
         .finalize()
         .into_bytes()
         .into()
@@ -250,7 +274,7 @@ pub fn verify(
     tag: &str,
     proof: &[u8],
 ) -> bool {
-    mac(token, Side::Client, binding, &[nonce], tag)
+    client_mac(token, binding, nonce, tag)
         .verify_slice(proof)
         .is_ok()
 }
@@ -264,16 +288,10 @@ pub fn server_proof(
     server_nonce: &[u8; NONCE_LEN],
     tag: &str,
 ) -> [u8; PROOF_LEN] {
-    mac(
-        token,
-        Side::Server,
-        binding,
-        &[client_nonce, server_nonce],
-        tag,
-    )
-    .finalize()
-    .into_bytes()
-    .into()
+    server_mac(token, binding, client_nonce, server_nonce, tag)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// Check the server's proof in constant time.
@@ -285,15 +303,9 @@ pub fn verify_server(
     tag: &str,
     proof: &[u8],
 ) -> bool {
-    mac(
-        token,
-        Side::Server,
-        binding,
-        &[client_nonce, server_nonce],
-        tag,
-    )
-    .verify_slice(proof)
-    .is_ok()
+    server_mac(token, binding, client_nonce, server_nonce, tag)
+        .verify_slice(proof)
+        .is_ok()
 }
 
 /// Append an optional proof: its length (0 or 32), then its bytes.
