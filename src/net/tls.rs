@@ -72,8 +72,6 @@ pub struct TlsStream {
     is_client: bool,
     /// Client: nothing received yet (the first byte tells a server in clear apart).
     first_read: bool,
-    /// The peer has closed its end: read on to the end of stream, short reads or not.
-    pub read_to_eof: bool,
 }
 
 impl TlsStream {
@@ -88,7 +86,6 @@ impl TlsStream {
             eof: false,
             is_client: false,
             first_read: false,
-            read_to_eof: false,
         }
     }
 
@@ -108,7 +105,6 @@ impl TlsStream {
             eof: false,
             is_client: true,
             first_read: true,
-            read_to_eof: false,
         }
     }
 
@@ -118,8 +114,9 @@ impl TlsStream {
     }
 
     /// Read plaintext: as much as fits in `buf` or is available without blocking. A short
-    /// read means the socket is drained. `Ok(0)` is end of stream.
-    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// read means the socket is drained, unless `to_eof` (the peer has closed its end: read
+    /// on to the end of stream). `Ok(0)` is end of stream.
+    pub fn read(&mut self, buf: &mut [u8], to_eof: bool) -> io::Result<usize> {
         let mut filled = 0;
         // The last socket read was short: the socket is drained, no need to ask again.
         let mut drained = false;
@@ -187,7 +184,7 @@ impl TlsStream {
             };
             match conn.read_tls(&mut sock) {
                 Ok(0) => self.eof = true,
-                Ok(_) => drained = sock.short && !self.read_to_eof,
+                Ok(_) => drained = sock.short && !to_eof,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => {
                     return Ok(filled);

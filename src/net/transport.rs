@@ -47,10 +47,7 @@ impl Transport {
     pub fn read(&mut self, buf: &mut [u8], to_eof: bool) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
-            Transport::Tls(t) => {
-                t.read_to_eof = to_eof;
-                t.read(buf)
-            }
+            Transport::Tls(t) => t.read(buf, to_eof),
         }
     }
 
