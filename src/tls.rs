@@ -17,7 +17,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
@@ -114,8 +114,7 @@ impl ServerTls {
     /// Make a new key and a self-signed certificate, in memory only.
     pub fn self_signed() -> Result<ServerTls, TlsError> {
         let made = generate(&[SELF_SIGNED_NAME.to_string()])?;
-        let key = PrivateKeyDer::from_pem_slice(made.key_pem.as_bytes())
-            .map_err(|e| TlsError::new(format!("cannot read the new key: {e}")))?;
+        let key = made.key();
         ServerTls::build(vec![CertificateDer::from(made.cert_der)], key).map_err(TlsError::new)
     }
 
@@ -316,6 +315,8 @@ pub struct NewCert {
     pub cert_pem: String,
     pub cert_der: Vec<u8>,
     pub key_pem: String,
+    /// The key in PKCS#8 DER, as `key` hands it to rustls.
+    pub key_der: Vec<u8>,
     pub fingerprint: Fingerprint,
 }
 
@@ -328,7 +329,14 @@ pub fn generate(names: &[String]) -> Result<NewCert, TlsError> {
         fingerprint: fingerprint(&cert_der),
         cert_der,
         key_pem: made.signing_key.serialize_pem(),
+        key_der: made.signing_key.serialize_der(),
     })
+}
+
+impl NewCert {
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivatePkcs8KeyDer::from(self.key_der.clone()).into()
+    }
 }
 
 /// `tcp-forward cert DIR`: write `tcp-forward.key` (mode 0600, never over an existing file)

@@ -121,7 +121,7 @@ fn trusting_client_config() -> Arc<rustls::ClientConfig> {
 /// A server configuration with a self-signed certificate of its own for `name`.
 fn own_server_config(name: &str) -> Arc<rustls::ServerConfig> {
     let made = tcp_forward::tls::generate(&[name.to_string()]).expect("certificate");
-    let key = PrivateKeyDer::from_pem_slice(made.key_pem.as_bytes()).expect("key");
+    let key = made.key();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
