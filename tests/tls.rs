@@ -692,19 +692,9 @@ impl Served {
 
 /// Start a client with `args` (after `client`) and wait for it to attach to `server`.
 fn attach_with(server: &Proc, name: &str, args: &[&str]) -> Proc {
-    let before = server.count("tunnel attached");
     let mut all = vec!["client"];
     all.extend_from_slice(args);
-    let c = spawn(name, &all, &[]);
-    if !server.try_wait_for_count("tunnel attached", before + 1, READY) {
-        panic!(
-            "{name} did not attach\nserver log:\n{}\nclient log:\n{}",
-            server.tail(30),
-            c.tail(30)
-        );
-    }
-    c.wait_for_line("tunnel up", READY);
-    c
+    attach_spawned(server, || spawn(name, &all, &[]))
 }
 
 fn opts<'a>(name: &'a str, extra: &[&'a str]) -> ClientOpts<'a> {

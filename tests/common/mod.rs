@@ -802,8 +802,14 @@ pub fn spawn_client(inner_port: u16, o: &ClientOpts<'_>) -> Proc {
 /// Start a client and wait until the server logs one more `tunnel attached` line and the
 /// client logs `tunnel up`.
 pub fn attach_client(server: &Proc, inner_port: u16, o: &ClientOpts<'_>) -> Proc {
+    attach_spawned(server, || spawn_client(inner_port, o))
+}
+
+/// Start a client with `start` and wait until the server logs one more `tunnel attached`
+/// line and the client logs `tunnel up`.
+pub fn attach_spawned(server: &Proc, start: impl FnOnce() -> Proc) -> Proc {
     let before = server.count("tunnel attached");
-    let c = spawn_client(inner_port, o);
+    let c = start();
     if !server.try_wait_for_count("tunnel attached", before + 1, READY) {
         panic!(
             "client did not attach within {READY:?}\nserver log:\n{}\nclient log:\n{}",
