@@ -94,7 +94,7 @@ impl fmt::Display for Target {
 }
 
 /// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub public_port: u16,
     pub target: Target,

@@ -8,6 +8,7 @@
 //! - `ini`: the INI reader that knows lines, and the dialect every file is written in;
 //! - `mappings`: [`Target`], [`Mapping`] and the port mapping file, with the host, name and
 //!   tag checks the client shares;
+//! - `diff`: [`diff`] of two mapping lists, for a reload to apply only what changed;
 //! - here: the typed configs, [`load_server`] and [`client_from_args`], which give the keys
 //!   their meaning.
 
@@ -19,9 +20,11 @@ use log::LevelFilter;
 
 use crate::tls::{self, ClientTls, ServerTls, Trust};
 
+mod diff;
 mod ini;
 mod mappings;
 
+pub use self::diff::{MappingDiff, diff};
 use self::ini::{Doc, Entry};
 pub use self::mappings::{Host, Mapping, Target};
 use self::mappings::{check_tag, load_mappings, server_host};
