@@ -218,7 +218,7 @@ impl Doc {
 
 /// The line without its comment: a whole-line `#`/`;` comment, or one that starts at a
 /// `#`/`;` following whitespace.
-fn strip_comment(line: &str) -> &str {
+pub(super) fn strip_comment(line: &str) -> &str {
     let trimmed = line.trim_start();
     if trimmed.starts_with(['#', ';']) {
         return "";

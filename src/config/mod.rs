@@ -9,6 +9,7 @@
 //! - `mappings`: [`Target`], [`Mapping`] and the port mapping file, with the host, name and
 //!   tag checks the client shares;
 //! - `diff`: [`diff`] of two mapping lists, for a reload to apply only what changed;
+//! - `edit`: [`set_mapping`] and [`remove_mapping`] on the mapping file's text;
 //! - here: the typed configs, [`load_server`] and [`client_from_args`], which give the keys
 //!   their meaning.
 
@@ -21,10 +22,12 @@ use log::LevelFilter;
 use crate::tls::{self, ClientTls, ServerTls, Trust};
 
 mod diff;
+mod edit;
 mod ini;
 mod mappings;
 
 pub use self::diff::{MappingDiff, diff};
+pub use self::edit::{remove_mapping, set_mapping};
 use self::ini::{Doc, Entry};
 pub use self::mappings::{Host, Mapping, Target};
 use self::mappings::{check_tag, load_mappings, server_host};

@@ -1,12 +1,14 @@
 //! The config module's unit tests: the fixtures they share (a scratch folder, minimal files,
 //! the client's command line, an error check) and the tests of the pieces that stand alone
 //! (log levels, the masked secret, error formats). `server` loads server and mapping files,
-//! `client` the client's command line and file; `Target::parse` is tested beside it.
+//! `client` the client's command line and file, `edit` changes mapping files in place;
+//! `Target::parse` and `diff` are tested beside them.
 
 use super::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 mod client;
+mod edit;
 mod server;
 
 /// A unique scratch folder under the system temp dir, removed on drop.

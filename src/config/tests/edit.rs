@@ -1,0 +1,281 @@
+//! `set_mapping` and `remove_mapping`: the one port's lines change and every other byte stays,
+//! and the loader reads back exactly the mappings meant.
+
+use super::*;
+use std::collections::BTreeMap;
+
+/// A file with every kind of line the edits must keep.
+const FILE: &str = "\
+# Port mappings
+; ports 1000-9999
+
+[MAPPER]
+# ssh to the office
+1234 = 192.168.10.5:22   # office ssh
+2000=db.internal:5432 ; the database
+  3000 :10.0.0.3:80
+# 4000=10.0.0.4:80 (off for now)
+
+[TAG]
+2000=office  # moved in May
+";
+
+/// The mappings the loader reads from `text`, as (port, target, tag).
+fn load(text: &str) -> Vec<(u16, String, String)> {
+    let s = Scratch::new("edit");
+    let path = s.write("port_mapper.cfg", text);
+    let mut warnings = Vec::new();
+    let got = load_mappings(&path, 1111, Path::new("forward_server.cfg"), &mut warnings)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    got.into_iter()
+        .map(|m| (m.public_port, m.target.to_string(), m.tag))
+        .collect()
+}
+
+fn want(list: &[(u16, &str, &str)]) -> Vec<(u16, String, String)> {
+    list.iter()
+        .map(|&(p, t, g)| (p, t.to_string(), g.to_string()))
+        .collect()
+}
+
+#[test]
+fn replace_changes_only_the_value() {
+    let got = set_mapping(FILE, 1234, "10.0.0.9:2222", DEFAULT_TAG);
+    assert_eq!(
+        got,
+        FILE.replace(
+            "1234 = 192.168.10.5:22   # office ssh",
+            "1234 = 10.0.0.9:2222   # office ssh"
+        )
+    );
+    let got = set_mapping(FILE, 3000, "[::1]:8080", DEFAULT_TAG);
+    assert_eq!(
+        got,
+        FILE.replace("  3000 :10.0.0.3:80\n", "  3000 :[::1]:8080\n")
+    );
+    let got = set_mapping(FILE, 2000, "db.internal:5433", "office");
+    assert_eq!(
+        got,
+        FILE.replace(
+            "2000=db.internal:5432 ; the database",
+            "2000=db.internal:5433 ; the database"
+        )
+    );
+    assert_eq!(set_mapping(FILE, 2000, "db.internal:5432", "office"), FILE);
+    assert_eq!(
+        load(&set_mapping(FILE, 1234, "10.0.0.9:2222", DEFAULT_TAG)),
+        want(&[
+            (1234, "10.0.0.9:2222", "default"),
+            (2000, "db.internal:5432", "office"),
+            (3000, "10.0.0.3:80", "default"),
+        ])
+    );
+}
+
+#[test]
+fn a_new_port_goes_after_the_last_entry_of_the_last_mapper_section() {
+    let got = set_mapping(FILE, 4000, "10.0.0.4:80", DEFAULT_TAG);
+    assert_eq!(
+        got,
+        FILE.replace(
+            "  3000 :10.0.0.3:80\n",
+            "  3000 :10.0.0.3:80\n4000=10.0.0.4:80\n"
+        )
+    );
+    // Two [MAPPER] sections: the last one; an empty one: right after its header.
+    let two = "[MAPPER]\n1=h:1\n[TAG]\n1=a\n[Mapper]\n2=h:2\n\n[other]\nx=y\n";
+    assert_eq!(
+        set_mapping(two, 3, "h:3", DEFAULT_TAG),
+        "[MAPPER]\n1=h:1\n[TAG]\n1=a\n[Mapper]\n2=h:2\n3=h:3\n\n[other]\nx=y\n"
+    );
+    let empty = "# top\n[MAPPER]\n# none yet\n\n[TAG]\n";
+    assert_eq!(
+        set_mapping(empty, 3, "h:3", DEFAULT_TAG),
+        "# top\n[MAPPER]\n3=h:3\n# none yet\n\n[TAG]\n"
+    );
+    assert_eq!(
+        load(&set_mapping(two, 3, "h:3", DEFAULT_TAG)),
+        want(&[
+            (1, "h:1", "a"),
+            (2, "h:2", "default"),
+            (3, "h:3", "default")
+        ])
+    );
+}
+
+#[test]
+fn tags_set_changed_and_removed() {
+    // Set: a new line after the last [TAG] entry.
+    let got = set_mapping(FILE, 1234, "192.168.10.5:22", "web");
+    assert_eq!(got, format!("{FILE}1234=web\n"));
+    // Changed: the value only, the comment stays.
+    let got = set_mapping(FILE, 2000, "db.internal:5432", "home");
+    assert_eq!(
+        got,
+        FILE.replace("2000=office  # moved in May", "2000=home  # moved in May")
+    );
+    // Removed: the line goes, nothing else.
+    let got = set_mapping(FILE, 2000, "db.internal:5432", DEFAULT_TAG);
+    assert_eq!(got, FILE.replace("2000=office  # moved in May\n", ""));
+    assert_eq!(
+        load(&got),
+        want(&[
+            (1234, "192.168.10.5:22", "default"),
+            (2000, "db.internal:5432", "default"),
+            (3000, "10.0.0.3:80", "default"),
+        ])
+    );
+    // A new port with a tag, in a file without [TAG].
+    let got = set_mapping("[MAPPER]\n1=h:1\n", 2, "h:2", "web");
+    assert_eq!(got, "[MAPPER]\n1=h:1\n2=h:2\n\n[TAG]\n2=web\n");
+    assert_eq!(
+        load(&got),
+        want(&[(1, "h:1", "default"), (2, "h:2", "web")])
+    );
+}
+
+#[test]
+fn a_tag_that_starts_like_a_comment_is_written_as_a_value() {
+    let text = "[MAPPER]\n1 = h:1\n[TAG]\n1 = web   # note\n";
+    let got = set_mapping(text, 1, "h:1", "#web");
+    assert_eq!(got, "[MAPPER]\n1 = h:1\n[TAG]\n1 =#web   # note\n");
+    assert_eq!(load(&got), want(&[(1, "h:1", "#web")]));
+    let got = set_mapping("[MAPPER]\n1=h:1\n", 1, "h:1", ";x");
+    assert_eq!(load(&got), want(&[(1, "h:1", ";x")]));
+}
+
+#[test]
+fn no_mapper_section() {
+    assert_eq!(
+        set_mapping("", 1234, "10.0.0.1:22", DEFAULT_TAG),
+        "[MAPPER]\n1234=10.0.0.1:22\n"
+    );
+    let text = "# mappings\n[OTHER]\nx=y\n";
+    let got = set_mapping(text, 1234, "10.0.0.1:22", "web");
+    assert_eq!(
+        got,
+        "# mappings\n[OTHER]\nx=y\n\n[MAPPER]\n1234=10.0.0.1:22\n\n[TAG]\n1234=web\n"
+    );
+    assert_eq!(load(&got), want(&[(1234, "10.0.0.1:22", "web")]));
+    // A blank last line already separates the new section.
+    assert_eq!(
+        set_mapping("# none\n\n", 1, "h:1", DEFAULT_TAG),
+        "# none\n\n[MAPPER]\n1=h:1\n"
+    );
+}
+
+#[test]
+fn crlf_bom_and_a_missing_final_newline_stay() {
+    let text = "\u{feff}[MAPPER]\r\n1234=10.0.0.1:22\r\n[TAG]\r\n1234=web";
+    let got = set_mapping(text, 2000, "10.0.0.2:22", "db");
+    assert_eq!(
+        got,
+        "\u{feff}[MAPPER]\r\n1234=10.0.0.1:22\r\n2000=10.0.0.2:22\r\n[TAG]\r\n1234=web\r\n2000=db"
+    );
+    assert_eq!(
+        load(&got),
+        want(&[(1234, "10.0.0.1:22", "web"), (2000, "10.0.0.2:22", "db")])
+    );
+    let got = set_mapping(text, 1234, "10.0.0.1:22", DEFAULT_TAG);
+    assert_eq!(got, "\u{feff}[MAPPER]\r\n1234=10.0.0.1:22\r\n[TAG]");
+    let got = remove_mapping(text, 1234);
+    assert_eq!(got, "\u{feff}[MAPPER]\r\n[TAG]");
+    assert_eq!(
+        set_mapping("[MAPPER]\n1=h:1", 2, "h:2", DEFAULT_TAG),
+        "[MAPPER]\n1=h:1\n2=h:2"
+    );
+    assert_eq!(
+        set_mapping("x=y", 1, "h:1", DEFAULT_TAG),
+        "x=y\n\n[MAPPER]\n1=h:1"
+    );
+    let got = set_mapping("\u{feff}# m\r\n", 1, "h:1", "t");
+    assert_eq!(
+        got,
+        "\u{feff}# m\r\n\r\n[MAPPER]\r\n1=h:1\r\n\r\n[TAG]\r\n1=t\r\n"
+    );
+    assert_eq!(load(&got), want(&[(1, "h:1", "t")]));
+}
+
+#[test]
+fn lowercase_sections_and_a_colon_separator() {
+    let text = "[mapper]\n01234: 10.0.0.1:22 # x\n[tag]\n01234 : web\n";
+    let got = set_mapping(text, 1234, "10.0.0.2:22", "db");
+    assert_eq!(got, "[mapper]\n01234: 10.0.0.2:22 # x\n[tag]\n01234 : db\n");
+    assert_eq!(load(&got), want(&[(1234, "10.0.0.2:22", "db")]));
+    let got = set_mapping(text, 1234, "10.0.0.1:22", DEFAULT_TAG);
+    assert_eq!(got, "[mapper]\n01234: 10.0.0.1:22 # x\n[tag]\n");
+    assert_eq!(remove_mapping(text, 1234), "[mapper]\n[tag]\n");
+    // An empty value gets the new one right after the separator.
+    assert_eq!(
+        set_mapping("[MAPPER]\n7=   # todo\n", 7, "h:7", DEFAULT_TAG),
+        "[MAPPER]\n7=h:7   # todo\n"
+    );
+    // Keys of other sections, or outside any, are not the port's.
+    let text = "7=h:1\n[DEFAULT]\n7=x\n[MAPPER]\n8=h:8\n";
+    assert_eq!(
+        set_mapping(text, 7, "h:7", DEFAULT_TAG),
+        "7=h:1\n[DEFAULT]\n7=x\n[MAPPER]\n8=h:8\n7=h:7\n"
+    );
+}
+
+#[test]
+fn remove_takes_only_the_ports_lines() {
+    let got = remove_mapping(FILE, 2000);
+    assert_eq!(
+        got,
+        FILE.replace("2000=db.internal:5432 ; the database\n", "")
+            .replace("2000=office  # moved in May\n", "")
+    );
+    assert_eq!(
+        load(&got),
+        want(&[
+            (1234, "192.168.10.5:22", "default"),
+            (3000, "10.0.0.3:80", "default")
+        ])
+    );
+    // The comment above the removed line stays.
+    let got = remove_mapping(FILE, 1234);
+    assert!(got.contains("# ssh to the office\n2000="), "{got}");
+    assert_eq!(remove_mapping(FILE, 4000), FILE);
+    assert_eq!(remove_mapping("", 1), "");
+}
+
+#[test]
+fn edits_round_trip_through_the_loader() {
+    let mut text = FILE.to_string();
+    let mut model: BTreeMap<u16, (String, String)> = load(&text)
+        .into_iter()
+        .map(|(p, t, g)| (p, (t, g)))
+        .collect();
+    let steps: &[(u16, Option<(&str, &str)>)] = &[
+        (4000, Some(("10.0.0.4:80", "web"))),
+        (1234, Some(("192.168.10.6:22", "ops"))),
+        (2000, None),
+        (5000, Some(("[2001:db8::5]:443", DEFAULT_TAG))),
+        (1234, Some(("192.168.10.6:22", DEFAULT_TAG))),
+        (2000, Some(("db.internal:5432", "office"))),
+        (3000, None),
+        (4000, Some(("host_4.internal.:8080", "web-2"))),
+        (9999, None),
+    ];
+    for &(port, change) in steps {
+        match change {
+            Some((target, tag)) => {
+                text = set_mapping(&text, port, target, tag);
+                model.insert(port, (target.to_string(), tag.to_string()));
+            }
+            None => {
+                text = remove_mapping(&text, port);
+                model.remove(&port);
+            }
+        }
+        let want: Vec<_> = model
+            .iter()
+            .map(|(&p, (t, g))| (p, t.clone(), g.clone()))
+            .collect();
+        assert_eq!(load(&text), want, "after {port} {change:?}:\n{text}");
+        for line in FILE.lines().filter(|l| l.starts_with(['#', ';'])) {
+            assert!(text.contains(line), "{line:?} lost:\n{text}");
+        }
+    }
+}
