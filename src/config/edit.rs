@@ -1,14 +1,21 @@
 //! Changes to the port mapping file made while the server runs: [`set_mapping`] and
 //! [`remove_mapping`] rewrite the lines of one port in the file's text and leave every other
 //! byte as it was (comments, blank lines, the order and spelling of the other lines, the line
-//! endings, a UTF-8 BOM, a missing final newline). The functions are re-exported as
-//! `crate::config::{set_mapping, remove_mapping}`.
+//! endings, a UTF-8 BOM, a missing final newline); [`write_atomically`] puts the new text in
+//! place, so a reader sees the old file or the new one, never a mix. The functions are
+//! re-exported as `crate::config::{set_mapping, remove_mapping, write_atomically}`.
 //!
 //! Lines are read as `ini` reads them: section names compare without case, a port key by its
 //! number as `load_mappings` parses it (`01234` is port 1234), and text after a `#`/`;` that
 //! follows whitespace is a comment, never part of a value.
 
 use std::borrow::Cow;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ini::strip_comment;
 use super::mappings::check_tag;
@@ -47,6 +54,114 @@ pub fn remove_mapping(text: &str, port: u16) -> String {
     file.remove("MAPPER", port);
     file.remove("TAG", port);
     file.join()
+}
+
+/// Replace the file at `path` with `contents` atomically: write a temporary file in the same
+/// folder (`.<name>.tmp-<pid>-<n>`), give it the old file's permission mode if there is one,
+/// flush it to disk, rename it over `path` and flush the folder (best effort). If `path` is a
+/// symbolic link, the file it points to is replaced and the link stays. On failure the
+/// temporary file is removed and the error names `path`.
+pub fn write_atomically(path: &Path, contents: &str) -> io::Result<()> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let real = real_path(path).map_err(named)?;
+    let tmp = TempFile::create(&real).map_err(named)?;
+    let mode = match fs::metadata(&real) {
+        Ok(meta) => Some(meta.permissions().mode() & 0o7777),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(named(e)),
+    };
+    tmp.fill(mode, contents).map_err(named)?;
+    tmp.rename_over(&real).map_err(named)?;
+    if let Ok(dir) = File::open(folder(&real)) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// `path`, or the file a symbolic link there points to (links followed to the end).
+fn real_path(path: &Path) -> io::Result<PathBuf> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot follow the symbolic link: {e}"))),
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+/// The folder of a file, `.` for a bare name.
+fn folder(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A temporary file beside its destination, removed on drop unless renamed.
+struct TempFile {
+    path: PathBuf,
+    file: File,
+    renamed: bool,
+}
+
+impl TempFile {
+    fn create(dest: &Path) -> io::Result<TempFile> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let Some(name) = dest.file_name() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a file name",
+            ));
+        };
+        loop {
+            let mut tmp = OsString::from(".");
+            tmp.push(name);
+            tmp.push(format!(
+                ".tmp-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let path = folder(dest).join(tmp);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(TempFile {
+                        path,
+                        file,
+                        renamed: false,
+                    });
+                }
+                // Left by an earlier process with the same id: take the next number.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot create temporary file {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn fill(&self, mode: Option<u32>, contents: &str) -> io::Result<()> {
+        if let Some(mode) = mode {
+            self.file
+                .set_permissions(fs::Permissions::from_mode(mode))?;
+        }
+        (&self.file).write_all(contents.as_bytes())?;
+        self.file.sync_all()
+    }
+
+    fn rename_over(mut self, dest: &Path) -> io::Result<()> {
+        fs::rename(&self.path, dest)?;
+        self.renamed = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// A file's text as lines, each with its own line ending, to edit and join again.

@@ -9,7 +9,8 @@
 //! - `mappings`: [`Target`], [`Mapping`] and the port mapping file, with the host, name and
 //!   tag checks the client shares;
 //! - `diff`: [`diff`] of two mapping lists, for a reload to apply only what changed;
-//! - `edit`: [`set_mapping`] and [`remove_mapping`] on the mapping file's text;
+//! - `edit`: [`set_mapping`] and [`remove_mapping`] on the mapping file's text, and
+//!   [`write_atomically`] to put it in place;
 //! - here: the typed configs, [`load_server`] and [`client_from_args`], which give the keys
 //!   their meaning.
 
@@ -27,7 +28,7 @@ mod ini;
 mod mappings;
 
 pub use self::diff::{MappingDiff, diff};
-pub use self::edit::{remove_mapping, set_mapping};
+pub use self::edit::{remove_mapping, set_mapping, write_atomically};
 use self::ini::{Doc, Entry};
 pub use self::mappings::{Host, Mapping, Target};
 use self::mappings::{check_tag, load_mappings, server_host};

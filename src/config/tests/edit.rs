@@ -1,8 +1,11 @@
 //! `set_mapping` and `remove_mapping`: the one port's lines change and every other byte stays,
-//! and the loader reads back exactly the mappings meant.
+//! and the loader reads back exactly the mappings meant; `write_atomically` replaces a file
+//! whole, keeps its mode and leaves no temporary file behind.
 
 use super::*;
 use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 
 /// A file with every kind of line the edits must keep.
 const FILE: &str = "\
@@ -278,4 +281,63 @@ fn edits_round_trip_through_the_loader() {
             assert!(text.contains(line), "{line:?} lost:\n{text}");
         }
     }
+}
+
+#[test]
+fn write_atomically_replaces_the_file_and_keeps_its_mode() {
+    let s = Scratch::new("atomic");
+    let path = s.write("port_mapper.cfg", "old\n");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    write_atomically(&path, "new text\n").unwrap();
+    assert_eq!(fs::read_to_string(&path).unwrap(), "new text\n");
+    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o640);
+    let names: Vec<_> = fs::read_dir(&s.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["port_mapper.cfg"]);
+
+    // A file that does not exist yet is created.
+    let fresh = s.0.join("fresh.cfg");
+    write_atomically(&fresh, "x").unwrap();
+    assert_eq!(fs::read_to_string(&fresh).unwrap(), "x");
+
+    // Through a symbolic link: the file it points to changes, the link stays.
+    let link = s.0.join("link.cfg");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    write_atomically(&link, "via link\n").unwrap();
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), "via link\n");
+    let mut names: Vec<_> = fs::read_dir(&s.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["fresh.cfg", "link.cfg", "port_mapper.cfg"]);
+}
+
+#[test]
+fn write_atomically_names_the_path_on_failure() {
+    let s = Scratch::new("atomic-err");
+    let path = s.0.join("missing").join("port_mapper.cfg");
+    let e = write_atomically(&path, "x").unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    // A folder where the file should be: the rename fails, the temporary file goes.
+    let dir = s.0.join("port_mapper.cfg");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("inside"), "x").unwrap();
+    let e = write_atomically(&dir, "x").unwrap_err();
+    assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+    let names: Vec<_> = fs::read_dir(&s.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["port_mapper.cfg"]);
 }
