@@ -25,7 +25,7 @@ pub enum Command {
     /// Run on the public host: accept client tunnels and listen on the mapped public ports.
     Server(ServerArgs),
     /// Run inside the private network: keep a tunnel to the server and dial inner targets.
-    Client(ClientArgs),
+    Client(Box<ClientArgs>),
     /// Write a new key and self-signed certificate (tcp-forward.key, tcp-forward.crt) for
     /// the server's TLS_KEY and TLS_CERT, and print the fingerprint clients can pin.
     Cert(CertArgs),
@@ -71,6 +71,10 @@ pub struct ClientArgs {
     /// Accept only a server certificate with this SHA-256 fingerprint (hex, colons allowed)
     #[arg(long, value_name = "HEX")]
     pub fingerprint: Option<String>,
+    /// Serve /healthz, /metrics and /api/status on this address (e.g. 127.0.0.1:9090);
+    /// off loopback it needs TCP_FORWARD_ADMIN_TOKEN or ADMIN_TOKEN
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -98,6 +102,8 @@ impl ClientArgs {
             ca: self.ca.clone(),
             server_name: self.server_name.clone(),
             fingerprint: self.fingerprint.clone(),
+            admin: self.admin.clone(),
+            admin_token: std::env::var("TCP_FORWARD_ADMIN_TOKEN").ok(),
         }
     }
 }

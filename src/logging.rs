@@ -32,7 +32,8 @@ pub fn level(args: &LogArgs, configured: Option<LevelFilter>) -> Result<LevelFil
     Ok(LADDER[idx as usize])
 }
 
-/// Install the stderr logger. Safe to call once per process.
+/// Install the stderr logger. Safe to call once per process. The logger passes every level
+/// and `log`'s global maximum filters, so that a reload can change the level.
 pub fn init(level: LevelFilter) {
     let config = ConfigBuilder::new()
         .set_time_format_rfc3339()
@@ -45,5 +46,6 @@ pub fn init(level: LevelFilter) {
     } else {
         ColorChoice::Never
     };
-    let _ = TermLogger::init(level, config, TerminalMode::Stderr, color);
+    let _ = TermLogger::init(LevelFilter::Trace, config, TerminalMode::Stderr, color);
+    log::set_max_level(level);
 }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             for w in &cfg.warnings {
                 log::warn!("{w}");
             }
-            exit(server::run(cfg))
+            exit(server::run(cfg, args.log))
         }
         Command::Client(args) => {
             let cfg = match config::client_from_args(&args.input()) {

@@ -191,7 +191,7 @@ fn public_port(doc: &Doc, e: &Entry) -> Result<u16, ConfigError> {
 }
 
 /// A tag: 1..=64 bytes, no whitespace or control characters.
-pub(super) fn check_tag(tag: &str) -> Result<(), String> {
+pub(crate) fn check_tag(tag: &str) -> Result<(), String> {
     if tag.is_empty() {
         return Err("empty tag".to_string());
     }
@@ -202,6 +202,11 @@ pub(super) fn check_tag(tag: &str) -> Result<(), String> {
         return Err(format!(
             "tag {tag:?} contains whitespace or a control character"
         ));
+    }
+    // The mapping file's lines may not end with one (see `ini`): such a tag could be
+    // written through the admin API but never read back.
+    if tag.ends_with('\\') {
+        return Err(format!("tag {tag:?} ends with a backslash"));
     }
     Ok(())
 }

@@ -15,7 +15,7 @@
 //!   their meaning.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use log::LevelFilter;
@@ -30,8 +30,9 @@ mod mappings;
 pub use self::diff::{MappingDiff, diff};
 pub use self::edit::{remove_mapping, set_mapping, write_atomically};
 use self::ini::{Doc, Entry};
+pub(crate) use self::mappings::check_tag;
 pub use self::mappings::{Host, Mapping, Target};
-use self::mappings::{check_tag, load_mappings, server_host};
+use self::mappings::{load_mappings, server_host};
 
 /// Tag of a client (and of a mapping) when none is configured.
 pub const DEFAULT_TAG: &str = "default";
@@ -62,6 +63,13 @@ impl Secret {
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
+
+    /// Whether `candidate` is this secret, in time that tells nothing of either: both are
+    /// hashed first, so not even the length shows.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use sha2::{Digest, Sha256};
+        tls::constant_time_eq(&Sha256::digest(&self.0), &Sha256::digest(candidate))
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -91,10 +99,20 @@ pub struct ServerConfig {
     pub heartbeat: std::time::Duration,
     /// `TLS`, `TLS_CERT`, `TLS_KEY`.
     pub tls: ServerTlsSetting,
+    /// `ADMIN_ADDR` and `ADMIN_TOKEN`: the admin HTTP API, if asked for.
+    pub admin: Option<AdminSettings>,
     /// The mappings, sorted by public port (each port once).
     pub mappings: Vec<Mapping>,
     /// Problems that did not stop the load (ignored keys, nothing mapped): log them.
     pub warnings: Vec<String>,
+}
+
+/// Where the admin HTTP API listens, and the token it requires (`ADMIN_ADDR`,
+/// `ADMIN_TOKEN`). Off loopback a token is required: the loader refuses the address without one.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub addr: SocketAddr,
+    pub token: Option<Secret>,
 }
 
 /// The server's TLS: off, on with a certificate made at start-up, or on with the
@@ -125,6 +143,10 @@ pub struct ClientInput {
     pub server_name: Option<String>,
     /// `--fingerprint HEX`.
     pub fingerprint: Option<String>,
+    /// `--admin ADDR`.
+    pub admin: Option<String>,
+    /// From `TCP_FORWARD_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
 }
 
 /// Everything the client needs, from the command line or `forward_client.cfg`.
@@ -138,6 +160,8 @@ pub struct ClientConfig {
     pub log_level: Option<LevelFilter>,
     /// `None` when TLS is off.
     pub tls: Option<ClientTls>,
+    /// `--admin` or `ADMIN_ADDR`, with `ADMIN_TOKEN`.
+    pub admin: Option<AdminSettings>,
     pub warnings: Vec<String>,
 }
 
@@ -250,6 +274,8 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
     let mut tls_on = None;
     let mut tls_cert = None;
     let mut tls_key = None;
+    let mut admin_addr = None;
+    let mut admin_token = None;
     let dir = path.parent().unwrap_or(Path::new(""));
     for e in doc.default_entries()? {
         match e.key.as_str() {
@@ -313,6 +339,10 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
             }
             "TLS_CERT" => tls_cert = Some((file_value(&doc, e, dir)?, e)),
             "TLS_KEY" => tls_key = Some((file_value(&doc, e, dir)?, e)),
+            "ADMIN_ADDR" => {
+                admin_addr = Some((admin_addr_value(&e.value).map_err(|m| doc.err(e, m))?, e))
+            }
+            "ADMIN_TOKEN" => admin_token = Some((token_value(&doc, e)?, e)),
             k if k == "BANDWIDTH"
                 || k == "USER_FILE"
                 || k.starts_with("REST")
@@ -369,6 +399,31 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         None => dir.join(DEFAULT_MAPPER_FILE),
     };
     let mappings = load_mappings(&mapper_file, inner_port, path, &mut warnings)?;
+    let admin = match (admin_addr, admin_token) {
+        (None, None) => None,
+        (None, Some((_, e))) => {
+            warnings.push(doc.note(e.line, Some(e), "no ADMIN_ADDR: ignored"));
+            None
+        }
+        (Some((addr, e)), token) => {
+            let token = token.map(|(t, _)| t);
+            check_admin(addr, token.is_some()).map_err(|m| doc.err(e, m))?;
+            if addr.port() == inner_port {
+                return Err(doc.err(e, format!("port {} is the INNER_PORT", addr.port())));
+            }
+            if mappings.iter().any(|m| m.public_port == addr.port()) {
+                return Err(doc.err(
+                    e,
+                    format!(
+                        "port {} is a public port of {}",
+                        addr.port(),
+                        mapper_file.display()
+                    ),
+                ));
+            }
+            Some(AdminSettings { addr, token })
+        }
+    };
 
     Ok(ServerConfig {
         cfg_file: path.to_path_buf(),
@@ -380,9 +435,31 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         max_streams: max_streams.unwrap_or(DEFAULT_MAX_STREAMS),
         heartbeat: heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
         tls,
+        admin,
         mappings,
         warnings,
     })
+}
+
+/// `ADMIN_ADDR`: an IP address and a port, `127.0.0.1:8080` or `[::1]:8080`.
+fn admin_addr_value(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.trim().parse().map_err(|_| {
+        format!("{s:?} is not an address and port (e.g. 127.0.0.1:8080 or [::1]:8080)")
+    })?;
+    if addr.port() == 0 {
+        return Err(format!("{s:?}: the port may not be 0"));
+    }
+    Ok(addr)
+}
+
+/// An admin API off loopback serves whoever reaches it: only behind a token.
+fn check_admin(addr: SocketAddr, has_token: bool) -> Result<(), String> {
+    if !has_token && !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: set ADMIN_TOKEN, or listen on 127.0.0.1"
+        ));
+    }
+    Ok(())
 }
 
 /// The client's settings: `--config FILE`, or the positionals; `--tag` and `--token` (or
@@ -393,6 +470,8 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
     let mut token = None;
     let mut log_level = None;
     let mut tls_file = TlsInput::default();
+    let mut admin_file = None;
+    let mut admin_token_file = None;
     let (server_host, server_port) = if let Some(path) = &args.config {
         if args.server_ip.is_some() || args.server_port.is_some() {
             return Err(ConfigError::cli(
@@ -436,8 +515,23 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
                     tls_file.pin =
                         Some(tls::parse_fingerprint(&e.value).map_err(|m| doc.err(e, m))?)
                 }
+                "ADMIN_ADDR" => {
+                    admin_file = Some(admin_addr_value(&e.value).map_err(|m| doc.err(e, m))?);
+                }
+                "ADMIN_TOKEN" => admin_token_file = Some(token_value(&doc, e)?),
                 _ => warnings.push(doc.note(e.line, Some(e), "unknown key, ignored")),
             }
+        }
+        // An ADMIN_ADDR of the file that --admin does not replace is checked against the file.
+        if let Some(addr) = admin_file
+            && args.admin.is_none()
+            && let Some(e) = doc
+                .default_entries()?
+                .into_iter()
+                .find(|e| e.key == "ADMIN_ADDR")
+        {
+            let has_token = admin_token_file.is_some() || args.admin_token.is_some();
+            check_admin(addr, has_token).map_err(|m| doc.err(e, m))?;
         }
         let host = host.ok_or_else(|| {
             doc.missing(
@@ -479,6 +573,7 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
         token = Some(Secret::new(t.clone()));
     }
     let tls = client_tls(args, tls_file, &server_host, args.config.as_deref())?;
+    let admin = client_admin(args, admin_file, admin_token_file)?;
     Ok(ClientConfig {
         server_host,
         server_port,
@@ -486,8 +581,40 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
         token,
         log_level,
         tls,
+        admin,
         warnings,
     })
+}
+
+/// The client's admin API: `--admin` over `ADMIN_ADDR`; `TCP_FORWARD_ADMIN_TOKEN` over
+/// `ADMIN_TOKEN`.
+fn client_admin(
+    args: &ClientInput,
+    file_addr: Option<SocketAddr>,
+    file_token: Option<Secret>,
+) -> Result<Option<AdminSettings>, ConfigError> {
+    let env_token = match &args.admin_token {
+        Some(t) if t.is_empty() => {
+            return Err(ConfigError::cli(
+                "TCP_FORWARD_ADMIN_TOKEN",
+                "empty token (unset it to run without one)".to_string(),
+            ));
+        }
+        Some(t) => Some(Secret::new(t.clone())),
+        None => None,
+    };
+    let token = env_token.or(file_token);
+    let addr = match (&args.admin, file_addr) {
+        (Some(v), _) => {
+            let addr = admin_addr_value(v).map_err(|m| ConfigError::cli("--admin", m))?;
+            check_admin(addr, token.is_some()).map_err(|m| ConfigError::cli("--admin", m))?;
+            addr
+        }
+        // Checked against the file already.
+        (None, Some(addr)) => addr,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(AdminSettings { addr, token }))
 }
 
 /// The client's TLS keys from its config file, before the flags override them.

@@ -6,6 +6,7 @@ use std::time::Instant;
 use mio::net::{TcpListener, TcpStream};
 
 use crate::buffer::Buf;
+use crate::net::http::AdminConn;
 use crate::net::relay::Relay;
 use crate::net::tunnel::Tunnel;
 
@@ -18,6 +19,8 @@ pub enum Endpoint {
     Relay(Relay),
     /// Client: a stream whose target name is being resolved.
     Resolving(PendingOpen),
+    /// A connection to the admin HTTP API.
+    Admin(Box<AdminConn>),
     /// Removed in this turn of the loop; the key is freed when the turn ends (see
     /// [`crate::net::reactor::Core::remove`]).
     Closed,
@@ -38,12 +41,10 @@ pub struct Listener {
 pub enum Purpose {
     /// Server: clients dialing in.
     Tunnels,
-    /// Server: visitors of a public port, carried to `target` by a client of `tag`.
-    Public {
-        port: u16,
-        target: String,
-        tag: String,
-    },
+    /// Server: visitors of a public port; the role knows its target and tag.
+    Public { port: u16 },
+    /// The admin HTTP API.
+    Admin,
 }
 
 /// Client: a connect to the server in progress.

@@ -19,22 +19,23 @@
 //! the queue drains (edge-triggered readiness gives no second event).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{error, info};
 use mio::event::Event as Readiness;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::buffer::Buf;
 pub use crate::net::endpoint::{Dial, Endpoint, Entry, Listener, PendingOpen, Purpose};
+use crate::net::http::{Request, Response};
 use crate::net::relay::{Relay, RelayState};
 use crate::net::resolve::{Resolver, Ticket};
 use crate::net::splice::PipePool;
@@ -63,6 +64,12 @@ pub trait Role {
     fn on_deadline(&mut self, core: &mut Core, key: usize);
     /// A timer the role scheduled with [`TimerTarget::Role`] fired.
     fn on_timer(&mut self, _core: &mut Core, _token: u64) {}
+    /// A request to the admin API (its connection is the reactor's business).
+    fn on_admin_request(&mut self, _core: &mut Core, _req: &Request<'_>) -> Response {
+        Response::not_found()
+    }
+    /// SIGHUP: read the configuration again and apply what changed.
+    fn on_reload(&mut self, _core: &mut Core) {}
     /// A name the role asked the resolver for.
     fn on_resolved(
         &mut self,
@@ -97,6 +104,25 @@ pub struct RelaySpec {
     pub deadline: Instant,
     /// Early data kept for the stream before its socket existed.
     pub pending: Option<Buf>,
+    /// Server: the public port, the visitor and the target (see [`Relay`]).
+    pub port: u16,
+    pub peer: Option<SocketAddr>,
+    pub target: Option<Arc<str>>,
+    pub opened_at: SystemTime,
+}
+
+/// Bytes a stream moved: read from its socket (toward the tunnel) and written to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteCount {
+    pub read: u64,
+    pub written: u64,
+}
+
+impl ByteCount {
+    pub fn add(&mut self, other: ByteCount) {
+        self.read += other.read;
+        self.written += other.written;
+    }
 }
 
 /// A relay and its tunnel, both borrowed from the slab.
@@ -144,6 +170,11 @@ pub struct Core {
     next_generation: u64,
     pub now: Instant,
     fd_limit_logged: Option<Instant>,
+    /// Admin connections open.
+    pub(crate) admin_conns: usize,
+    /// What the streams that ended moved, by public port (0 on the client). Live streams
+    /// count in their relays; the admin API adds the two.
+    pub retired: HashMap<u16, ByteCount>,
 }
 
 impl Core {
@@ -164,6 +195,8 @@ impl Core {
             next_generation: 1,
             now: Instant::now(),
             fd_limit_logged: None,
+            admin_conns: 0,
+            retired: HashMap::new(),
         })
     }
 
@@ -182,6 +215,7 @@ impl Core {
             Endpoint::Tunnel(t) => t.transport.register(registry, token)?,
             Endpoint::Dial(d) => registry.register(&mut d.sock, token, both)?,
             Endpoint::Relay(r) => registry.register(&mut r.sock, token, both)?,
+            Endpoint::Admin(a) => registry.register(&mut a.sock, token, both)?,
             Endpoint::Resolving(_) | Endpoint::Closed => {}
         }
         entry.insert(Entry { generation, ep });
@@ -199,7 +233,26 @@ impl Core {
             return None;
         }
         self.removed.push(key);
-        Some(std::mem::replace(&mut entry.ep, Endpoint::Closed))
+        let ep = std::mem::replace(&mut entry.ep, Endpoint::Closed);
+        if let Endpoint::Relay(r) = &ep {
+            self.retire(r);
+        }
+        Some(ep)
+    }
+
+    /// A stream's counts move from its relay to its tunnel's and its port's totals.
+    fn retire(&mut self, r: &Relay) {
+        let moved = ByteCount {
+            read: r.bytes_read,
+            written: r.bytes_written,
+        };
+        if moved == ByteCount::default() {
+            return;
+        }
+        self.retired.entry(r.port).or_default().add(moved);
+        if let Some(t) = self.tunnel_mut(r.tunnel) {
+            t.retired.add(moved);
+        }
     }
 
     /// Take an endpoint out to put another in its place (a dial becoming a tunnel): its
@@ -237,6 +290,10 @@ impl Core {
 
     pub fn endpoint(&self, key: usize) -> Option<&Endpoint> {
         self.slab.get(key).map(|e| &e.ep)
+    }
+
+    pub fn endpoint_mut(&mut self, key: usize) -> Option<&mut Endpoint> {
+        self.slab.get_mut(key).map(|e| &mut e.ep)
     }
 
     pub fn tunnel_mut(&mut self, key: usize) -> Option<&mut Tunnel> {
@@ -327,6 +384,10 @@ impl Core {
             deadline: Some(spec.deadline),
             label: spec.label,
             candidates: spec.candidates,
+            port: spec.port,
+            peer: spec.peer,
+            target: spec.target,
+            opened_at: spec.opened_at,
         };
         let (key, _) = self.insert(Endpoint::Relay(relay))?;
         self.schedule_entry(key, spec.deadline);
@@ -357,9 +418,9 @@ impl<R: Role> Reactor<R> {
         })
     }
 
-    /// Run until SIGINT or SIGTERM.
+    /// Run until SIGINT or SIGTERM; SIGHUP reloads.
     pub fn run(&mut self) -> io::Result<()> {
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         self.core
             .poll
             .registry()
@@ -386,10 +447,15 @@ impl<R: Role> Reactor<R> {
             for event in events.iter() {
                 match event.token() {
                     SIGNAL => {
-                        if let Some(sig) = signals.pending().next() {
+                        let pending: Vec<i32> = signals.pending().collect();
+                        if let Some(sig) = pending.iter().find(|&&s| s != SIGHUP) {
                             info!("signal {sig}: shutting down");
                             self.core.shutdown();
                             return Ok(());
+                        }
+                        if !pending.is_empty() {
+                            info!("SIGHUP: reloading the configuration");
+                            self.role.on_reload(&mut self.core);
                         }
                     }
                     WAKER => self.on_resolved(),
@@ -419,7 +485,12 @@ impl<R: Role> Reactor<R> {
         };
         let closing = event.is_read_closed() || event.is_error();
         match &mut entry.ep {
+            Endpoint::Listener(Listener {
+                purpose: Purpose::Admin,
+                ..
+            }) => core.admin_accept(key),
             Endpoint::Listener(_) => self.role.on_accept(core, key),
+            Endpoint::Admin(_) => self.admin_drive(key),
             Endpoint::Dial(_) => {
                 if event.is_writable() || closing {
                     self.role.on_connect(core, key, closing);
@@ -493,6 +564,10 @@ impl<R: Role> Reactor<R> {
                             self.core.tunnel_tick(key)
                         }
                         Some(Endpoint::Tunnel(_)) => {}
+                        Some(Endpoint::Admin(a)) if a.deadline <= self.core.now => {
+                            self.core.close_admin(key, "idle");
+                        }
+                        Some(Endpoint::Admin(_)) => self.admin_timer(key, at),
                         _ => self.role.on_deadline(&mut self.core, key),
                     }
                 }

@@ -3,7 +3,8 @@
 
 use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
 
@@ -55,6 +56,14 @@ pub struct Relay {
     pub label: String,
     /// Client: further addresses to try if this connect fails.
     pub candidates: Vec<SocketAddr>,
+    /// Server: the public port the visitor came in on (0 on the client).
+    pub port: u16,
+    /// Server: the visitor's address; client: the target's.
+    pub peer: Option<SocketAddr>,
+    /// Server: the target the stream was opened to.
+    pub target: Option<Arc<str>>,
+    /// When the stream was opened, for the admin API.
+    pub opened_at: SystemTime,
 }
 
 impl Relay {

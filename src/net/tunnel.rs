@@ -3,9 +3,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crate::buffer::Buf;
+use crate::net::reactor::ByteCount;
 use crate::net::splice::Pipe;
 use crate::net::transport::Transport;
 use crate::protocol::frame::{LONG_HEADER_LEN, MAX_FRAME};
@@ -36,8 +37,13 @@ pub struct Tunnel {
     pub tick_at: Option<Instant>,
     /// When to return the buffers' memory, if they are empty then.
     pub release_at: Option<Instant>,
+    /// Bytes of the transport's plaintext, both ways (frame headers included).
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// What the tunnel's streams that ended moved (live ones count in their relays).
+    pub retired: ByteCount,
+    /// When the handshake completed: the wall clock for the API, the monotonic clock for rates.
+    pub established_at: Option<(SystemTime, Instant)>,
 }
 
 impl Tunnel {
@@ -57,6 +63,8 @@ impl Tunnel {
             release_at: None,
             bytes_in: 0,
             bytes_out: 0,
+            retired: ByteCount::default(),
+            established_at: None,
         }
     }
 

@@ -60,11 +60,56 @@ pub enum CloseReason {
     HandshakeLimit,
     /// This process is shutting down.
     Shutdown,
+    /// Server: closed through the admin API.
+    Kicked,
     /// A local failure (no randomness, no registration with the poller).
     Local(String),
 }
 
 impl CloseReason {
+    /// Every label [`CloseReason::label`] gives, for counters exported from the start.
+    pub const LABELS: &'static [&'static str] = &[
+        "peer_closed",
+        "reset_by_peer",
+        "io_error",
+        "connect_failed",
+        "connect_timeout",
+        "handshake_timeout",
+        "dead_peer",
+        "not_tcp_forward",
+        "tls_unexpected",
+        "tls_required",
+        "tls_error",
+        "version_mismatch",
+        "malformed",
+        "protocol_violation",
+        "auth_failed",
+        "invalid_tag",
+        "server_auth_failed",
+        "refused",
+        "goaway",
+        "peer_not_reading",
+        "handshake_limit",
+        "shutdown",
+        "kicked",
+        "local_error",
+    ];
+
+    /// How a handshake that ended this way counts: `auth_failed`, `timeout`, `version` or
+    /// `malformed` (bytes that are not a tcp-forward handshake, TLS failures, a peer that
+    /// left half-way).
+    pub fn handshake_result(&self) -> &'static str {
+        match self {
+            CloseReason::AuthFailed(_) | CloseReason::ServerAuthFailed => "auth_failed",
+            CloseReason::HandshakeTimeout
+            | CloseReason::HandshakeLimit
+            | CloseReason::ConnectTimeout
+            | CloseReason::DeadPeer { .. } => "timeout",
+            CloseReason::Version { .. } => "version",
+            _ => "malformed",
+        }
+    }
+
     pub fn io(op: &'static str, e: &io::Error) -> CloseReason {
         CloseReason::Io {
             op,
@@ -101,6 +146,7 @@ impl CloseReason {
             CloseReason::PeerNotReading { .. } => "peer_not_reading",
             CloseReason::HandshakeLimit => "handshake_limit",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Kicked => "kicked",
             CloseReason::Local(_) => "local_error",
         }
     }
@@ -153,6 +199,7 @@ impl fmt::Display for CloseReason {
                 f.write_str("too many connections in the handshake: dropped the oldest")
             }
             CloseReason::Shutdown => f.write_str("shutting down"),
+            CloseReason::Kicked => f.write_str("closed through the admin API"),
             CloseReason::Local(why) => f.write_str(why),
         }
     }
@@ -182,5 +229,82 @@ mod tests {
         assert!(CloseReason::Refused("x".into()).is_refusal());
         assert!(CloseReason::ServerAuthFailed.is_refusal());
         assert!(!CloseReason::PeerClosed.is_refusal());
+    }
+
+    /// One reason of every kind: a new kind must be added here, and its label to LABELS.
+    fn one_of_each() -> Vec<CloseReason> {
+        let e = io::Error::from(io::ErrorKind::ConnectionReset);
+        let all = vec![
+            CloseReason::PeerClosed,
+            CloseReason::io("read", &e),
+            CloseReason::io("read", &io::Error::from(io::ErrorKind::BrokenPipe)),
+            CloseReason::ConnectFailed(String::new()),
+            CloseReason::ConnectTimeout,
+            CloseReason::HandshakeTimeout,
+            CloseReason::DeadPeer {
+                silence: Duration::ZERO,
+            },
+            CloseReason::NotTcpForward,
+            CloseReason::PeerSpeaksTls,
+            CloseReason::TlsRequired,
+            CloseReason::Tls(String::new()),
+            CloseReason::Version { theirs: 0 },
+            CloseReason::Malformed(String::new()),
+            CloseReason::Violation(String::new()),
+            CloseReason::AuthFailed(""),
+            CloseReason::InvalidTag,
+            CloseReason::ServerAuthFailed,
+            CloseReason::Refused(String::new()),
+            CloseReason::GoAway(String::new()),
+            CloseReason::PeerNotReading { queued: 0 },
+            CloseReason::HandshakeLimit,
+            CloseReason::Shutdown,
+            CloseReason::Kicked,
+            CloseReason::Local(String::new()),
+        ];
+        // Exhaustive on purpose: a new variant fails to compile until it is listed above.
+        for r in &all {
+            match r {
+                CloseReason::PeerClosed
+                | CloseReason::Io { .. }
+                | CloseReason::ConnectFailed(_)
+                | CloseReason::ConnectTimeout
+                | CloseReason::HandshakeTimeout
+                | CloseReason::DeadPeer { .. }
+                | CloseReason::NotTcpForward
+                | CloseReason::PeerSpeaksTls
+                | CloseReason::TlsRequired
+                | CloseReason::Tls(_)
+                | CloseReason::Version { .. }
+                | CloseReason::Malformed(_)
+                | CloseReason::Violation(_)
+                | CloseReason::AuthFailed(_)
+                | CloseReason::InvalidTag
+                | CloseReason::ServerAuthFailed
+                | CloseReason::Refused(_)
+                | CloseReason::GoAway(_)
+                | CloseReason::PeerNotReading { .. }
+                | CloseReason::HandshakeLimit
+                | CloseReason::Shutdown
+                | CloseReason::Kicked
+                | CloseReason::Local(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn labels_are_listed_once_each() {
+        let labels: Vec<&str> = one_of_each().iter().map(CloseReason::label).collect();
+        for l in &labels {
+            assert!(CloseReason::LABELS.contains(l), "{l} is not in LABELS");
+        }
+        for l in CloseReason::LABELS {
+            assert!(labels.contains(l), "{l} in LABELS is no reason's label");
+        }
+        let mut sorted = CloseReason::LABELS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), CloseReason::LABELS.len());
     }
 }

@@ -4,15 +4,23 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, error, info, warn};
-use mio::net::TcpStream;
+use mio::net::{TcpListener, TcpStream};
+use serde_json::json;
+
+use crate::admin::api::{self, segments};
+use crate::admin::prom::{self, Exposition, Kind};
+use crate::admin::stats::Live;
+use crate::admin::{process, time};
 
 use crate::buffer::Buf;
 use crate::config::{ClientConfig, Host, Target};
+use crate::net::http::{Request, Response};
 use crate::net::reactor::{
-    ClosedTunnel, Core, Dial, Endpoint, PendingOpen, Reactor, RelaySpec, Role, TimerTarget,
+    ClosedTunnel, Core, Dial, Endpoint, Listener, PendingOpen, Purpose, Reactor, RelaySpec, Role,
+    TimerTarget,
 };
 use crate::net::relay::RelayState;
 use crate::net::resolve::Ticket;
@@ -48,6 +56,18 @@ pub struct ClientRole {
     /// Server addresses still to try in this cycle.
     candidates: Vec<SocketAddr>,
     jitter: Jitter,
+    counters: ClientCounters,
+    started: SystemTime,
+}
+
+/// What the client counts, for its metrics and status.
+#[derive(Debug, Default)]
+struct ClientCounters {
+    /// Tunnels established.
+    tunnels: u64,
+    /// Target connects that succeeded and that failed (refused, unresolved, timed out).
+    connects_ok: u64,
+    connects_failed: u64,
 }
 
 pub fn run(cfg: ClientConfig) -> io::Result<()> {
@@ -70,8 +90,23 @@ pub fn run(cfg: ClientConfig) -> io::Result<()> {
         epoch: 0,
         candidates: Vec::new(),
         jitter: Jitter::new(),
+        counters: ClientCounters::default(),
+        started: SystemTime::now(),
     };
     let mut reactor = Reactor::new(role)?;
+    if let Some(admin) = &reactor.role.cfg.admin {
+        let sock = TcpListener::bind(admin.addr).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen for the admin API on {}: {e}", admin.addr),
+            )
+        })?;
+        info!("admin API on http://{}", admin.addr);
+        reactor.core.insert(Endpoint::Listener(Listener {
+            sock,
+            purpose: Purpose::Admin,
+        }))?;
+    }
     reactor.role.reconnect(&mut reactor.core, 0);
     reactor.run()
 }
@@ -258,12 +293,13 @@ impl ClientRole {
         };
         let tgt = match refusal {
             Ok(tgt) => tgt,
-            Err(reason) => return refuse(core, tkey, id, target, &reason),
+            Err(reason) => return self.refuse(core, tkey, id, target, &reason),
         };
         match tgt.host {
             Host::Ip(ip) => {
                 let addrs = vec![SocketAddr::new(ip, tgt.port)];
-                connect(core, tkey, id, target.to_string(), addrs, deadline, None);
+                let started = connect(core, tkey, id, target.to_string(), addrs, deadline, None);
+                self.refuse_unless(core, tkey, id, started);
             }
             Host::Name(name) => {
                 let pending = PendingOpen {
@@ -282,7 +318,7 @@ impl ClientRole {
                         core.resolver.submit((key, generation), &name, tgt.port);
                         core.schedule_entry(key, deadline);
                     }
-                    Err(e) => refuse(core, tkey, id, target, &e.to_string()),
+                    Err(e) => self.refuse(core, tkey, id, target, &e.to_string()),
                 }
             }
         }
@@ -301,7 +337,7 @@ impl ClientRole {
                 Ok(None) => io::Error::new(io::ErrorKind::NotConnected, "connection closed"),
             };
             if r.candidates.is_empty() {
-                open_failed(core, rkey, &e.to_string());
+                self.open_failed(core, rkey, &e.to_string());
                 return;
             }
             // Try the target's next address under the same deadline.
@@ -312,9 +348,11 @@ impl ClientRole {
             let Some(Endpoint::Relay(old)) = core.remove(rkey) else {
                 return;
             };
-            connect(core, tkey, id, label, addrs, deadline, Some(old.pending));
+            let started = connect(core, tkey, id, label, addrs, deadline, Some(old.pending));
+            self.refuse_unless(core, tkey, id, started);
             return;
         }
+        self.counters.connects_ok += 1;
         let _ = r.sock.set_nodelay(true);
         r.state = RelayState::Open;
         r.deadline = None;
@@ -364,9 +402,12 @@ impl Role for ClientRole {
     fn on_event(&mut self, core: &mut Core, tkey: usize, event: Event<'_, usize>) {
         match event {
             Event::Established => {
+                let now = core.now;
                 if let Some(t) = core.tunnel_mut(tkey) {
                     info!("tunnel up: server {} tag {}", t.peer, t.session.tag());
+                    t.established_at = Some((SystemTime::now(), now));
                 }
+                self.counters.tunnels += 1;
                 self.warn_if_unauthenticated();
                 self.attempt = 0;
                 self.refused = false;
@@ -409,10 +450,10 @@ impl Role for ClientRole {
             Some(Endpoint::Relay(r))
                 if r.state == RelayState::Connecting && r.deadline.is_some_and(|d| d <= now) =>
             {
-                open_failed(core, key, "connect timed out");
+                self.open_failed(core, key, "connect timed out");
             }
             Some(Endpoint::Resolving(p)) if p.deadline <= now => {
-                open_failed(core, key, "name resolution timed out");
+                self.open_failed(core, key, "name resolution timed out");
             }
             _ => {}
         }
@@ -448,7 +489,7 @@ impl Role for ClientRole {
                     .into_iter()
                     .map(|a| SocketAddr::new(a.ip(), port))
                     .collect();
-                connect(
+                let started = connect(
                     core,
                     p.tunnel,
                     p.id,
@@ -457,14 +498,171 @@ impl Role for ClientRole {
                     p.deadline,
                     Some(p.pending),
                 );
+                self.refuse_unless(core, p.tunnel, p.id, started);
             }
-            Err(e) => open_failed(core, key, &e),
+            Err(e) => self.open_failed(core, key, &e),
+        }
+    }
+
+    fn on_admin_request(&mut self, core: &mut Core, req: &Request<'_>) -> Response {
+        if let Some(r) = api::public(req) {
+            return r;
+        }
+        let token = self.cfg.admin.as_ref().and_then(|a| a.token.as_ref());
+        if let Err(r) = api::authorize(token, req) {
+            return r;
+        }
+        let get = matches!(req.method, "GET" | "HEAD");
+        match segments(req.path).as_slice() {
+            ["api", "status"] if get => Response::json(200, &self.status(core)),
+            ["metrics"] if get => {
+                Response::new(200, prom::CONTENT_TYPE, self.metrics(core).into_bytes())
+            }
+            ["api", "status"] | ["metrics"] => Response::method_not_allowed("GET, HEAD"),
+            _ => Response::not_found(),
         }
     }
 }
 
+impl ClientRole {
+    /// Answer OPEN_FAIL when no connect could be started.
+    fn refuse_unless(
+        &mut self,
+        core: &mut Core,
+        tkey: usize,
+        id: u32,
+        started: Result<(), (String, String)>,
+    ) {
+        if let Err((label, why)) = started {
+            self.refuse(core, tkey, id, &label, &why);
+        }
+    }
+
+    /// Stream `id` cannot be connected: say so, and tell the server.
+    fn refuse(&mut self, core: &mut Core, tkey: usize, id: u32, label: &str, reason: &str) {
+        warn!("cannot connect to {label}: {reason}");
+        self.counters.connects_failed += 1;
+        if let Some(t) = core.tunnel_mut(tkey) {
+            t.session.refuse_open(id, reason);
+            core.mark_dirty(tkey);
+        }
+    }
+
+    /// A stream whose relay or pending open failed to connect its target.
+    fn open_failed(&mut self, core: &mut Core, rkey: usize, reason: &str) {
+        let (tkey, id, label) = match core.endpoint(rkey) {
+            Some(Endpoint::Relay(r)) => (r.tunnel, r.id, r.label.clone()),
+            Some(Endpoint::Resolving(p)) => (p.tunnel, p.id, p.label.clone()),
+            _ => return,
+        };
+        core.drop_relay(rkey, false);
+        self.refuse(core, tkey, id, &label, reason);
+    }
+
+    /// `GET /api/status`: the tunnel's state, server, tag, streams, bytes and reconnects.
+    fn status(&self, core: &Core) -> serde_json::Value {
+        let live = Live::of(core);
+        let traffic = live.all(core);
+        let tunnel = self.tunnel.and_then(|k| match core.endpoint(k) {
+            Some(Endpoint::Tunnel(t)) => Some(t),
+            _ => None,
+        });
+        let up = tunnel.is_some_and(|t| t.session.is_established());
+        let server = match tunnel {
+            Some(t) => t.peer.to_string(),
+            None => match self.cfg.server_host.parse::<IpAddr>() {
+                Ok(ip) => SocketAddr::new(ip, self.cfg.server_port).to_string(),
+                Err(_) => format!("{}:{}", self.cfg.server_host, self.cfg.server_port),
+            },
+        };
+        let connected_at = tunnel
+            .filter(|_| up)
+            .and_then(|t| t.established_at)
+            .map(|(at, _)| time::rfc3339(at));
+        json!({
+            "role": "client",
+            "version": env!("CARGO_PKG_VERSION"),
+            "state": if up { "up" } else { "connecting" },
+            "server": server,
+            "tag": self.cfg.tag,
+            "connected_at": connected_at,
+            "streams": live.total.streams,
+            "bytes_in": traffic.bytes.written,
+            "bytes_out": traffic.bytes.read,
+            "reconnects": self.counters.tunnels.saturating_sub(1),
+        })
+    }
+
+    fn metrics(&self, core: &Core) -> String {
+        let live = Live::of(core);
+        let traffic = live.all(core);
+        let up = self
+            .tunnel
+            .and_then(|k| match core.endpoint(k) {
+                Some(Endpoint::Tunnel(t)) => Some(t.session.is_established()),
+                _ => None,
+            })
+            .unwrap_or(false);
+        let mut out = Exposition::new();
+        out.family(
+            "tcpforward_build_info",
+            Kind::Gauge,
+            "Build of this tcp-forward.",
+        );
+        out.sample(
+            "tcpforward_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1,
+        );
+        out.family(
+            "tcpforward_tunnel_up",
+            Kind::Gauge,
+            "1 while the tunnel to the server is established.",
+        );
+        out.sample("tcpforward_tunnel_up", &[], u64::from(up));
+        out.family(
+            "tcpforward_reconnects_total",
+            Kind::Counter,
+            "Tunnels established after the first.",
+        );
+        out.sample(
+            "tcpforward_reconnects_total",
+            &[],
+            self.counters.tunnels.saturating_sub(1),
+        );
+        out.family("tcpforward_streams", Kind::Gauge, "Streams open.");
+        out.sample("tcpforward_streams", &[], live.total.streams as u64);
+        out.family(
+            "tcpforward_stream_bytes_total",
+            Kind::Counter,
+            "Stream bytes: in from the server toward targets, out the way back.",
+        );
+        for (direction, n) in [("in", traffic.bytes.written), ("out", traffic.bytes.read)] {
+            out.sample(
+                "tcpforward_stream_bytes_total",
+                &[("direction", direction)],
+                n,
+            );
+        }
+        out.family(
+            "tcpforward_target_connects_total",
+            Kind::Counter,
+            "Connects to inner targets, by result.",
+        );
+        for (result, n) in [
+            ("ok", self.counters.connects_ok),
+            ("failed", self.counters.connects_failed),
+        ] {
+            out.sample("tcpforward_target_connects_total", &[("result", result)], n);
+        }
+        process::write_process_metrics(&mut out, self.started);
+        out.finish()
+    }
+}
+
 /// Start a non-blocking connect to the first address that accepts one; the stream's
-/// handle then names the new relay. Failure answers OPEN_FAIL.
+/// handle then names the new relay. When no address takes one: the label and the last error,
+/// for the caller to answer OPEN_FAIL.
 fn connect(
     core: &mut Core,
     tkey: usize,
@@ -473,7 +671,7 @@ fn connect(
     mut addrs: Vec<SocketAddr>,
     deadline: Instant,
     mut pending: Option<Buf>,
-) {
+) -> Result<(), (String, String)> {
     let mut last_error = String::from("no address");
     while !addrs.is_empty() {
         let addr = addrs.remove(0);
@@ -487,13 +685,17 @@ fn connect(
                     candidates: addrs,
                     deadline,
                     pending: pending.take(),
+                    port: 0,
+                    peer: Some(addr),
+                    target: None,
+                    opened_at: SystemTime::now(),
                 };
                 match core.new_relay(sock, spec) {
                     Ok(rkey) => {
                         if let Some(t) = core.tunnel_mut(tkey) {
                             t.session.rebind(id, rkey);
                         }
-                        return;
+                        return Ok(());
                     }
                     Err(e) => {
                         last_error = e.to_string();
@@ -509,25 +711,5 @@ fn connect(
             }
         }
     }
-    refuse(core, tkey, id, &label, &last_error);
-}
-
-/// Stream `id` cannot be connected: say so, and tell the server.
-fn refuse(core: &mut Core, tkey: usize, id: u32, label: &str, reason: &str) {
-    warn!("cannot connect to {label}: {reason}");
-    if let Some(t) = core.tunnel_mut(tkey) {
-        t.session.refuse_open(id, reason);
-        core.mark_dirty(tkey);
-    }
-}
-
-/// A stream whose relay or pending open failed to connect its target.
-fn open_failed(core: &mut Core, rkey: usize, reason: &str) {
-    let (tkey, id, label) = match core.endpoint(rkey) {
-        Some(Endpoint::Relay(r)) => (r.tunnel, r.id, r.label.clone()),
-        Some(Endpoint::Resolving(p)) => (p.tunnel, p.id, p.label.clone()),
-        _ => return,
-    };
-    core.drop_relay(rkey, false);
-    refuse(core, tkey, id, &label, reason);
+    Err((label, last_error))
 }

@@ -1,19 +1,25 @@
 //! The server role: listens for client tunnels on INNER_PORT and for visitors on every
 //! mapped public port; opens a stream over a tunnel of the mapping's tag for each visitor.
+//! The mappings are the role's (`ports`): a listener knows only its port, so a reload or the
+//! admin API can retarget a port without touching its listener or its open streams.
+//! `api.rs` answers the admin API; `reload.rs` applies a changed configuration.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 
-use crate::config::{ServerConfig, ServerTlsSetting};
+use crate::admin::stats::{RateHistory, ServerCounters, Visit};
+use crate::cli::LogArgs;
+use crate::config::{Mapping, Secret, ServerConfig, ServerTlsSetting, Target};
+use crate::net::http::{Request, Response};
 use crate::net::reactor::{
-    ClosedTunnel, Core, Endpoint, Listener, Purpose, Reactor, RelaySpec, Role,
+    ClosedTunnel, Core, Endpoint, Listener, Purpose, Reactor, RelaySpec, Role, TimerTarget,
 };
 use crate::net::relay::RelayState;
 use crate::net::sys;
@@ -25,6 +31,9 @@ use crate::protocol::handshake::NONCE_LEN;
 use crate::protocol::session::{Event, OpenError, STREAM_WINDOW, ServerParams, Session};
 use crate::tls::{self, ServerTls};
 
+mod api;
+mod reload;
+
 /// Handshakes in progress beyond this number evict the oldest, so idle or garbage
 /// connections cannot keep a real client out.
 const MAX_HANDSHAKES: usize = 256;
@@ -32,6 +41,10 @@ const MAX_HANDSHAKES: usize = 256;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// After running out of file descriptors, try accepting again this much later.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How often the tunnels' byte counts are sampled for their rates (with the admin API on).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// The role timer of the rate sampler.
+const SAMPLER: u64 = 0;
 
 /// The established tunnels of one tag; new visitors go round-robin over them.
 #[derive(Default)]
@@ -40,10 +53,33 @@ struct Pool {
     next: usize,
 }
 
+/// A published port: where its visitors go, and its listener.
+struct Published {
+    target: Target,
+    /// `target` as text, shared with the streams opened to it.
+    target_text: Arc<str>,
+    tag: String,
+    listener: usize,
+}
+
 pub struct ServerRole {
     params: Arc<ServerParams>,
     /// `None` with TLS off.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// What reload reads again, and what it may not change.
+    cfg_file: PathBuf,
+    mapper_file: PathBuf,
+    inner_port: u16,
+    bind_addr: IpAddr,
+    admin_addr: Option<SocketAddr>,
+    admin_token: Option<Secret>,
+    /// The log flags of the command line, which win over LOG_LEVEL.
+    log_args: LogArgs,
+    ports: BTreeMap<u16, Published>,
+    counters: ServerCounters,
+    /// Byte counts of each established tunnel over the last seconds, by tunnel key.
+    rates: HashMap<usize, RateHistory>,
+    started: SystemTime,
     pools: HashMap<String, Pool>,
     handshakes: VecDeque<(usize, u64)>,
     /// Listeners with an accept retry scheduled.
@@ -53,7 +89,7 @@ pub struct ServerRole {
 }
 
 /// Bind every port, then serve until SIGINT or SIGTERM.
-pub fn run(cfg: ServerConfig) -> io::Result<()> {
+pub fn run(cfg: ServerConfig, log_args: LogArgs) -> io::Result<()> {
     sys::tune_allocator();
     match sys::raise_nofile_limit() {
         Ok(n) => debug!("open file limit: {n}"),
@@ -85,7 +121,7 @@ pub fn run(cfg: ServerConfig) -> io::Result<()> {
             Some(tls.clone())
         }
     };
-    let mut role = ServerRole::new(&cfg);
+    let mut role = ServerRole::new(&cfg, log_args);
     role.tls = tls.map(|t| t.config);
     let mut reactor = Reactor::new(role)?;
     let addr = SocketAddr::new(cfg.bind_addr, cfg.inner_port);
@@ -101,53 +137,134 @@ pub fn run(cfg: ServerConfig) -> io::Result<()> {
     }))?;
     info!("listening for clients on {addr}");
     for m in &cfg.mappings {
-        let addr = SocketAddr::new(cfg.bind_addr, m.public_port);
-        let sock = TcpListener::bind(addr).map_err(|e| {
+        let sock = bind_public(cfg.bind_addr, m.public_port)?;
+        reactor.role.publish(&mut reactor.core, m, sock)?;
+    }
+    if let Some(admin) = &cfg.admin {
+        let sock = TcpListener::bind(admin.addr).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot listen on public port {}: {e}", m.public_port),
+                format!("cannot listen for the admin API on {}: {e}", admin.addr),
             )
         })?;
-        if let Err(e) = sys::set_listener_nodelay(&sock) {
-            warn!("public port {}: cannot set TCP_NODELAY: {e}", m.public_port);
-        }
-        let target = m.target.to_string();
-        info!(
-            "public port {} -> {} (tag {})",
-            m.public_port, target, m.tag
-        );
         reactor.core.insert(Endpoint::Listener(Listener {
             sock,
-            purpose: Purpose::Public {
-                port: m.public_port,
-                target,
-                tag: m.tag.clone(),
-            },
+            purpose: Purpose::Admin,
         }))?;
+        let auth = if admin.token.is_some() {
+            "token required"
+        } else {
+            "no token: loopback only"
+        };
+        info!("admin API on http://{} ({auth})", admin.addr);
+        let now = reactor.core.now;
+        reactor
+            .core
+            .schedule(now + SAMPLE_EVERY, TimerTarget::Role(SAMPLER));
     }
     reactor.run()
 }
 
+/// Listen on a public port.
+fn bind_public(bind_addr: IpAddr, port: u16) -> io::Result<TcpListener> {
+    let addr = SocketAddr::new(bind_addr, port);
+    let sock = TcpListener::bind(addr).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on public port {port}: {e}"),
+        )
+    })?;
+    if let Err(e) = sys::set_listener_nodelay(&sock) {
+        warn!("public port {port}: cannot set TCP_NODELAY: {e}");
+    }
+    Ok(sock)
+}
+
+fn params_of(cfg: &ServerConfig) -> ServerParams {
+    ServerParams {
+        token: cfg.token.as_ref().map(|t| t.expose().to_vec()),
+        require_tls: !matches!(cfg.tls, ServerTlsSetting::Off),
+        max_streams: cfg.max_streams,
+        heartbeat: cfg.heartbeat,
+        window: STREAM_WINDOW,
+    }
+}
+
 impl ServerRole {
-    pub fn new(cfg: &ServerConfig) -> ServerRole {
-        ServerRole::with_params(ServerParams {
-            token: cfg.token.as_ref().map(|t| t.expose().to_vec()),
-            require_tls: !matches!(cfg.tls, ServerTlsSetting::Off),
-            max_streams: cfg.max_streams,
-            heartbeat: cfg.heartbeat,
-            window: STREAM_WINDOW,
-        })
+    pub fn new(cfg: &ServerConfig, log_args: LogArgs) -> ServerRole {
+        let mut role = ServerRole::with_params(params_of(cfg));
+        role.cfg_file = cfg.cfg_file.clone();
+        role.mapper_file = cfg.mapper_file.clone();
+        role.inner_port = cfg.inner_port;
+        role.bind_addr = cfg.bind_addr;
+        role.admin_addr = cfg.admin.as_ref().map(|a| a.addr);
+        role.admin_token = cfg.admin.as_ref().and_then(|a| a.token.clone());
+        role.log_args = log_args;
+        role
     }
 
     fn with_params(params: ServerParams) -> ServerRole {
         ServerRole {
             params: Arc::new(params),
             tls: None,
+            cfg_file: PathBuf::new(),
+            mapper_file: PathBuf::new(),
+            inner_port: 0,
+            bind_addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            admin_addr: None,
+            admin_token: None,
+            log_args: LogArgs::default(),
+            ports: BTreeMap::new(),
+            counters: ServerCounters::default(),
+            rates: HashMap::new(),
+            started: SystemTime::now(),
             pools: HashMap::new(),
             handshakes: VecDeque::new(),
             accept_retry: HashSet::new(),
             last_reap: None,
         }
+    }
+
+    /// Start serving mapping `m` on its bound listener.
+    fn publish(&mut self, core: &mut Core, m: &Mapping, sock: TcpListener) -> io::Result<()> {
+        let port = m.public_port;
+        let (listener, _) = core.insert(Endpoint::Listener(Listener {
+            sock,
+            purpose: Purpose::Public { port },
+        }))?;
+        info!("public port {port} -> {} (tag {})", m.target, m.tag);
+        self.counters.mapped(port, &m.tag);
+        self.ports.insert(
+            port,
+            Published {
+                target_text: m.target.to_string().into(),
+                target: m.target.clone(),
+                tag: m.tag.clone(),
+                listener,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stop serving a port: its listener closes, its open streams run on.
+    fn unpublish(&mut self, core: &mut Core, port: u16) -> Option<Published> {
+        let p = self.ports.remove(&port)?;
+        core.remove(p.listener);
+        self.accept_retry.remove(&p.listener);
+        info!("public port {port} closed");
+        Some(p)
+    }
+
+    /// The mappings as they are served now, by port.
+    fn mappings(&self) -> Vec<Mapping> {
+        self.ports
+            .iter()
+            .map(|(&public_port, p)| Mapping {
+                public_port,
+                target: p.target.clone(),
+                tag: p.tag.clone(),
+            })
+            .collect()
     }
 
     fn accept_failed(&mut self, core: &mut Core, lkey: usize, what: &str, e: &io::Error) {
@@ -242,17 +359,22 @@ impl ServerRole {
 
     fn visitor(&mut self, core: &mut Core, lkey: usize, sock: TcpStream, peer: SocketAddr) {
         let Some(Endpoint::Listener(Listener {
-            purpose: Purpose::Public { port, target, tag },
+            purpose: Purpose::Public { port },
             ..
         })) = core.endpoint(lkey)
         else {
             return;
         };
-        let (port, target, tag) = (*port, target.clone(), tag.clone());
+        let port = *port;
+        let Some(published) = self.ports.get(&port) else {
+            return;
+        };
+        let (target, tag) = (Arc::clone(&published.target_text), published.tag.clone());
         let tkey = match self.pick_tunnel(core, &tag) {
             Ok(k) => k,
             Err("no client") => {
                 warn!("no client for tag {tag}: closing visitor {peer} on port {port}");
+                self.counters.visit(port, Visit::NoClient);
                 return;
             }
             Err(why) => {
@@ -261,6 +383,7 @@ impl ServerRole {
                     "{why} ({max} streams) on every client of tag {tag}: \
                      closing visitor {peer} on port {port}"
                 );
+                self.counters.visit(port, Visit::Refused);
                 return;
             }
         };
@@ -276,7 +399,10 @@ impl ServerRole {
         let id = match opened {
             Ok(id) => id,
             // Checked by `pick_tunnel`; a session that just ended closes at the flush.
-            Err(OpenError::StreamLimit | OpenError::NotOpen) => return,
+            Err(OpenError::StreamLimit | OpenError::NotOpen) => {
+                self.counters.visit(port, Visit::Refused);
+                return;
+            }
         };
         let label = format!("visitor {peer} on port {port}");
         let spec = RelaySpec {
@@ -287,6 +413,10 @@ impl ServerRole {
             candidates: Vec::new(),
             deadline: core.now + OPEN_TIMEOUT,
             pending: None,
+            port,
+            peer: Some(peer),
+            target: Some(Arc::clone(&target)),
+            opened_at: SystemTime::now(),
         };
         match core.new_relay(sock, spec) {
             Ok(key) => {
@@ -306,6 +436,7 @@ impl ServerRole {
             }
             Err(e) => {
                 warn!("cannot register visitor {peer}: {e}");
+                self.counters.visit(port, Visit::Refused);
                 if let Some(t) = core.tunnel_mut(tkey) {
                     t.session.reset(id, "server error");
                 }
@@ -347,16 +478,24 @@ impl Role for ServerRole {
     fn on_event(&mut self, core: &mut Core, tkey: usize, event: Event<'_, usize>) {
         match event {
             Event::Established => {
+                let now = core.now;
                 let Some(t) = core.tunnel_mut(tkey) else {
                     return;
                 };
                 info!("tunnel attached: {} tag {}", t.peer, t.session.tag());
+                t.established_at = Some((SystemTime::now(), now));
                 let tag = t.session.tag().to_string();
+                self.counters.handshake("ok");
+                self.counters.tunnel_up(&tag);
                 self.pools.entry(tag).or_default().tunnels.push(tkey);
+                if self.admin_addr.is_some() {
+                    self.rates.insert(tkey, RateHistory::default());
+                }
             }
             Event::OpenOk { handle, .. } => {
                 if let Some(r) = core.relay_mut(handle) {
                     r.deadline = None;
+                    self.counters.visit(r.port, Visit::Served);
                 }
                 core.relay_read(handle);
             }
@@ -366,6 +505,7 @@ impl Role for ServerRole {
                         "client could not connect the target of stream {id}: {reason}; closing {}",
                         r.label
                     );
+                    self.counters.visit(r.port, Visit::TargetFailed);
                 }
                 core.drop_relay(handle, false);
             }
@@ -383,9 +523,12 @@ impl Role for ServerRole {
         } = closed;
         if !t.session.was_established() {
             warn!("refused client {}: {reason}", t.peer);
+            self.counters.handshake(reason.handshake_result());
             return;
         }
         let tag = t.session.tag();
+        self.counters.tunnel_closed(tag, reason.label());
+        self.rates.remove(&key);
         info!(
             "tunnel detached: {} tag {tag}: {reason} ({} bytes in, {} bytes out)",
             t.peer, t.bytes_in, t.bytes_out
@@ -407,9 +550,28 @@ impl Role for ServerRole {
             Some(Endpoint::Relay(r)) if r.deadline.is_some_and(|d| d <= core.now) => {
                 let why = "no answer from the client in time";
                 warn!("stream {}: {why}; closing {}", r.id, r.label);
+                self.counters.visit(r.port, Visit::TargetFailed);
                 core.reset_stream(key, why);
             }
             _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, core: &mut Core, token: u64) {
+        if token == SAMPLER {
+            self.sample_rates(core);
+            core.schedule(core.now + SAMPLE_EVERY, TimerTarget::Role(SAMPLER));
+        }
+    }
+
+    fn on_admin_request(&mut self, core: &mut Core, req: &Request<'_>) -> Response {
+        self.answer(core, req)
+    }
+
+    fn on_reload(&mut self, core: &mut Core) {
+        match self.reload(core) {
+            Ok(summary) => info!("reloaded: {summary}"),
+            Err(e) => warn!("reload failed, nothing changed: {e}"),
         }
     }
 }

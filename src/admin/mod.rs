@@ -1,0 +1,12 @@
+//! What the admin API says: the counters and views behind it (`stats`), the Prometheus
+//! text (`prom`, `process`), time stamps (`time`), the answers to requests (`api`) and the
+//! dashboard page. The HTTP connections themselves are `net::http`'s, on the same loop.
+
+pub mod api;
+pub mod process;
+pub mod prom;
+pub mod stats;
+pub mod time;
+
+/// The dashboard: one self-contained page, served at `GET /`.
+pub const DASHBOARD: &str = include_str!("dashboard.html");

@@ -1,0 +1,413 @@
+//! The server's admin API: mappings (listed, added, changed and deleted live, and written
+//! back to the mapping file), clients (listed, kicked), streams, reload, status and the
+//! Prometheus metrics. Every answer is built from the role's state and one walk of the slab.
+
+use std::time::SystemTime;
+
+use log::{info, warn};
+use serde_json::{Value, json};
+
+use super::{Published, ServerRole, bind_public};
+use crate::admin::api::{self, json_object, number, segments};
+use crate::admin::prom::{self, Exposition, Kind};
+use crate::admin::stats::{HANDSHAKE_RESULTS, Live, Visit};
+use crate::admin::{process, time};
+use crate::config::{self, DEFAULT_TAG, Mapping, Target, check_tag};
+use crate::net::endpoint::Endpoint;
+use crate::net::http::{Request, Response};
+use crate::net::reactor::{ByteCount, Core};
+use crate::protocol::CloseReason;
+
+impl ServerRole {
+    pub(super) fn answer(&mut self, core: &mut Core, req: &Request<'_>) -> Response {
+        if let Some(r) = api::public(req) {
+            return r;
+        }
+        if let Err(r) = api::authorize(self.admin_token.as_ref(), req) {
+            return r;
+        }
+        let get = matches!(req.method, "GET" | "HEAD");
+        match (req.method, segments(req.path).as_slice()) {
+            (_, ["api", "status"]) if get => self.status(core),
+            (_, ["api", "mappings"]) if get => self.list_mappings(core),
+            ("PUT", ["api", "mappings", port]) => self.put_mapping(core, port, req.body),
+            ("DELETE", ["api", "mappings", port]) => self.delete_mapping(core, port),
+            (_, ["api", "clients"]) if get => self.list_clients(core),
+            ("DELETE", ["api", "clients", id]) => self.kick(core, id),
+            (_, ["api", "streams"]) if get => self.list_streams(core),
+            ("POST", ["api", "reload"]) => match self.reload(core) {
+                Ok(changes) => {
+                    info!("reloaded through the admin API: {changes}");
+                    Response::json(200, &changes)
+                }
+                Err(e) => {
+                    warn!("reload through the admin API failed, nothing changed: {e}");
+                    Response::error(400, &e)
+                }
+            },
+            (_, ["metrics"]) if get => {
+                Response::new(200, prom::CONTENT_TYPE, self.metrics(core).into_bytes())
+            }
+            (_, ["api", "status" | "mappings" | "clients" | "streams"] | ["metrics"]) => {
+                Response::method_not_allowed("GET, HEAD")
+            }
+            (_, ["api", "mappings", _]) => Response::method_not_allowed("PUT, DELETE"),
+            (_, ["api", "clients", _]) => Response::method_not_allowed("DELETE"),
+            (_, ["api", "reload"]) => Response::method_not_allowed("POST"),
+            _ => Response::not_found(),
+        }
+    }
+
+    fn status(&self, core: &Core) -> Response {
+        let live = Live::of(core);
+        let uptime = SystemTime::now()
+            .duration_since(self.started)
+            .unwrap_or_default();
+        Response::json(
+            200,
+            &json!({
+                "role": "server",
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_secs": uptime.as_secs(),
+                "clients": self.pools.values().map(|p| p.tunnels.len()).sum::<usize>(),
+                "mappings": self.ports.len(),
+                "streams": live.total.streams,
+            }),
+        )
+    }
+
+    fn mapping_json(&self, core: &Core, live: &Live, port: u16, p: &Published) -> Value {
+        let t = live.port(core, port);
+        json!({
+            "port": port,
+            "target": &*p.target_text,
+            "tag": p.tag,
+            "streams": t.streams,
+            "bytes_in": t.bytes.read,
+            "bytes_out": t.bytes.written,
+        })
+    }
+
+    fn list_mappings(&self, core: &Core) -> Response {
+        let live = Live::of(core);
+        let mappings: Vec<Value> = self
+            .ports
+            .iter()
+            .map(|(&port, p)| self.mapping_json(core, &live, port, p))
+            .collect();
+        Response::json(200, &json!({ "mappings": mappings }))
+    }
+
+    /// `PUT /api/mappings/{port}`: the listener opens (or the mapping changes) and the file is
+    /// rewritten before the answer; when either fails, nothing changes.
+    fn put_mapping(&mut self, core: &mut Core, port: &str, body: &[u8]) -> Response {
+        let port: u16 = match number(port, "port (1-65535)") {
+            Ok(0) => return Response::error(400, "port 0 is not a port (1-65535)"),
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let mut fields = match json_object(body) {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        let target = match fields.remove("target") {
+            Some(Value::String(s)) => match Target::parse(s.trim()) {
+                Ok(t) => t,
+                Err(e) => return Response::error(400, &e),
+            },
+            Some(_) => return Response::error(400, "\"target\" must be a string (host:port)"),
+            None => return Response::error(400, "missing \"target\" (host:port)"),
+        };
+        let tag = match fields.remove("tag") {
+            None | Some(Value::Null) => DEFAULT_TAG.to_string(),
+            Some(Value::String(s)) => s,
+            Some(_) => return Response::error(400, "\"tag\" must be a string"),
+        };
+        if let Err(e) = check_tag(&tag) {
+            return Response::error(400, &e);
+        }
+        if let Some(field) = fields.keys().next() {
+            return Response::error(400, &format!("unknown field {field:?}"));
+        }
+        if port == self.inner_port {
+            return Response::error(400, &format!("port {port} is the INNER_PORT"));
+        }
+        if self.admin_addr.is_some_and(|a| a.port() == port) {
+            return Response::error(400, &format!("port {port} is the admin API's"));
+        }
+        let mapping = Mapping {
+            public_port: port,
+            target,
+            tag,
+        };
+        let existing = self.ports.get(&port);
+        if existing.is_some_and(|p| p.target == mapping.target && p.tag == mapping.tag) {
+            let live = Live::of(core);
+            return Response::json(
+                200,
+                &self.mapping_json(core, &live, port, &self.ports[&port]),
+            );
+        }
+        let created = existing.is_none();
+        let sock = if created {
+            match bind_public(self.bind_addr, port) {
+                Ok(s) => Some(s),
+                Err(e) => return Response::error(409, &e.to_string()),
+            }
+        } else {
+            None
+        };
+        let target_text = mapping.target.to_string();
+        let written = self.rewrite_mapper_file(|text| {
+            config::set_mapping(text, port, &target_text, &mapping.tag)
+        });
+        if let Err(e) = written {
+            return Response::error(500, &e);
+        }
+        match sock {
+            Some(sock) => {
+                if let Err(e) = self.publish(core, &mapping, sock) {
+                    return Response::error(500, &format!("cannot serve port {port}: {e}"));
+                }
+            }
+            None => self.retarget(&mapping),
+        }
+        info!(
+            "admin API: public port {port} -> {} (tag {})",
+            mapping.target, mapping.tag
+        );
+        let live = Live::of(core);
+        let body = self.mapping_json(core, &live, port, &self.ports[&port]);
+        Response::json(if created { 201 } else { 200 }, &body)
+    }
+
+    /// `DELETE /api/mappings/{port}`: the listener closes; its open streams run to their end.
+    fn delete_mapping(&mut self, core: &mut Core, port: &str) -> Response {
+        let port: u16 = match number(port, "port (1-65535)") {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        if !self.ports.contains_key(&port) {
+            return Response::error(404, &format!("port {port} is not mapped"));
+        }
+        if let Err(e) = self.rewrite_mapper_file(|text| config::remove_mapping(text, port)) {
+            return Response::error(500, &e);
+        }
+        self.unpublish(core, port);
+        info!("admin API: public port {port} deleted");
+        Response::no_content()
+    }
+
+    /// Rewrite the mapping file through `edit`, atomically.
+    fn rewrite_mapper_file(&self, edit: impl FnOnce(&str) -> String) -> Result<(), String> {
+        let file = &self.mapper_file;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        config::write_atomically(file, &edit(&text)).map_err(|e| e.to_string())
+    }
+
+    fn client_json(&self, core: &Core, live: &Live, key: usize) -> Option<Value> {
+        let generation = core.generation_of(key)?;
+        let Some(Endpoint::Tunnel(t)) = core.endpoint(key) else {
+            return None;
+        };
+        let traffic = live.tunnel(core, key);
+        let bytes = traffic.bytes;
+        let (connected_at, since) = t.established_at?;
+        let now = core.now;
+        let rate = self
+            .rates
+            .get(&key)
+            .map(|h| h.rate(now, bytes))
+            .unwrap_or_default();
+        let avg =
+            crate::admin::stats::per_second(bytes, ByteCount::default(), now.duration_since(since));
+        Some(json!({
+            "id": generation,
+            "addr": t.peer.to_string(),
+            "tag": t.session.tag(),
+            "connected_at": time::rfc3339(connected_at),
+            "streams": traffic.streams,
+            "bytes_in": bytes.read,
+            "bytes_out": bytes.written,
+            "rate_in": rate.read,
+            "rate_out": rate.written,
+            "avg_in": avg.read,
+            "avg_out": avg.written,
+        }))
+    }
+
+    /// The established tunnels' keys, oldest first.
+    fn tunnel_keys(&self, core: &Core) -> Vec<usize> {
+        let mut keys: Vec<(u64, usize)> = self
+            .pools
+            .values()
+            .flat_map(|p| p.tunnels.iter().copied())
+            .filter_map(|k| core.generation_of(k).map(|g| (g, k)))
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|(_, k)| k).collect()
+    }
+
+    fn list_clients(&self, core: &Core) -> Response {
+        let live = Live::of(core);
+        let clients: Vec<Value> = self
+            .tunnel_keys(core)
+            .into_iter()
+            .filter_map(|k| self.client_json(core, &live, k))
+            .collect();
+        Response::json(200, &json!({ "clients": clients }))
+    }
+
+    /// `DELETE /api/clients/{id}`: close that tunnel; its streams reset on both sides.
+    fn kick(&mut self, core: &mut Core, id: &str) -> Response {
+        let id: u64 = match number(id, "client id") {
+            Ok(id) => id,
+            Err(r) => return r,
+        };
+        let Some(key) = self
+            .tunnel_keys(core)
+            .into_iter()
+            .find(|&k| core.generation_of(k) == Some(id))
+        else {
+            return Response::error(404, &format!("no client {id}"));
+        };
+        if let Some(t) = core.tunnel_mut(key) {
+            info!("admin API: closing the tunnel of {} (client {id})", t.peer);
+            // The client hears why before the connection closes, if its socket takes it.
+            t.session.goaway("closed by the server's administrator");
+            let _ = t.flush(&mut None);
+        }
+        core.close_tunnel(key, CloseReason::Kicked);
+        Response::no_content()
+    }
+
+    fn list_streams(&self, core: &Core) -> Response {
+        let mut streams = Vec::new();
+        for (_, entry) in core.slab.iter() {
+            let Endpoint::Relay(r) = &entry.ep else {
+                continue;
+            };
+            let Some(client) = core.generation_of(r.tunnel) else {
+                continue;
+            };
+            streams.push(json!({
+                "id": r.id,
+                "client": client,
+                "port": r.port,
+                "visitor": r.peer.map(|p| p.to_string()),
+                "target": r.target.as_deref(),
+                "opened_at": time::rfc3339(r.opened_at),
+                "bytes_in": r.bytes_read,
+                "bytes_out": r.bytes_written,
+            }));
+        }
+        Response::json(200, &json!({ "streams": streams }))
+    }
+
+    /// Sample every tunnel's counts for its current rate.
+    pub(super) fn sample_rates(&mut self, core: &Core) {
+        if self.rates.is_empty() {
+            return;
+        }
+        let live = Live::of(core);
+        let now = core.now;
+        for (&key, history) in self.rates.iter_mut() {
+            history.record(now, live.tunnel(core, key).bytes);
+        }
+    }
+
+    fn metrics(&self, core: &Core) -> String {
+        let live = Live::of(core);
+        let mut out = Exposition::new();
+        out.family(
+            "tcpforward_build_info",
+            Kind::Gauge,
+            "Build of this tcp-forward.",
+        );
+        out.sample(
+            "tcpforward_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1,
+        );
+
+        out.family(
+            "tcpforward_tunnels",
+            Kind::Gauge,
+            "Client tunnels attached, by tag.",
+        );
+        for tag in &self.counters.tags {
+            let n = self.pools.get(tag).map_or(0, |p| p.tunnels.len());
+            out.sample("tcpforward_tunnels", &[("tag", tag)], n as u64);
+        }
+
+        let ports: Vec<u16> = self.counters.visitors.keys().copied().collect();
+        let port_text: Vec<String> = ports.iter().map(u16::to_string).collect();
+        out.family(
+            "tcpforward_streams",
+            Kind::Gauge,
+            "Streams open, by public port.",
+        );
+        for (port, text) in ports.iter().zip(&port_text) {
+            let n = live.by_port.get(port).map_or(0, |t| t.streams);
+            out.sample("tcpforward_streams", &[("port", text)], n as u64);
+        }
+        out.family(
+            "tcpforward_stream_bytes_total",
+            Kind::Counter,
+            "Stream bytes by public port: in from visitors toward targets, out the way back.",
+        );
+        for (port, text) in ports.iter().zip(&port_text) {
+            let bytes = live.port(core, *port).bytes;
+            for (direction, n) in [("in", bytes.read), ("out", bytes.written)] {
+                out.sample(
+                    "tcpforward_stream_bytes_total",
+                    &[("port", text.as_str()), ("direction", direction)],
+                    n,
+                );
+            }
+        }
+        out.family(
+            "tcpforward_visitors_total",
+            Kind::Counter,
+            "Visitors by public port and what became of them.",
+        );
+        for (counts, text) in self.counters.visitors.values().zip(&port_text) {
+            for v in Visit::ALL {
+                out.sample(
+                    "tcpforward_visitors_total",
+                    &[("port", text.as_str()), ("result", v.label())],
+                    counts[v as usize],
+                );
+            }
+        }
+        out.family(
+            "tcpforward_tunnel_closes_total",
+            Kind::Counter,
+            "Attached tunnels that ended, by reason.",
+        );
+        for reason in CloseReason::LABELS {
+            let n = self.counters.tunnel_closes.get(reason).copied();
+            out.sample(
+                "tcpforward_tunnel_closes_total",
+                &[("reason", reason)],
+                n.unwrap_or(0),
+            );
+        }
+        out.family(
+            "tcpforward_handshakes_total",
+            Kind::Counter,
+            "Client handshakes by result.",
+        );
+        for result in HANDSHAKE_RESULTS {
+            let n = self.counters.handshakes.get(result).copied();
+            out.sample(
+                "tcpforward_handshakes_total",
+                &[("result", result)],
+                n.unwrap_or(0),
+            );
+        }
+        process::write_process_metrics(&mut out, self.started);
+        out.finish()
+    }
+}

@@ -1,0 +1,131 @@
+//! Reload (SIGHUP, `POST /api/reload`): read `forward_server.cfg` and the mapping file
+//! again and apply the difference. New ports are bound before anything changes, so a port
+//! that cannot be bound (like a file that does not load) changes nothing; ports that did
+//! not change are not touched; settings apply to tunnels and streams made afterwards.
+
+use std::sync::Arc;
+
+use log::{info, warn};
+use serde_json::{Value, json};
+
+use super::{ServerRole, bind_public, params_of};
+use crate::config::{self, Mapping, ServerTlsSetting};
+use crate::logging;
+use crate::net::reactor::Core;
+
+impl ServerRole {
+    /// Apply what changed; `Err` with why when nothing was.
+    pub(super) fn reload(&mut self, core: &mut Core) -> Result<Value, String> {
+        let cfg = config::load_server(&self.cfg_file).map_err(|e| e.to_string())?;
+        let level = logging::level(&self.log_args, cfg.log_level).map_err(|e| e.to_string())?;
+        for w in &cfg.warnings {
+            warn!("{w}");
+        }
+        let diff = config::diff(&self.mappings(), &cfg.mappings);
+        // Bind first: a port that cannot be bound fails the reload before anything changed.
+        let mut bound = Vec::new();
+        for m in &diff.added {
+            let sock = bind_public(self.bind_addr, m.public_port).map_err(|e| e.to_string())?;
+            bound.push((m, sock));
+        }
+
+        let mut restart = Vec::new();
+        if cfg.inner_port != self.inner_port {
+            restart.push("INNER_PORT");
+        }
+        if cfg.bind_addr != self.bind_addr {
+            restart.push("BIND_ADDR");
+        }
+        if cfg.admin.as_ref().map(|a| a.addr) != self.admin_addr {
+            restart.push("ADMIN_ADDR");
+        }
+        let tls_on = !matches!(cfg.tls, ServerTlsSetting::Off);
+        if tls_on != self.tls.is_some() {
+            restart.push("TLS");
+        }
+        for key in &restart {
+            warn!("reload: {key} changed: it takes effect at the next restart");
+        }
+
+        for m in &diff.removed {
+            self.unpublish(core, m.public_port);
+        }
+        for (_, m) in &diff.changed {
+            self.retarget(m);
+        }
+        for (m, sock) in bound {
+            if let Err(e) = self.publish(core, m, sock) {
+                warn!("reload: cannot serve public port {}: {e}", m.public_port);
+            }
+        }
+
+        let mut settings = Vec::new();
+        let params = params_of(&cfg);
+        if params.token != self.params.token {
+            settings.push("TOKEN");
+        }
+        if params.max_streams != self.params.max_streams {
+            settings.push("MAX_STREAMS");
+        }
+        if params.heartbeat != self.params.heartbeat {
+            settings.push("HEARTBEAT");
+        }
+        if self.admin_addr.is_some() {
+            let token = cfg.admin.as_ref().and_then(|a| a.token.clone());
+            if token.as_ref().map(|t| t.expose()) != self.admin_token.as_ref().map(|t| t.expose()) {
+                settings.push("ADMIN_TOKEN");
+                self.admin_token = token;
+            }
+        }
+        if level != log::max_level() {
+            settings.push("LOG_LEVEL");
+            log::set_max_level(level);
+        }
+        // A new certificate (the same files rewritten, or others) serves new tunnels.
+        if let (ServerTlsSetting::Files(new), Some(_)) = (&cfg.tls, &self.tls) {
+            self.tls = Some(Arc::clone(&new.config));
+        }
+        // Kept across the reload: whether TLS is required follows the running transport.
+        self.params = Arc::new(crate::protocol::session::ServerParams {
+            require_tls: self.tls.is_some(),
+            ..params
+        });
+        self.mapper_file = cfg.mapper_file;
+
+        let ports = |ms: &[Mapping]| ms.iter().map(|m| m.public_port).collect::<Vec<_>>();
+        let changed: Vec<u16> = diff.changed.iter().map(|(_, m)| m.public_port).collect();
+        let summary = json!({
+            "added": ports(&diff.added),
+            "removed": ports(&diff.removed),
+            "changed": changed,
+            "settings": settings,
+            "restart_needed": restart,
+        });
+        info!(
+            "reload: {} port(s) added, {} removed, {} changed; settings changed: {}",
+            diff.added.len(),
+            diff.removed.len(),
+            changed.len(),
+            if settings.is_empty() {
+                "none".to_string()
+            } else {
+                settings.join(", ")
+            }
+        );
+        Ok(summary)
+    }
+
+    /// A mapping's target or tag changed: new visitors go there; open streams are untouched.
+    pub(super) fn retarget(&mut self, m: &Mapping) {
+        if let Some(p) = self.ports.get_mut(&m.public_port) {
+            p.target = m.target.clone();
+            p.target_text = m.target.to_string().into();
+            p.tag = m.tag.clone();
+            self.counters.mapped(m.public_port, &m.tag);
+            info!(
+                "public port {} -> {} (tag {})",
+                m.public_port, m.target, m.tag
+            );
+        }
+    }
+}
