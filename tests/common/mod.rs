@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
+
 use std::fmt::Write as _;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
