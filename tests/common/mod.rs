@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use tcp_forward::bench::harness::{self, ProcessOptions, procfs};
 
+pub mod cdp;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_tcp-forward");
 
