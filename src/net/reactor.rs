@@ -69,7 +69,7 @@ pub trait Role {
         Response::not_found()
     }
     /// SIGHUP: read the configuration again and apply what changed.
-    fn on_reload(&mut self, _core: &mut Core) {}
+    fn on_reload(&mut self, _core: &mut Core);
     /// A name the role asked the resolver for.
     fn on_resolved(
         &mut self,
@@ -454,7 +454,6 @@ impl<R: Role> Reactor<R> {
                             return Ok(());
                         }
                         if !pending.is_empty() {
-                            info!("SIGHUP: reloading the configuration");
                             self.role.on_reload(&mut self.core);
                         }
                     }

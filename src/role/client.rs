@@ -504,6 +504,12 @@ impl Role for ClientRole {
         }
     }
 
+    fn on_reload(&mut self, _core: &mut Core) {
+        info!(
+            "SIGHUP: the client reads its configuration at start only; restart it to apply changes"
+        );
+    }
+
     fn on_admin_request(&mut self, core: &mut Core, req: &Request<'_>) -> Response {
         if let Some(r) = api::public(req) {
             return r;

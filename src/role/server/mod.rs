@@ -569,6 +569,7 @@ impl Role for ServerRole {
     }
 
     fn on_reload(&mut self, core: &mut Core) {
+        info!("SIGHUP: reading the configuration again");
         match self.reload(core) {
             Ok(summary) => info!("reloaded: {summary}"),
             Err(e) => warn!("reload failed, nothing changed: {e}"),
