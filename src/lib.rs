@@ -7,6 +7,7 @@
 //! - `role`: the server's and the client's decisions.
 //! - `tls`: certificates, keys, trust and fingerprints (the TLS connection is `net::tls`).
 
+pub mod admin;
 pub mod bench;
 pub mod buffer;
 pub mod cli;

@@ -1,0 +1,3 @@
+//! Pieces of the admin HTTP API.
+
+pub mod prom;
