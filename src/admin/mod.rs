@@ -1,3 +1,4 @@
 //! Pieces of the admin HTTP API.
 
+pub mod process;
 pub mod prom;
