@@ -1,4 +1,4 @@
-//! Command line: `server`, `client`, `cert` and `bench`, parsed with clap's derive API.
+//! Command line: `server`, `client`, `status`, `cert` and `bench`, parsed with clap's derive API.
 //!
 //! The positional names (`cfg_file`, `server_ip`, `server_port`) are those of the original
 //! tcp-forward, so its users find the same usage text.
@@ -26,6 +26,8 @@ pub enum Command {
     Server(ServerArgs),
     /// Run inside the private network: keep a tunnel to the server and dial inner targets.
     Client(Box<ClientArgs>),
+    /// Show what a running server or client reports through its admin API.
+    Status(StatusArgs),
     /// Write a new key and self-signed certificate (tcp-forward.key, tcp-forward.crt) for
     /// the server's TLS_KEY and TLS_CERT, and print the fingerprint clients can pin.
     Cert(CertArgs),
@@ -77,6 +79,24 @@ pub struct ClientArgs {
     pub admin: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Address of the admin API (the ADMIN_ADDR it listens on): host:port or [IPv6]:port
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub admin: String,
+    /// Bearer token of the admin API; better set TCP_FORWARD_ADMIN_TOKEN, kept out of `ps`
+    #[arg(
+        long,
+        value_name = "T",
+        env = "TCP_FORWARD_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print one JSON object (what the API answered) instead of tables
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

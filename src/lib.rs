@@ -6,6 +6,8 @@
 //! - `net`: I/O only: the reactor, endpoints, transport, pumps, splicing.
 //! - `role`: the server's and the client's decisions.
 //! - `tls`: certificates, keys, trust and fingerprints (the TLS connection is `net::tls`).
+//! - `admin`: pieces of the admin HTTP API (Prometheus text, process metrics, timestamps);
+//!   `status`: the `status` command, a client of that API.
 
 pub mod admin;
 pub mod bench;
@@ -16,4 +18,5 @@ pub mod logging;
 pub mod net;
 pub mod protocol;
 pub mod role;
+pub mod status;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! tcp-forward: a reverse TCP tunnel. The thin edge: parse the command line, load the
 //! configuration, start logging, run a role, and map failures to exit codes
 //! (2: configuration error, 1: run-time failure such as a port that cannot be bound).
+//! `status` is a client of a running role's admin API: 1 when it cannot get an answer.
 
 use std::process::ExitCode;
 
@@ -8,7 +9,7 @@ use clap::Parser;
 
 use tcp_forward::cli::{Cli, Command};
 use tcp_forward::role::{client, server};
-use tcp_forward::{bench, config, logging, tls};
+use tcp_forward::{bench, config, logging, status, tls};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
             }
             exit(client::run(cfg))
         }
+        Command::Status(args) => ExitCode::from(status::run(&args)),
         Command::Cert(args) => match tls::write_cert_files(&args.dir, &args.names) {
             Ok((cert, key, fp)) => {
                 println!("wrote {} and {}", key.display(), cert.display());

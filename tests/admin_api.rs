@@ -871,3 +871,64 @@ fn a_public_client_admin_address_needs_a_token() {
     p.wait_for_line("admin API on", READY);
     p.kill9();
 }
+
+/// Run `tcp-forward status` with `args` (and the token in the environment, if any).
+fn status_cmd(args: &[&str], token: Option<&str>) -> std::process::Output {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("status")
+        .args(args)
+        .env_remove("TCP_FORWARD_ADMIN_TOKEN");
+    if let Some(t) = token {
+        cmd.env("TCP_FORWARD_ADMIN_TOKEN", t);
+    }
+    cmd.output().expect("run tcp-forward status")
+}
+
+#[test]
+fn status_shows_a_live_server() {
+    let dir = TempDir::new("admin-status");
+    let echo = Target::echo();
+    let mut setup = ServerSetup::new();
+    let port = setup.map(echo.target(), Some("office"));
+    let (server, admin) = start_with_admin(&dir, &setup, Some(TOKEN));
+    let _client = attach_client(
+        &server,
+        setup.inner_port,
+        &ClientOpts {
+            tag: Some("office"),
+            ..ClientOpts::default()
+        },
+    );
+    let mut held = visit(port);
+    echo_on(&mut held, b"counted").unwrap();
+    let addr = admin.addr.to_string();
+
+    let out = status_cmd(&["--admin", &addr], Some(TOKEN));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in ["office", &port.to_string(), &echo.target(), "127.0.0.1:"] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
+
+    let out = status_cmd(&["--admin", &addr, "--json"], Some(TOKEN));
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(v["status"]["role"], "server");
+    assert_eq!(v["clients"][0]["tag"], "office");
+    assert_eq!(v["mappings"][0]["port"], port);
+    assert_eq!(v["streams"][0]["bytes_in"], 7);
+
+    // Without the token, or with nothing listening: exit 1 and a reason.
+    let out = status_cmd(&["--admin", &addr], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+    drop(server);
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let out = status_cmd(&["--admin", &nobody], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
