@@ -3,7 +3,7 @@
 //! views that add the live streams' counts to those of the streams that ended, walking the
 //! slab once per request.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::net::endpoint::Endpoint;
@@ -52,15 +52,13 @@ pub struct ServerCounters {
     pub tunnel_closes: BTreeMap<&'static str, u64>,
     /// Handshakes by result.
     pub handshakes: BTreeMap<&'static str, u64>,
-    /// Every tag a mapping or a tunnel has had: its gauge is exported even at 0.
-    pub tags: BTreeSet<String>,
 }
 
 impl ServerCounters {
-    /// A port is mapped (at start-up, by reload or through the API).
-    pub fn mapped(&mut self, port: u16, tag: &str) {
+    /// A port is mapped (at start-up, by reload or through the API): its series exist from
+    /// then on.
+    pub fn mapped(&mut self, port: u16) {
         self.visitors.entry(port).or_default();
-        self.note_tag(tag);
     }
 
     pub fn visit(&mut self, port: u16, v: Visit) {
@@ -71,19 +69,8 @@ impl ServerCounters {
         *self.handshakes.entry(result).or_default() += 1;
     }
 
-    pub fn tunnel_up(&mut self, tag: &str) {
-        self.note_tag(tag);
-    }
-
-    pub fn tunnel_closed(&mut self, tag: &str, label: &'static str) {
-        self.note_tag(tag);
+    pub fn tunnel_closed(&mut self, label: &'static str) {
         *self.tunnel_closes.entry(label).or_default() += 1;
-    }
-
-    fn note_tag(&mut self, tag: &str) {
-        if !self.tags.contains(tag) {
-            self.tags.insert(tag.to_string());
-        }
     }
 }
 
@@ -235,15 +222,15 @@ mod tests {
     #[test]
     fn counters_start_every_port_at_zero() {
         let mut c = ServerCounters::default();
-        c.mapped(80, "web");
+        c.mapped(80);
+        c.mapped(82);
         c.visit(80, Visit::Served);
         c.visit(80, Visit::Served);
         c.visit(81, Visit::NoClient);
         assert_eq!(c.visitors[&80], [2, 0, 0, 0]);
         assert_eq!(c.visitors[&81], [0, 1, 0, 0]);
-        assert!(c.tags.contains("web"));
-        c.tunnel_closed("db", "kicked");
+        assert_eq!(c.visitors[&82], [0, 0, 0, 0]);
+        c.tunnel_closed("kicked");
         assert_eq!(c.tunnel_closes["kicked"], 1);
-        assert!(c.tags.contains("db"));
     }
 }

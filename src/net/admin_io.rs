@@ -2,6 +2,7 @@
 //! one when it is ready or its turn comes again, and closing idle ones.
 
 use std::io;
+use std::time::Duration;
 
 use log::debug;
 
@@ -9,6 +10,9 @@ use crate::net::endpoint::{Endpoint, Listener};
 use crate::net::http::{self, AdminConn, Next, Request};
 use crate::net::reactor::{Core, Reactor, Role};
 use crate::net::sys;
+
+/// After a failed accept (out of file descriptors), try again this much later.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 impl Core {
     /// Accept what the admin listener has; beyond the cap, close at once.
@@ -46,10 +50,26 @@ impl Core {
                     } else {
                         debug!("admin: accept: {e}");
                     }
-                    // The next connection's readiness (or the next one's) retries.
+                    // The pending connections stay in the backlog, and edge-triggered
+                    // readiness will not say so again: try again soon, once.
+                    if !self.admin_accept_retry {
+                        self.admin_accept_retry = true;
+                        self.schedule_entry(lkey, self.now + ACCEPT_RETRY);
+                    }
                     return;
                 }
             }
+        }
+    }
+
+    /// Queue an admin connection for one more turn (the ready queue is worked through once
+    /// per turn, so a connection that keeps its peer busy waits its turn like a relay).
+    pub(crate) fn enqueue_admin(&mut self, key: usize) {
+        if let Some(Endpoint::Admin(conn)) = self.endpoint_mut(key)
+            && !conn.queued
+        {
+            conn.queued = true;
+            self.ready.push_back(key);
         }
     }
 
@@ -68,6 +88,7 @@ impl<R: Role> Reactor<R> {
         let Some(Endpoint::Admin(mut conn)) = self.core.take_in_place(key) else {
             return;
         };
+        conn.queued = false;
         let now = self.core.now;
         let (core, role) = (&mut self.core, &mut self.role);
         let mut answer = |req: &Request<'_>| role.on_admin_request(core, req);
@@ -75,15 +96,15 @@ impl<R: Role> Reactor<R> {
         self.core.put_in_place(key, Endpoint::Admin(conn));
         match next {
             Ok(Next::Wait) => {}
-            // More requests are in: the rest next turn, so that others get theirs.
-            Ok(Next::Again) => self.core.schedule_entry(key, now),
+            // More requests are in: the rest in a later turn, so that others get theirs.
+            Ok(Next::Again) => self.core.enqueue_admin(key),
             Ok(Next::Close) => self.core.close_admin(key, "done"),
             Err(e) => self.core.close_admin(key, &e.to_string()),
         }
     }
 
-    /// A timer of an admin connection whose deadline is still ahead: its idle timer moved on
-    /// (schedule it again), or its next turn came.
+    /// The idle timer of an admin connection whose deadline moved on since it was set:
+    /// set it again for the new deadline.
     pub(crate) fn admin_timer(&mut self, key: usize, at: std::time::Instant) {
         if let Some(Endpoint::Admin(conn)) = self.core.endpoint_mut(key)
             && conn.timer_at == at
@@ -91,8 +112,6 @@ impl<R: Role> Reactor<R> {
             conn.timer_at = conn.deadline;
             let deadline = conn.deadline;
             self.core.schedule_entry(key, deadline);
-            return;
         }
-        self.admin_drive(key);
     }
 }

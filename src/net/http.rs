@@ -23,9 +23,13 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub const IDLE: Duration = Duration::from_secs(10);
 /// Requests answered per connection per loop turn; the rest wait for the next turn.
 pub const TURN_REQUESTS: usize = 16;
-/// After a last answer, what the peer still sends is read and dropped for this long, so that
-/// closing with unread bytes does not reset the connection before the answer is read.
+/// After a last answer, what the peer still sends is read and dropped for this long (and
+/// this much at most), so that closing with unread bytes does not reset the connection
+/// before the answer is read.
 const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+/// Bytes dropped per turn while lingering.
+const LINGER_TURN: usize = 64 * 1024;
 const MAX_HEADERS: usize = 32;
 
 /// One parsed request, borrowed from the connection's buffer.
@@ -37,6 +41,9 @@ pub struct Request<'a> {
     pub query: &'a str,
     /// The `Authorization` header's value, if any.
     pub authorization: Option<&'a [u8]>,
+    /// The `Host` and `Origin` headers' values, if any.
+    pub host: Option<&'a [u8]>,
+    pub origin: Option<&'a [u8]>,
     pub body: &'a [u8],
 }
 
@@ -51,6 +58,8 @@ pub struct Response {
     pub allow: Option<&'static str>,
     /// `WWW-Authenticate`, for a 401.
     pub challenge: bool,
+    /// Close the connection after this answer (a refused request keeps no slot).
+    pub close: bool,
 }
 
 pub const JSON: &str = "application/json";
@@ -63,6 +72,7 @@ impl Response {
             body,
             allow: None,
             challenge: false,
+            close: false,
         }
     }
 
@@ -95,6 +105,13 @@ impl Response {
     pub fn unauthorized(why: &str) -> Response {
         let mut r = Response::error(401, why);
         r.challenge = true;
+        r.close = true;
+        r
+    }
+
+    pub fn forbidden(why: &str) -> Response {
+        let mut r = Response::error(403, why);
+        r.close = true;
         r
     }
 }
@@ -135,6 +152,10 @@ pub struct AdminConn {
     continued: bool,
     /// The last answer is out and our side shut: input is dropped until the peer closes.
     lingering: bool,
+    /// Bytes dropped while lingering.
+    dropped: usize,
+    /// In the loop's queue of work for the next turn.
+    pub queued: bool,
     /// When the connection is closed unless it makes progress.
     pub deadline: Instant,
     /// When its idle timer is due (one at a time, moved on as the deadline moves).
@@ -166,6 +187,8 @@ impl AdminConn {
             close: false,
             continued: false,
             lingering: false,
+            dropped: 0,
+            queued: false,
             deadline: now + IDLE,
             timer_at: now + IDLE,
         }
@@ -241,10 +264,20 @@ impl AdminConn {
             let _ = self.sock.shutdown(std::net::Shutdown::Write);
         }
         let mut scratch = [0u8; 4096];
+        let mut this_turn = 0;
         loop {
+            if self.dropped >= LINGER_BYTES {
+                return Ok(Next::Close);
+            }
+            if this_turn >= LINGER_TURN {
+                return Ok(Next::Again);
+            }
             match self.sock.read(&mut scratch) {
                 Ok(0) => return Ok(Next::Close),
-                Ok(_) => {}
+                Ok(n) => {
+                    self.dropped += n;
+                    this_turn += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Next::Wait),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Ok(Next::Close),
@@ -318,11 +351,13 @@ impl AdminConn {
             path,
             query,
             authorization: header(&req, "authorization"),
+            host: header(&req, "host"),
+            origin: header(&req, "origin"),
             body: &self.rx[head..head + body],
         };
         let response = handler.handle(&request);
         let head_only = request.method == "HEAD";
-        self.close |= !keep_alive;
+        self.close |= !keep_alive || response.close;
         let close = self.close;
         self.queue_response(&response, close, head_only);
     }
@@ -346,7 +381,10 @@ impl AdminConn {
         if r.challenge {
             tx.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
         }
-        tx.extend_from_slice(b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n");
+        tx.extend_from_slice(
+            b"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+              X-Frame-Options: DENY\r\nContent-Security-Policy: frame-ancestors 'none'\r\n",
+        );
         if close {
             tx.extend_from_slice(b"Connection: close\r\n");
         }
@@ -430,6 +468,7 @@ fn reason(status: u16) -> &'static str {
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",

@@ -23,7 +23,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use log::{error, info};
 use mio::event::Event as Readiness;
@@ -36,7 +36,7 @@ use slab::Slab;
 use crate::buffer::Buf;
 pub use crate::net::endpoint::{Dial, Endpoint, Entry, Listener, PendingOpen, Purpose};
 use crate::net::http::{Request, Response};
-use crate::net::relay::{Relay, RelayState};
+use crate::net::relay::{Relay, RelayState, StreamInfo};
 use crate::net::resolve::{Resolver, Ticket};
 use crate::net::splice::PipePool;
 use crate::net::tunnel::Tunnel;
@@ -104,11 +104,9 @@ pub struct RelaySpec {
     pub deadline: Instant,
     /// Early data kept for the stream before its socket existed.
     pub pending: Option<Buf>,
-    /// Server: the public port, the visitor and the target (see [`Relay`]).
+    /// Server: the public port, and what the admin API lists (see [`Relay`]).
     pub port: u16,
-    pub peer: Option<SocketAddr>,
-    pub target: Option<Arc<str>>,
-    pub opened_at: SystemTime,
+    pub info: Option<Box<StreamInfo>>,
 }
 
 /// Bytes a stream moved: read from its socket (toward the tunnel) and written to it.
@@ -172,6 +170,8 @@ pub struct Core {
     fd_limit_logged: Option<Instant>,
     /// Admin connections open.
     pub(crate) admin_conns: usize,
+    /// An accept retry of the admin listener is scheduled.
+    pub(crate) admin_accept_retry: bool,
     /// What the streams that ended moved, by public port (0 on the client). Live streams
     /// count in their relays; the admin API adds the two.
     pub retired: HashMap<u16, ByteCount>,
@@ -196,6 +196,7 @@ impl Core {
             now: Instant::now(),
             fd_limit_logged: None,
             admin_conns: 0,
+            admin_accept_retry: false,
             retired: HashMap::new(),
         })
     }
@@ -385,9 +386,7 @@ impl Core {
             label: spec.label,
             candidates: spec.candidates,
             port: spec.port,
-            peer: spec.peer,
-            target: spec.target,
-            opened_at: spec.opened_at,
+            info: spec.info,
         };
         let (key, _) = self.insert(Endpoint::Relay(relay))?;
         self.schedule_entry(key, spec.deadline);
@@ -567,6 +566,13 @@ impl<R: Role> Reactor<R> {
                             self.core.close_admin(key, "idle");
                         }
                         Some(Endpoint::Admin(_)) => self.admin_timer(key, at),
+                        Some(Endpoint::Listener(Listener {
+                            purpose: Purpose::Admin,
+                            ..
+                        })) => {
+                            self.core.admin_accept_retry = false;
+                            self.core.admin_accept(key);
+                        }
                         _ => self.role.on_deadline(&mut self.core, key),
                     }
                 }
@@ -590,6 +596,7 @@ impl<R: Role> Reactor<R> {
                 Some(Endpoint::Tunnel(t)) if t.readable => {
                     self.core.tunnel_read(key, &mut self.role)
                 }
+                Some(Endpoint::Admin(a)) if a.queued => self.admin_drive(key),
                 _ => {}
             }
             self.settle();

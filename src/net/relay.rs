@@ -58,11 +58,17 @@ pub struct Relay {
     pub candidates: Vec<SocketAddr>,
     /// Server: the public port the visitor came in on (0 on the client).
     pub port: u16,
-    /// Server: the visitor's address; client: the target's.
-    pub peer: Option<SocketAddr>,
-    /// Server: the target the stream was opened to.
-    pub target: Option<Arc<str>>,
-    /// When the stream was opened, for the admin API.
+    /// Server: what the admin API lists of the stream. Boxed, so that the relay stays as
+    /// small as the data path wants it (the client has none).
+    pub info: Option<Box<StreamInfo>>,
+}
+
+/// A visitor's stream, as the admin API lists it.
+#[derive(Debug)]
+pub struct StreamInfo {
+    pub visitor: SocketAddr,
+    /// The target the stream was opened to (shared with the mapping it came from).
+    pub target: Arc<str>,
     pub opened_at: SystemTime,
 }
 

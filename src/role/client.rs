@@ -511,10 +511,13 @@ impl Role for ClientRole {
     }
 
     fn on_admin_request(&mut self, core: &mut Core, req: &Request<'_>) -> Response {
-        if let Some(r) = api::public(req) {
+        let token = self.cfg.admin.as_ref().and_then(|a| a.token.as_ref());
+        if let Err(r) = api::check_origin(token, req) {
             return r;
         }
-        let token = self.cfg.admin.as_ref().and_then(|a| a.token.as_ref());
+        if let Some(r) = api::public(req, false) {
+            return r;
+        }
         if let Err(r) = api::authorize(token, req) {
             return r;
         }
@@ -692,9 +695,7 @@ fn connect(
                     deadline,
                     pending: pending.take(),
                     port: 0,
-                    peer: Some(addr),
-                    target: None,
-                    opened_at: SystemTime::now(),
+                    info: None,
                 };
                 match core.new_relay(sock, spec) {
                     Ok(rkey) => {

@@ -20,7 +20,10 @@ use crate::protocol::CloseReason;
 
 impl ServerRole {
     pub(super) fn answer(&mut self, core: &mut Core, req: &Request<'_>) -> Response {
-        if let Some(r) = api::public(req) {
+        if let Err(r) = api::check_origin(self.admin_token.as_ref(), req) {
+            return r;
+        }
+        if let Some(r) = api::public(req, true) {
             return r;
         }
         if let Err(r) = api::authorize(self.admin_token.as_ref(), req) {
@@ -157,20 +160,24 @@ impl ServerRole {
         } else {
             None
         };
+        // Serve first, then write the file; undo the first when the second fails.
+        if let Some(sock) = sock
+            && let Err(e) = self.publish(core, &mapping, sock)
+        {
+            return Response::error(500, &format!("cannot serve port {port}: {e}"));
+        }
         let target_text = mapping.target.to_string();
         let written = self.rewrite_mapper_file(|text| {
             config::set_mapping(text, port, &target_text, &mapping.tag)
         });
         if let Err(e) = written {
+            if created {
+                self.unpublish(core, port);
+            }
             return Response::error(500, &e);
         }
-        match sock {
-            Some(sock) => {
-                if let Err(e) = self.publish(core, &mapping, sock) {
-                    return Response::error(500, &format!("cannot serve port {port}: {e}"));
-                }
-            }
-            None => self.retarget(&mapping),
+        if !created {
+            self.retarget(&mapping);
         }
         info!(
             "admin API: public port {port} -> {} (tag {})",
@@ -288,16 +295,16 @@ impl ServerRole {
             let Endpoint::Relay(r) = &entry.ep else {
                 continue;
             };
-            let Some(client) = core.generation_of(r.tunnel) else {
+            let (Some(client), Some(info)) = (core.generation_of(r.tunnel), &r.info) else {
                 continue;
             };
             streams.push(json!({
                 "id": r.id,
                 "client": client,
                 "port": r.port,
-                "visitor": r.peer.map(|p| p.to_string()),
-                "target": r.target.as_deref(),
-                "opened_at": time::rfc3339(r.opened_at),
+                "visitor": info.visitor.to_string(),
+                "target": &*info.target,
+                "opened_at": time::rfc3339(info.opened_at),
                 "bytes_in": r.bytes_read,
                 "bytes_out": r.bytes_written,
             }));
@@ -336,7 +343,12 @@ impl ServerRole {
             Kind::Gauge,
             "Client tunnels attached, by tag.",
         );
-        for tag in &self.counters.tags {
+        // The tags of the mappings and of the attached tunnels: a tag a client made up and
+        // took away again leaves no series behind.
+        let tags: std::collections::BTreeSet<&str> = (self.ports.values().map(|p| p.tag.as_str()))
+            .chain(self.pools.keys().map(String::as_str))
+            .collect();
+        for tag in tags {
             let n = self.pools.get(tag).map_or(0, |p| p.tunnels.len());
             out.sample("tcpforward_tunnels", &[("tag", tag)], n as u64);
         }

@@ -21,7 +21,7 @@ use crate::net::http::{Request, Response};
 use crate::net::reactor::{
     ClosedTunnel, Core, Endpoint, Listener, Purpose, Reactor, RelaySpec, Role, TimerTarget,
 };
-use crate::net::relay::RelayState;
+use crate::net::relay::{RelayState, StreamInfo};
 use crate::net::sys;
 use crate::net::tls::TlsStream;
 use crate::net::transport::Transport;
@@ -165,6 +165,15 @@ pub fn run(cfg: ServerConfig, log_args: LogArgs) -> io::Result<()> {
     reactor.run()
 }
 
+/// Put a public port's bound listener in the loop; returns its key.
+fn listen(core: &mut Core, port: u16, sock: TcpListener) -> io::Result<usize> {
+    let (key, _) = core.insert(Endpoint::Listener(Listener {
+        sock,
+        purpose: Purpose::Public { port },
+    }))?;
+    Ok(key)
+}
+
 /// Listen on a public port.
 fn bind_public(bind_addr: IpAddr, port: u16) -> io::Result<TcpListener> {
     let addr = SocketAddr::new(bind_addr, port);
@@ -227,13 +236,16 @@ impl ServerRole {
 
     /// Start serving mapping `m` on its bound listener.
     fn publish(&mut self, core: &mut Core, m: &Mapping, sock: TcpListener) -> io::Result<()> {
+        let listener = listen(core, m.public_port, sock)?;
+        self.adopt(m, listener);
+        Ok(())
+    }
+
+    /// Serve mapping `m` on `listener`, a listener of its port already in the loop.
+    fn adopt(&mut self, m: &Mapping, listener: usize) {
         let port = m.public_port;
-        let (listener, _) = core.insert(Endpoint::Listener(Listener {
-            sock,
-            purpose: Purpose::Public { port },
-        }))?;
         info!("public port {port} -> {} (tag {})", m.target, m.tag);
-        self.counters.mapped(port, &m.tag);
+        self.counters.mapped(port);
         self.ports.insert(
             port,
             Published {
@@ -243,7 +255,6 @@ impl ServerRole {
                 listener,
             },
         );
-        Ok(())
     }
 
     /// Stop serving a port: its listener closes, its open streams run on.
@@ -414,9 +425,11 @@ impl ServerRole {
             deadline: core.now + OPEN_TIMEOUT,
             pending: None,
             port,
-            peer: Some(peer),
-            target: Some(Arc::clone(&target)),
-            opened_at: SystemTime::now(),
+            info: Some(Box::new(StreamInfo {
+                visitor: peer,
+                target: Arc::clone(&target),
+                opened_at: SystemTime::now(),
+            })),
         };
         match core.new_relay(sock, spec) {
             Ok(key) => {
@@ -486,7 +499,6 @@ impl Role for ServerRole {
                 t.established_at = Some((SystemTime::now(), now));
                 let tag = t.session.tag().to_string();
                 self.counters.handshake("ok");
-                self.counters.tunnel_up(&tag);
                 self.pools.entry(tag).or_default().tunnels.push(tkey);
                 if self.admin_addr.is_some() {
                     self.rates.insert(tkey, RateHistory::default());
@@ -527,7 +539,7 @@ impl Role for ServerRole {
             return;
         }
         let tag = t.session.tag();
-        self.counters.tunnel_closed(tag, reason.label());
+        self.counters.tunnel_closed(reason.label());
         self.rates.remove(&key);
         info!(
             "tunnel detached: {} tag {tag}: {reason} ({} bytes in, {} bytes out)",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use log::{info, warn};
 use serde_json::{Value, json};
 
-use super::{ServerRole, bind_public, params_of};
+use super::{ServerRole, bind_public, listen, params_of};
 use crate::config::{self, Mapping, ServerTlsSetting};
 use crate::logging;
 use crate::net::reactor::Core;
@@ -22,11 +22,21 @@ impl ServerRole {
             warn!("{w}");
         }
         let diff = config::diff(&self.mappings(), &cfg.mappings);
-        // Bind first: a port that cannot be bound fails the reload before anything changed.
-        let mut bound = Vec::new();
+        // Listen first: a port that cannot be bound (or registered) fails the reload before
+        // anything changed; the listeners made so far close with the error.
+        let mut opened: Vec<(&Mapping, usize)> = Vec::new();
         for m in &diff.added {
-            let sock = bind_public(self.bind_addr, m.public_port).map_err(|e| e.to_string())?;
-            bound.push((m, sock));
+            let listener = bind_public(self.bind_addr, m.public_port)
+                .and_then(|sock| listen(core, m.public_port, sock));
+            match listener {
+                Ok(key) => opened.push((m, key)),
+                Err(e) => {
+                    for (_, key) in opened {
+                        core.remove(key);
+                    }
+                    return Err(e.to_string());
+                }
+            }
         }
 
         let mut restart = Vec::new();
@@ -53,10 +63,8 @@ impl ServerRole {
         for (_, m) in &diff.changed {
             self.retarget(m);
         }
-        for (m, sock) in bound {
-            if let Err(e) = self.publish(core, m, sock) {
-                warn!("reload: cannot serve public port {}: {e}", m.public_port);
-            }
+        for (m, key) in opened {
+            self.adopt(m, key);
         }
 
         let mut settings = Vec::new();
@@ -70,7 +78,9 @@ impl ServerRole {
         if params.heartbeat != self.params.heartbeat {
             settings.push("HEARTBEAT");
         }
-        if self.admin_addr.is_some() {
+        // A new token applies to the API that listens; when the address changed, the old
+        // one (which the running listener was checked with) stays until the restart.
+        if self.admin_addr.is_some() && !restart.contains(&"ADMIN_ADDR") {
             let token = cfg.admin.as_ref().and_then(|a| a.token.clone());
             if token.as_ref().map(|t| t.expose()) != self.admin_token.as_ref().map(|t| t.expose()) {
                 settings.push("ADMIN_TOKEN");
@@ -121,7 +131,6 @@ impl ServerRole {
             p.target = m.target.clone();
             p.target_text = m.target.to_string().into();
             p.tag = m.tag.clone();
-            self.counters.mapped(m.public_port, &m.tag);
             info!(
                 "public port {} -> {} (tag {})",
                 m.public_port, m.target, m.tag
