@@ -709,26 +709,7 @@ fn admin_connections_are_capped_and_cannot_stall_the_tunnel() {
     let (_echo, setup, port) = echo_mapping();
     let (server, admin) = start_with_admin(&dir, &setup, None);
     let _client = attach_client(&server, setup.inner_port, &ClientOpts::default());
-    // 64 connections hold half a request each; the data path does not notice.
-    let mut stalled: Vec<TcpStream> = (0..64)
-        .map(|_| {
-            let mut s = TcpStream::connect(admin.addr).unwrap();
-            s.write_all(b"GET /api/clients HTTP/1.1\r\nHost: x\r\n")
-                .unwrap();
-            s
-        })
-        .collect();
-    assert_echo(port, "with 64 stalled admin connections");
-    // The 65th is closed at once.
-    let mut extra = with_timeouts(TcpStream::connect(admin.addr).unwrap());
-    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\n\r\n");
-    let mut buf = [0u8; 64];
-    assert!(
-        matches!(extra.read(&mut buf), Ok(0) | Err(_)),
-        "the 65th was served"
-    );
-    // A request larger than 64 KiB is refused with 413 and the connection closed.
-    drop(stalled.pop());
+    // A request larger than 64 KiB is refused with 413, read before the connection closes.
     let mut big = with_timeouts(TcpStream::connect(admin.addr).unwrap());
     let body = "x".repeat(70 * 1024);
     let head = format!(
@@ -739,11 +720,138 @@ fn admin_connections_are_capped_and_cannot_stall_the_tunnel() {
     let _ = big.write_all(body.as_bytes());
     let r = common::admin::read_reply(&mut big).unwrap();
     assert_eq!(r.status, 413);
+    assert_closed(&mut big, READY, "after a 413");
+    // 64 connections hold half a request each; the data path does not notice.
+    let mut stalled: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = TcpStream::connect(admin.addr).unwrap();
+            s.write_all(b"GET /api/clients HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    assert_echo(port, "with 64 stalled admin connections");
+    // The 65th is closed at once: end of stream or a reset, not silence.
+    let mut extra = TcpStream::connect(admin.addr).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\n\r\n");
+    let mut buf = [0u8; 64];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the 65th connection was not closed: {other:?}"),
+    }
     // Idle connections are closed after 10 s; then the API serves again.
     for s in &mut stalled {
         assert_closed(s, Duration::from_secs(15), "an idle admin connection");
     }
     assert_eq!(admin.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_flood_of_pipelined_requests_does_not_stall_the_tunnel() {
+    let dir = TempDir::new("admin-flood");
+    let (_echo, setup, port) = echo_mapping();
+    let (server, admin) = start_with_admin(&dir, &setup, None);
+    let _client = attach_client(&server, setup.inner_port, &ClientOpts::default());
+    let mut held = visit(port);
+    echo_on(&mut held, b"warm").unwrap();
+    // One connection pipelines requests as fast as it can for 3 s; another thread reads.
+    let flood = TcpStream::connect(admin.addr).unwrap();
+    flood.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = flood.try_clone().unwrap();
+    let end = Instant::now() + Duration::from_secs(3);
+    let writer = thread::spawn(move || {
+        let mut flood = flood;
+        let batch = "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(200);
+        while Instant::now() < end {
+            if flood.write_all(batch.as_bytes()).is_err() {
+                break;
+            }
+        }
+        let _ = flood.shutdown(std::net::Shutdown::Write);
+    });
+    let answers = thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        let limit = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < limit {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+        }
+        total
+    });
+    // Meanwhile the tunnel keeps answering promptly.
+    let mut slowest = Duration::ZERO;
+    let mut rounds = 0;
+    while Instant::now() < end {
+        let t = Instant::now();
+        echo_on(&mut held, b"ping").unwrap();
+        slowest = slowest.max(t.elapsed());
+        rounds += 1;
+    }
+    writer.join().unwrap();
+    let answered = answers.join().unwrap();
+    assert!(
+        answered > 100_000,
+        "the flood got {answered} bytes of answers"
+    );
+    assert!(rounds > 50, "{rounds} round trips in 3 s");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a round trip took {slowest:?} during the flood"
+    );
+}
+
+#[test]
+fn browsers_cannot_be_used_against_the_api() {
+    let dir = TempDir::new("admin-origin");
+    let (_echo, setup, _port) = echo_mapping();
+    let (_server, admin) = start_with_admin(&dir, &setup, None);
+    let raw = |req: &str| {
+        let mut s = with_timeouts(TcpStream::connect(admin.addr).unwrap());
+        s.write_all(req.as_bytes()).unwrap();
+        common::admin::read_reply(&mut s).unwrap()
+    };
+    // A name rebound to 127.0.0.1: refused without a token.
+    let r = raw("GET /api/mappings HTTP/1.1\r\nHost: evil.example:8080\r\n\r\n");
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = raw("GET /api/mappings HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    // A cross-site post: refused; the page's own origin: served.
+    let host = admin.addr.to_string();
+    let r = raw(&format!(
+        "POST /api/reload HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\n\r\n"
+    ));
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = raw(&format!(
+        "POST /api/reload HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\r\n"
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn a_visitor_beyond_the_stream_limit_is_counted_as_refused() {
+    let dir = TempDir::new("admin-refused");
+    let (_echo, mut setup, port) = echo_mapping();
+    setup.extra.push("MAX_STREAMS=1".to_string());
+    let (server, admin) = start_with_admin(&dir, &setup, None);
+    let _client = attach_client(&server, setup.inner_port, &ClientOpts::default());
+    let mut held = visit(port);
+    echo_on(&mut held, b"the one stream").unwrap();
+    assert_visit_closed(port, READY, "a visitor beyond MAX_STREAMS");
+    let series = format!(r#"tcpforward_visitors_total{{port="{port}",result="refused"}}"#);
+    let text = admin.get("/metrics").text();
+    assert_eq!(metric(&text, &series), Some(1.0), "{text}");
+    promtool_check(&text);
 }
 
 #[test]
