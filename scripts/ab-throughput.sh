@@ -3,6 +3,7 @@
 # so that drifting machine load hits both alike; direct loopback runs first in every round.
 #
 #   scripts/ab-throughput.sh BIN_A BIN_B [ROUNDS] [-- iperf3 client args, e.g. -R or -P 8]
+#   TLS=off scripts/ab-throughput.sh ...    the plain tunnel (default: TLS, the roles' default)
 #
 # Prints one line per run: round, what, Gbit/s (receiver side).
 set -euo pipefail
@@ -35,10 +36,10 @@ gbps() { # port [iperf3 args] -> receiver Gbit/s of a 3 s run
 run_tunnel() { # bin -> Gbit/s through a fresh server+client pair
     local bin=$1 inner pub sp cp out
     inner=$(port) pub=$(port)
-    printf '[DEFAULT]\nINNER_PORT=%s\nBIND_ADDR=127.0.0.1\nLOG_LEVEL=WARN\n' "$inner" >"$TMP/s.cfg"
+    printf '[DEFAULT]\nINNER_PORT=%s\nBIND_ADDR=127.0.0.1\nLOG_LEVEL=WARN\nTLS=%s\n' "$inner" "${TLS:-on}" >"$TMP/s.cfg"
     printf '[MAPPER]\n%s=127.0.0.1:%s\n' "$pub" "$target" >"$TMP/port_mapper.cfg"
     "$bin" server "$TMP/s.cfg" 2>"$TMP/server.log" & sp=$!
-    "$bin" client 127.0.0.1 "$inner" 2>"$TMP/client.log" & cp=$!
+    "$bin" client 127.0.0.1 "$inner" --tls "${TLS:-on}" 2>"$TMP/client.log" & cp=$!
     for _ in $(seq 50); do grep -q "no TOKEN" "$TMP/server.log" 2>/dev/null && break; sleep 0.1; done
     sleep 0.5
     out=$(gbps "$pub" "${IPERF_ARGS[@]}")
