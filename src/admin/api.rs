@@ -1,10 +1,33 @@
 //! The pieces every role's API shares: the token check, paths, bodies and the answers that
 //! do not depend on the role (health, the dashboard).
 
+use std::time::SystemTime;
+
 use serde_json::Value;
 
+use super::process;
+use super::prom::{self, Exposition, Kind};
 use crate::config::Secret;
 use crate::net::http::{Request, Response};
+
+/// A role's `/metrics`: `tcpforward_build_info`, what `body` writes, then the process
+/// metrics of a process started at `started`.
+pub fn metrics(started: SystemTime, body: impl FnOnce(&mut Exposition)) -> Response {
+    let mut out = Exposition::new();
+    out.family(
+        "tcpforward_build_info",
+        Kind::Gauge,
+        "Build of this tcp-forward.",
+    );
+    out.sample(
+        "tcpforward_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    body(&mut out);
+    process::write_process_metrics(&mut out, started);
+    Response::new(200, prom::CONTENT_TYPE, out.finish().into_bytes())
+}
 
 /// `/healthz` and the dashboard page (the server's, `dashboard`) carry no data: they are
 /// served without the token (the page asks for it and sends it with each of its requests).

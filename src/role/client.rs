@@ -11,9 +11,9 @@ use mio::net::{TcpListener, TcpStream};
 use serde_json::json;
 
 use crate::admin::api::{self, segments};
-use crate::admin::prom::{self, Exposition, Kind};
+use crate::admin::prom::Kind;
 use crate::admin::stats::Live;
-use crate::admin::{process, time};
+use crate::admin::time;
 
 use crate::buffer::Buf;
 use crate::config::{ClientConfig, Host, Target};
@@ -524,9 +524,7 @@ impl Role for ClientRole {
         let get = matches!(req.method, "GET" | "HEAD");
         match segments(req.path).as_slice() {
             ["api", "status"] if get => Response::json(200, &self.status(core)),
-            ["metrics"] if get => {
-                Response::new(200, prom::CONTENT_TYPE, self.metrics(core).into_bytes())
-            }
+            ["metrics"] if get => self.metrics(core),
             ["api", "status"] | ["metrics"] => Response::method_not_allowed("GET, HEAD"),
             _ => Response::not_found(),
         }
@@ -602,7 +600,7 @@ impl ClientRole {
         })
     }
 
-    fn metrics(&self, core: &Core) -> String {
+    fn metrics(&self, core: &Core) -> Response {
         let live = Live::of(core);
         let traffic = live.all(core);
         let up = self
@@ -612,60 +610,49 @@ impl ClientRole {
                 _ => None,
             })
             .unwrap_or(false);
-        let mut out = Exposition::new();
-        out.family(
-            "tcpforward_build_info",
-            Kind::Gauge,
-            "Build of this tcp-forward.",
-        );
-        out.sample(
-            "tcpforward_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1,
-        );
-        out.family(
-            "tcpforward_tunnel_up",
-            Kind::Gauge,
-            "1 while the tunnel to the server is established.",
-        );
-        out.sample("tcpforward_tunnel_up", &[], u64::from(up));
-        out.family(
-            "tcpforward_reconnects_total",
-            Kind::Counter,
-            "Tunnels established after the first.",
-        );
-        out.sample(
-            "tcpforward_reconnects_total",
-            &[],
-            self.counters.tunnels.saturating_sub(1),
-        );
-        out.family("tcpforward_streams", Kind::Gauge, "Streams open.");
-        out.sample("tcpforward_streams", &[], live.total.streams as u64);
-        out.family(
-            "tcpforward_stream_bytes_total",
-            Kind::Counter,
-            "Stream bytes: in from the server toward targets, out the way back.",
-        );
-        for (direction, n) in [("in", traffic.bytes.written), ("out", traffic.bytes.read)] {
-            out.sample(
-                "tcpforward_stream_bytes_total",
-                &[("direction", direction)],
-                n,
+        api::metrics(self.started, |out| {
+            out.family(
+                "tcpforward_tunnel_up",
+                Kind::Gauge,
+                "1 while the tunnel to the server is established.",
             );
-        }
-        out.family(
-            "tcpforward_target_connects_total",
-            Kind::Counter,
-            "Connects to inner targets, by result.",
-        );
-        for (result, n) in [
-            ("ok", self.counters.connects_ok),
-            ("failed", self.counters.connects_failed),
-        ] {
-            out.sample("tcpforward_target_connects_total", &[("result", result)], n);
-        }
-        process::write_process_metrics(&mut out, self.started);
-        out.finish()
+            out.sample("tcpforward_tunnel_up", &[], u64::from(up));
+            out.family(
+                "tcpforward_reconnects_total",
+                Kind::Counter,
+                "Tunnels established after the first.",
+            );
+            out.sample(
+                "tcpforward_reconnects_total",
+                &[],
+                self.counters.tunnels.saturating_sub(1),
+            );
+            out.family("tcpforward_streams", Kind::Gauge, "Streams open.");
+            out.sample("tcpforward_streams", &[], live.total.streams as u64);
+            out.family(
+                "tcpforward_stream_bytes_total",
+                Kind::Counter,
+                "Stream bytes: in from the server toward targets, out the way back.",
+            );
+            for (direction, n) in [("in", traffic.bytes.written), ("out", traffic.bytes.read)] {
+                out.sample(
+                    "tcpforward_stream_bytes_total",
+                    &[("direction", direction)],
+                    n,
+                );
+            }
+            out.family(
+                "tcpforward_target_connects_total",
+                Kind::Counter,
+                "Connects to inner targets, by result.",
+            );
+            for (result, n) in [
+                ("ok", self.counters.connects_ok),
+                ("failed", self.counters.connects_failed),
+            ] {
+                out.sample("tcpforward_target_connects_total", &[("result", result)], n);
+            }
+        })
     }
 }
 

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 
 use super::{Published, ServerRole, bind_public};
 use crate::admin::api::{self, json_object, number, segments};
-use crate::admin::prom::{self, Exposition, Kind};
+use crate::admin::prom::{Exposition, Kind};
 use crate::admin::stats::{HANDSHAKE_RESULTS, Live, Visit};
-use crate::admin::{process, time};
+use crate::admin::time;
 use crate::config::{self, DEFAULT_TAG, Mapping, Target, check_tag};
 use crate::net::endpoint::Endpoint;
 use crate::net::http::{Request, Response};
@@ -48,9 +48,7 @@ impl ServerRole {
                     Response::error(400, &e)
                 }
             },
-            (_, ["metrics"]) if get => {
-                Response::new(200, prom::CONTENT_TYPE, self.metrics(core).into_bytes())
-            }
+            (_, ["metrics"]) if get => self.metrics(core),
             (_, ["api", "status" | "mappings" | "clients" | "streams"] | ["metrics"]) => {
                 Response::method_not_allowed("GET, HEAD")
             }
@@ -324,20 +322,12 @@ impl ServerRole {
         }
     }
 
-    fn metrics(&self, core: &Core) -> String {
+    fn metrics(&self, core: &Core) -> Response {
         let live = Live::of(core);
-        let mut out = Exposition::new();
-        out.family(
-            "tcpforward_build_info",
-            Kind::Gauge,
-            "Build of this tcp-forward.",
-        );
-        out.sample(
-            "tcpforward_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1,
-        );
+        api::metrics(self.started, |out| self.metrics_body(core, &live, out))
+    }
 
+    fn metrics_body(&self, core: &Core, live: &Live, out: &mut Exposition) {
         out.family(
             "tcpforward_tunnels",
             Kind::Gauge,
@@ -419,7 +409,5 @@ impl ServerRole {
                 n.unwrap_or(0),
             );
         }
-        process::write_process_metrics(&mut out, self.started);
-        out.finish()
     }
 }
