@@ -36,6 +36,7 @@ use slab::Slab;
 use crate::buffer::Buf;
 pub use crate::net::endpoint::{Dial, Endpoint, Entry, Listener, PendingOpen, Purpose};
 use crate::net::http::{Request, Response};
+pub use crate::net::relay::ByteCount;
 use crate::net::relay::{Relay, RelayState, StreamInfo};
 use crate::net::resolve::{Resolver, Ticket};
 use crate::net::splice::PipePool;
@@ -107,20 +108,6 @@ pub struct RelaySpec {
     /// Server: the public port, and what the admin API lists (see [`Relay`]).
     pub port: u16,
     pub info: Option<Box<StreamInfo>>,
-}
-
-/// Bytes a stream moved: read from its socket (toward the tunnel) and written to it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ByteCount {
-    pub read: u64,
-    pub written: u64,
-}
-
-impl ByteCount {
-    pub fn add(&mut self, other: ByteCount) {
-        self.read += other.read;
-        self.written += other.written;
-    }
 }
 
 /// A relay and its tunnel, both borrowed from the slab.

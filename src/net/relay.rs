@@ -11,6 +11,20 @@ use mio::net::TcpStream;
 use crate::buffer::Buf;
 use crate::net::splice::Pipe;
 
+/// Bytes a stream moved: read from its socket (toward the tunnel) and written to it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ByteCount {
+    pub read: u64,
+    pub written: u64,
+}
+
+impl ByteCount {
+    pub fn add(&mut self, other: ByteCount) {
+        self.read += other.read;
+        self.written += other.written;
+    }
+}
+
 /// The socket's state. (How far the stream has opened is the engine's business: a
 /// visitor's socket is open while its stream still waits for OPEN_OK.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

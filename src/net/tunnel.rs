@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use crate::buffer::Buf;
-use crate::net::reactor::ByteCount;
+use crate::net::relay::ByteCount;
 use crate::net::splice::Pipe;
 use crate::net::transport::Transport;
 use crate::protocol::frame::{LONG_HEADER_LEN, MAX_FRAME};
