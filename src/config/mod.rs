@@ -15,7 +15,7 @@
 //!   their meaning.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use log::LevelFilter;
@@ -87,8 +87,9 @@ pub struct ServerConfig {
     pub mapper_file: PathBuf,
     /// The port clients dial.
     pub inner_port: u16,
-    /// Address of the client listener and of the public ports (default `0.0.0.0`).
-    pub bind_addr: IpAddr,
+    /// `BIND_ADDR`: the address of the client listener and of the public ports. Unset:
+    /// `::` for IPv6 and IPv4 alike (or `0.0.0.0` on a host without IPv6).
+    pub bind_addr: Option<IpAddr>,
     /// `LOG_LEVEL`, if set; command-line flags may override it.
     pub log_level: Option<LevelFilter>,
     /// `TOKEN`: when set, clients must prove they know it.
@@ -429,7 +430,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         cfg_file: path.to_path_buf(),
         mapper_file,
         inner_port,
-        bind_addr: bind_addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        bind_addr,
         log_level,
         token,
         max_streams: max_streams.unwrap_or(DEFAULT_MAX_STREAMS),

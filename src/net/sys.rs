@@ -48,6 +48,66 @@ pub fn tune_allocator() {
     }
 }
 
+/// Listen on `[::]:port` for IPv6 and IPv4 alike (`IPV6_V6ONLY` off, whatever the system's
+/// default), as `TcpListener::bind` does otherwise: non-blocking, close-on-exec,
+/// `SO_REUSEADDR`, a backlog of 1024.
+pub fn listen_dual_stack(port: u16) -> io::Result<mio::net::TcpListener> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain socket calls on a descriptor this function owns; results are checked.
+    let fd = unsafe {
+        let raw = libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        OwnedFd::from_raw_fd(raw)
+    };
+    setsockopt(
+        &fd,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_V6ONLY,
+        &(0 as libc::c_int),
+    )?;
+    setsockopt(
+        &fd,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        &(1 as libc::c_int),
+    )?;
+    // SAFETY: a zeroed sockaddr_in6 is the unspecified address; the sizes match.
+    let rc = unsafe {
+        let mut sin6: libc::sockaddr_in6 = std::mem::zeroed();
+        sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sin6.sin6_port = port.to_be();
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sin6 as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a bound socket this function owns.
+    if unsafe { libc::listen(fd.as_raw_fd(), 1024) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(mio::net::TcpListener::from_std(
+        std::net::TcpListener::from(fd),
+    ))
+}
+
+/// The host cannot open an IPv6 socket on `::` (no IPv6, or it is disabled).
+pub fn is_no_ipv6(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL | libc::EPROTONOSUPPORT)
+    )
+}
+
 /// Set TCP_NODELAY on a listening socket. On Linux the sockets it accepts inherit the
 /// option, which saves a system call per accepted connection.
 pub fn set_listener_nodelay(sock: &impl AsRawFd) -> io::Result<()> {

@@ -11,7 +11,7 @@ fn server_defaults() {
     assert_eq!(cfg.cfg_file, path);
     assert_eq!(cfg.mapper_file, s.0.join("port_mapper.cfg"));
     assert_eq!(cfg.inner_port, 1111);
-    assert_eq!(cfg.bind_addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    assert_eq!(cfg.bind_addr, None);
     assert_eq!(cfg.log_level, None);
     assert!(cfg.token.is_none());
     assert_eq!(cfg.max_streams, 4096);
@@ -37,7 +37,7 @@ fn server_all_keys_case_insensitive_and_comments() {
     assert_eq!(cfg.inner_port, 1111);
     assert_eq!(cfg.log_level, Some(LevelFilter::Debug));
     assert_eq!(cfg.token.as_ref().unwrap().expose(), b"a#b;c");
-    assert_eq!(cfg.bind_addr, "::".parse::<IpAddr>().unwrap());
+    assert_eq!(cfg.bind_addr, Some("::".parse::<IpAddr>().unwrap()));
     assert_eq!(cfg.max_streams, 1_000_000);
     assert_eq!(cfg.heartbeat, std::time::Duration::from_millis(2500));
     let got: Vec<(u16, String, &str)> = cfg

@@ -151,7 +151,7 @@ impl ServerRole {
         }
         let created = existing.is_none();
         let sock = if created {
-            match bind_public(self.bind_addr, port) {
+            match bind_public(self.bind, port) {
                 Ok(s) => Some(s),
                 Err(e) => return Response::error(409, &e.to_string()),
             }

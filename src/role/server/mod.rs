@@ -70,7 +70,9 @@ pub struct ServerRole {
     cfg_file: PathBuf,
     mapper_file: PathBuf,
     inner_port: u16,
-    bind_addr: IpAddr,
+    /// `BIND_ADDR` as configured (reload compares it), and where the ports listen.
+    bind_addr: Option<IpAddr>,
+    bind: Bind,
     admin_addr: Option<SocketAddr>,
     admin_token: Option<Secret>,
     /// The log flags of the command line, which win over LOG_LEVEL.
@@ -124,20 +126,34 @@ pub fn run(cfg: ServerConfig, log_args: LogArgs) -> io::Result<()> {
     let mut role = ServerRole::new(&cfg, log_args);
     role.tls = tls.map(|t| t.config);
     let mut reactor = Reactor::new(role)?;
-    let addr = SocketAddr::new(cfg.bind_addr, cfg.inner_port);
-    let sock = TcpListener::bind(addr).map_err(|e| {
+    // Without BIND_ADDR, one socket per port serves IPv6 and IPv4; a host without IPv6
+    // gets IPv4 only. The first listener decides for all.
+    let mut bind = match cfg.bind_addr {
+        Some(ip) => Bind::Ip(ip),
+        None => Bind::DualStack,
+    };
+    let sock = match bind.listen(cfg.inner_port) {
+        Err(e) if bind == Bind::DualStack && sys::is_no_ipv6(&e) => {
+            info!("no IPv6 on this host ({e}): listening on IPv4 only");
+            bind = Bind::Ip(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            bind.listen(cfg.inner_port)
+        }
+        other => other,
+    };
+    let sock = sock.map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot listen for clients on port {}: {e}", addr.port()),
+            format!("cannot listen for clients on port {}: {e}", cfg.inner_port),
         )
     })?;
     reactor.core.insert(Endpoint::Listener(Listener {
         sock,
         purpose: Purpose::Tunnels,
     }))?;
-    info!("listening for clients on {addr}");
+    info!("listening for clients on {}", bind.describe(cfg.inner_port));
+    reactor.role.bind = bind;
     for m in &cfg.mappings {
-        let sock = bind_public(cfg.bind_addr, m.public_port)?;
+        let sock = bind_public(bind, m.public_port)?;
         reactor.role.publish(&mut reactor.core, m, sock)?;
     }
     if let Some(admin) = &cfg.admin {
@@ -174,10 +190,33 @@ fn listen(core: &mut Core, port: u16, sock: TcpListener) -> io::Result<usize> {
     Ok(key)
 }
 
+/// Where the server's ports listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bind {
+    /// `BIND_ADDR` unset: `::` with IPv6-only off, for both families.
+    DualStack,
+    Ip(IpAddr),
+}
+
+impl Bind {
+    fn listen(self, port: u16) -> io::Result<TcpListener> {
+        match self {
+            Bind::DualStack => sys::listen_dual_stack(port),
+            Bind::Ip(ip) => TcpListener::bind(SocketAddr::new(ip, port)),
+        }
+    }
+
+    fn describe(self, port: u16) -> String {
+        match self {
+            Bind::DualStack => format!("[::]:{port} (IPv6 and IPv4)"),
+            Bind::Ip(ip) => SocketAddr::new(ip, port).to_string(),
+        }
+    }
+}
+
 /// Listen on a public port.
-fn bind_public(bind_addr: IpAddr, port: u16) -> io::Result<TcpListener> {
-    let addr = SocketAddr::new(bind_addr, port);
-    let sock = TcpListener::bind(addr).map_err(|e| {
+fn bind_public(bind: Bind, port: u16) -> io::Result<TcpListener> {
+    let sock = bind.listen(port).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot listen on public port {port}: {e}"),
@@ -219,7 +258,8 @@ impl ServerRole {
             cfg_file: PathBuf::new(),
             mapper_file: PathBuf::new(),
             inner_port: 0,
-            bind_addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            bind_addr: None,
+            bind: Bind::DualStack,
             admin_addr: None,
             admin_token: None,
             log_args: LogArgs::default(),
@@ -463,7 +503,13 @@ impl ServerRole {
                 return;
             };
             let tunnels = matches!(l.purpose, Purpose::Tunnels);
-            match l.sock.accept() {
+            // A dual-stack listener gives IPv4 peers as IPv4-mapped IPv6 addresses: they are
+            // logged, listed and matched as the IPv4 addresses they are.
+            let accepted = l
+                .sock
+                .accept()
+                .map(|(sock, peer)| (sock, SocketAddr::new(peer.ip().to_canonical(), peer.port())));
+            match accepted {
                 Ok((sock, peer)) if tunnels => self.new_tunnel(core, sock, peer),
                 Ok((sock, peer)) => self.visitor(core, lkey, sock, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -26,7 +26,7 @@ impl ServerRole {
         // anything changed; the listeners made so far close with the error.
         let mut opened: Vec<(&Mapping, usize)> = Vec::new();
         for m in &diff.added {
-            let listener = bind_public(self.bind_addr, m.public_port)
+            let listener = bind_public(self.bind, m.public_port)
                 .and_then(|sock| listen(core, m.public_port, sock));
             match listener {
                 Ok(key) => opened.push((m, key)),
