@@ -490,4 +490,6 @@ impl<H: Copy> Session<H> {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
