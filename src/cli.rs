@@ -77,6 +77,9 @@ pub struct ClientArgs {
     /// off loopback it needs TCP_FORWARD_ADMIN_TOKEN or ADMIN_TOKEN
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+    /// Seconds allowed to connect an inner target (1 to 86400) [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub connect_timeout: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -123,6 +126,7 @@ impl ClientArgs {
             server_name: self.server_name.clone(),
             fingerprint: self.fingerprint.clone(),
             admin: self.admin.clone(),
+            connect_timeout: self.connect_timeout.clone(),
             admin_token: std::env::var("TCP_FORWARD_ADMIN_TOKEN").ok(),
         }
     }

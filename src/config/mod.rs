@@ -44,6 +44,12 @@ pub const DEFAULT_MAX_STREAMS: usize = 4096;
 pub const MAX_MAX_STREAMS: usize = 1_000_000;
 /// Ping interval when `HEARTBEAT` is not set; a tunnel silent for three intervals is dead.
 pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+/// `FIN_TIMEOUT` when not set.
+pub const DEFAULT_FIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// `CONNECT_TIMEOUT` when not set.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest timeout in seconds (a day).
+const MAX_TIMEOUT_SECS: u64 = 86_400;
 /// Mapping file used when `OUTER_PORTS_FILE` is not set, next to the server's config file.
 pub const DEFAULT_MAPPER_FILE: &str = "port_mapper.cfg";
 /// Longest host name accepted in a target or as `server_ip`.
@@ -102,6 +108,10 @@ pub struct ServerConfig {
     pub tls: ServerTlsSetting,
     /// `ADMIN_ADDR` and `ADMIN_TOKEN`: the admin HTTP API, if asked for.
     pub admin: Option<AdminSettings>,
+    /// `IDLE_TIMEOUT` (default none) and `FIN_TIMEOUT` (default 60 s): how long a stream may
+    /// move no byte at all, and once one side has finished.
+    pub idle_timeout: Option<std::time::Duration>,
+    pub fin_timeout: Option<std::time::Duration>,
     /// The mappings, sorted by public port (each port once).
     pub mappings: Vec<Mapping>,
     /// Problems that did not stop the load (ignored keys, nothing mapped): log them.
@@ -146,6 +156,8 @@ pub struct ClientInput {
     pub fingerprint: Option<String>,
     /// `--admin ADDR`.
     pub admin: Option<String>,
+    /// `--connect-timeout SECONDS`.
+    pub connect_timeout: Option<String>,
     /// From `TCP_FORWARD_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
 }
@@ -163,6 +175,8 @@ pub struct ClientConfig {
     pub tls: Option<ClientTls>,
     /// `--admin` or `ADMIN_ADDR`, with `ADMIN_TOKEN`.
     pub admin: Option<AdminSettings>,
+    /// `CONNECT_TIMEOUT` or `--connect-timeout` (default 10 s): for connects to targets.
+    pub connect_timeout: std::time::Duration,
     pub warnings: Vec<String>,
 }
 
@@ -277,6 +291,8 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
     let mut tls_key = None;
     let mut admin_addr = None;
     let mut admin_token = None;
+    let mut idle_timeout = None;
+    let mut fin_timeout = Some(DEFAULT_FIN_TIMEOUT);
     let dir = path.parent().unwrap_or(Path::new(""));
     for e in doc.default_entries()? {
         match e.key.as_str() {
@@ -344,6 +360,12 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
                 admin_addr = Some((admin_addr_value(&e.value).map_err(|m| doc.err(e, m))?, e))
             }
             "ADMIN_TOKEN" => admin_token = Some((token_value(&doc, e)?, e)),
+            "IDLE_TIMEOUT" => {
+                idle_timeout = timeout_secs(&e.value, true).map_err(|m| doc.err(e, m))?
+            }
+            "FIN_TIMEOUT" => {
+                fin_timeout = timeout_secs(&e.value, true).map_err(|m| doc.err(e, m))?
+            }
             k if k == "BANDWIDTH"
                 || k == "USER_FILE"
                 || k.starts_with("REST")
@@ -437,9 +459,25 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         heartbeat: heartbeat.unwrap_or(DEFAULT_HEARTBEAT),
         tls,
         admin,
+        idle_timeout,
+        fin_timeout,
         mappings,
         warnings,
     })
+}
+
+/// A timeout in whole seconds, 1 to a day; with `zero_is_none`, 0 means none.
+fn timeout_secs(s: &str, zero_is_none: bool) -> Result<Option<std::time::Duration>, String> {
+    let range = if zero_is_none { "0 (none)" } else { "1" };
+    match parse_number(s.trim()) {
+        Some(0) if zero_is_none => Ok(None),
+        Some(n) if (1..=MAX_TIMEOUT_SECS).contains(&n) => {
+            Ok(Some(std::time::Duration::from_secs(n)))
+        }
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from {range} to {MAX_TIMEOUT_SECS}"
+        )),
+    }
 }
 
 /// `ADMIN_ADDR`: an IP address and a port, `127.0.0.1:8080` or `[::1]:8080`.
@@ -473,6 +511,7 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
     let mut tls_file = TlsInput::default();
     let mut admin_file = None;
     let mut admin_token_file = None;
+    let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
     let (server_host, server_port) = if let Some(path) = &args.config {
         if args.server_ip.is_some() || args.server_port.is_some() {
             return Err(ConfigError::cli(
@@ -520,6 +559,11 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
                     admin_file = Some(admin_addr_value(&e.value).map_err(|m| doc.err(e, m))?);
                 }
                 "ADMIN_TOKEN" => admin_token_file = Some(token_value(&doc, e)?),
+                "CONNECT_TIMEOUT" => {
+                    connect_timeout = timeout_secs(&e.value, false)
+                        .map_err(|m| doc.err(e, m))?
+                        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+                }
                 _ => warnings.push(doc.note(e.line, Some(e), "unknown key, ignored")),
             }
         }
@@ -575,6 +619,11 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
     }
     let tls = client_tls(args, tls_file, &server_host, args.config.as_deref())?;
     let admin = client_admin(args, admin_file, admin_token_file)?;
+    if let Some(v) = &args.connect_timeout {
+        connect_timeout = timeout_secs(v, false)
+            .map_err(|m| ConfigError::cli("--connect-timeout", m))?
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    }
     Ok(ClientConfig {
         server_host,
         server_port,
@@ -583,6 +632,7 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
         log_level,
         tls,
         admin,
+        connect_timeout,
         warnings,
     })
 }

@@ -85,6 +85,7 @@ impl Core {
                     }
                     t.out_pipe = Some(pipe);
                     r.bytes_read += n as u64;
+                    r.active = self.sweeps;
                     r.bulk = n == want;
                     t.mark_dirty(tkey, &mut self.dirty);
                     // A short splice does not mean the socket is drained: a pipe holds fewer
@@ -129,6 +130,7 @@ impl Core {
             Ok(n) => {
                 room.commit(n);
                 r.bytes_read += n as u64;
+                r.active = self.sweeps;
                 r.bulk = n == want;
                 t.mark_dirty(tkey, &mut self.dirty);
                 if n < want && !r.read_closed_hint {
@@ -246,6 +248,9 @@ impl Core {
             }
         };
         r.bytes_written += n as u64;
+        if n > 0 {
+            r.active = self.sweeps;
+        }
         // An emptied receive pipe goes back to the pool.
         if r.piped == 0
             && let Some(pipe) = r.pipe.take()

@@ -86,7 +86,25 @@ pub enum TimerTarget {
     /// The endpoint at this key, if it is still the one of this generation.
     Entry(usize, u64),
     Role(u64),
+    /// The once-a-second sweep for streams past their timeouts.
+    Sweep,
 }
+
+/// How long a stream may move no byte: at all (`idle`), or once one side has finished
+/// (`fin`: a target that never reads and never closes must not hold the visitor's
+/// sockets). A stream past either is reset on both sides.
+///
+/// Streams are not timed one by one: each relay notes the sweep count when a byte moves
+/// (one store where the bytes already pass), and a sweep once a second resets those whose
+/// count is too old. A stream goes between its timeout and one second after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamTimeouts {
+    pub idle: Option<Duration>,
+    pub fin: Option<Duration>,
+}
+
+/// The sweep's period.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A tunnel that ended, with why.
 pub struct ClosedTunnel {
@@ -159,6 +177,10 @@ pub struct Core {
     pub(crate) admin_conns: usize,
     /// An accept retry of the admin listener is scheduled.
     pub(crate) admin_accept_retry: bool,
+    /// Streams' timeouts, and the sweeps done so far (relays note it when bytes move).
+    stream_timeouts: StreamTimeouts,
+    pub(crate) sweeps: u32,
+    sweep_scheduled: bool,
     /// What the streams that ended moved, by public port (0 on the client). Live streams
     /// count in their relays; the admin API adds the two.
     pub retired: HashMap<u16, ByteCount>,
@@ -184,6 +206,9 @@ impl Core {
             fd_limit_logged: None,
             admin_conns: 0,
             admin_accept_retry: false,
+            stream_timeouts: StreamTimeouts::default(),
+            sweeps: 0,
+            sweep_scheduled: false,
             retired: HashMap::new(),
         })
     }
@@ -369,6 +394,7 @@ impl Core {
             queued: false,
             bytes_read: 0,
             bytes_written: 0,
+            active: self.sweeps,
             deadline: Some(spec.deadline),
             label: spec.label,
             candidates: spec.candidates,
@@ -378,6 +404,62 @@ impl Core {
         let (key, _) = self.insert(Endpoint::Relay(relay))?;
         self.schedule_entry(key, spec.deadline);
         Ok(key)
+    }
+
+    /// Set the streams' timeouts (at start-up, on reload); the sweep runs while one is set.
+    pub fn set_stream_timeouts(&mut self, timeouts: StreamTimeouts) {
+        self.stream_timeouts = timeouts;
+        let on = timeouts.idle.is_some() || timeouts.fin.is_some();
+        if on && !self.sweep_scheduled {
+            self.sweep_scheduled = true;
+            self.schedule(self.now + SWEEP_EVERY, TimerTarget::Sweep);
+        }
+    }
+
+    /// Reset the streams past their timeouts, then schedule the next sweep.
+    fn sweep_streams(&mut self) {
+        self.sweeps = self.sweeps.wrapping_add(1);
+        let StreamTimeouts { idle, fin } = self.stream_timeouts;
+        if idle.is_none() && fin.is_none() {
+            self.sweep_scheduled = false;
+            return;
+        }
+        // A count `n` sweeps old moved its last byte between n - 1 and n seconds ago: a
+        // stream is reset only once more than its timeout has certainly passed.
+        let past = |limit: Option<Duration>, quiet: u32| {
+            limit.is_some_and(|l| u64::from(quiet) > l.as_secs().max(1))
+        };
+        let mut expired = Vec::new();
+        for (key, entry) in self.slab.iter() {
+            let Endpoint::Relay(r) = &entry.ep else {
+                continue;
+            };
+            if r.state != RelayState::Open {
+                continue;
+            }
+            let quiet = self.sweeps.wrapping_sub(r.active);
+            let half_closed = match self.slab.get(r.tunnel).map(|e| &e.ep) {
+                Some(Endpoint::Tunnel(t)) => {
+                    !t.session.may_send(r.id) || t.session.recv_complete(r.id)
+                }
+                _ => false,
+            };
+            if half_closed && past(fin, quiet) {
+                expired.push((key, "FIN_TIMEOUT"));
+            } else if past(idle, quiet) {
+                expired.push((key, "IDLE_TIMEOUT"));
+            }
+        }
+        for (key, which) in expired {
+            if let Some(r) = self.relay_mut(key) {
+                info!(
+                    "stream {} ({}): no byte moved within {which}: reset",
+                    r.id, r.label
+                );
+            }
+            self.reset_stream(key, &format!("no byte moved within {which}"));
+        }
+        self.schedule(self.now + SWEEP_EVERY, TimerTarget::Sweep);
     }
 
     fn flush_dirty(&mut self) {
@@ -564,6 +646,7 @@ impl<R: Role> Reactor<R> {
                     }
                 }
                 TimerTarget::Role(token) => self.role.on_timer(&mut self.core, token),
+                TimerTarget::Sweep => self.core.sweep_streams(),
             }
             self.settle();
         }

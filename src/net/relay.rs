@@ -72,6 +72,9 @@ pub struct Relay {
     pub candidates: Vec<SocketAddr>,
     /// Server: the public port the visitor came in on (0 on the client).
     pub port: u16,
+    /// The stream sweep's count when a byte last moved either way (see
+    /// [`crate::net::reactor::StreamTimeouts`]).
+    pub active: u32,
     /// Server: what the admin API lists of the stream. Boxed, so that the relay stays as
     /// small as the data path wants it (the client has none).
     pub info: Option<Box<StreamInfo>>,

@@ -32,8 +32,8 @@ use crate::protocol::CloseReason;
 use crate::protocol::handshake::NONCE_LEN;
 use crate::protocol::session::{ClientParams, Event, STREAM_WINDOW, Session};
 
-/// Time allowed to resolve and connect an inner target, or to connect the server.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to connect the server (targets have `CONNECT_TIMEOUT`).
+const SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First reconnect delay; it doubles per failed attempt up to `BACKOFF_MAX`.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -145,7 +145,7 @@ impl ClientRole {
                     let dial = Dial {
                         sock,
                         peer,
-                        deadline: core.now + CONNECT_TIMEOUT,
+                        deadline: core.now + SERVER_CONNECT_TIMEOUT,
                     };
                     let deadline = dial.deadline;
                     match core.insert(Endpoint::Dial(dial)) {
@@ -278,7 +278,7 @@ impl ClientRole {
 
     /// The server opened stream `id` to `target`: resolve it or connect it.
     fn open(&mut self, core: &mut Core, tkey: usize, id: u32, target: &str) {
-        let deadline = core.now + CONNECT_TIMEOUT;
+        let deadline = core.now + self.cfg.connect_timeout;
         let placeholder = core.slab.vacant_key();
         let Some(t) = core.tunnel_mut(tkey) else {
             return;

@@ -19,7 +19,8 @@ use crate::cli::LogArgs;
 use crate::config::{Mapping, Secret, ServerConfig, ServerTlsSetting, Target};
 use crate::net::http::{Request, Response};
 use crate::net::reactor::{
-    ClosedTunnel, Core, Endpoint, Listener, Purpose, Reactor, RelaySpec, Role, TimerTarget,
+    ClosedTunnel, Core, Endpoint, Listener, Purpose, Reactor, RelaySpec, Role, StreamTimeouts,
+    TimerTarget,
 };
 use crate::net::relay::{RelayState, StreamInfo};
 use crate::net::sys;
@@ -77,6 +78,8 @@ pub struct ServerRole {
     admin_token: Option<Secret>,
     /// The log flags of the command line, which win over LOG_LEVEL.
     log_args: LogArgs,
+    /// IDLE_TIMEOUT and FIN_TIMEOUT, as the core applies them.
+    timeouts: StreamTimeouts,
     ports: BTreeMap<u16, Published>,
     counters: ServerCounters,
     /// Byte counts of each established tunnel over the last seconds, by tunnel key.
@@ -152,6 +155,8 @@ pub fn run(cfg: ServerConfig, log_args: LogArgs) -> io::Result<()> {
     }))?;
     info!("listening for clients on {}", bind.describe(cfg.inner_port));
     reactor.role.bind = bind;
+    let timeouts = reactor.role.timeouts;
+    reactor.core.set_stream_timeouts(timeouts);
     for m in &cfg.mappings {
         let sock = bind_public(bind, m.public_port)?;
         reactor.role.publish(&mut reactor.core, m, sock)?;
@@ -228,6 +233,13 @@ fn bind_public(bind: Bind, port: u16) -> io::Result<TcpListener> {
     Ok(sock)
 }
 
+fn timeouts_of(cfg: &ServerConfig) -> StreamTimeouts {
+    StreamTimeouts {
+        idle: cfg.idle_timeout,
+        fin: cfg.fin_timeout,
+    }
+}
+
 fn params_of(cfg: &ServerConfig) -> ServerParams {
     ServerParams {
         token: cfg.token.as_ref().map(|t| t.expose().to_vec()),
@@ -248,6 +260,7 @@ impl ServerRole {
         role.admin_addr = cfg.admin.as_ref().map(|a| a.addr);
         role.admin_token = cfg.admin.as_ref().and_then(|a| a.token.clone());
         role.log_args = log_args;
+        role.timeouts = timeouts_of(cfg);
         role
     }
 
@@ -263,6 +276,7 @@ impl ServerRole {
             admin_addr: None,
             admin_token: None,
             log_args: LogArgs::default(),
+            timeouts: StreamTimeouts::default(),
             ports: BTreeMap::new(),
             counters: ServerCounters::default(),
             rates: HashMap::new(),

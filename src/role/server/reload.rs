@@ -8,7 +8,7 @@ use std::sync::Arc;
 use log::{info, warn};
 use serde_json::{Value, json};
 
-use super::{ServerRole, bind_public, listen, params_of};
+use super::{ServerRole, bind_public, listen, params_of, timeouts_of};
 use crate::config::{self, Mapping, ServerTlsSetting};
 use crate::logging;
 use crate::net::reactor::Core;
@@ -86,6 +86,17 @@ impl ServerRole {
                 settings.push("ADMIN_TOKEN");
                 self.admin_token = token;
             }
+        }
+        let timeouts = timeouts_of(&cfg);
+        if timeouts.idle != self.timeouts.idle {
+            settings.push("IDLE_TIMEOUT");
+        }
+        if timeouts.fin != self.timeouts.fin {
+            settings.push("FIN_TIMEOUT");
+        }
+        if timeouts != self.timeouts {
+            self.timeouts = timeouts;
+            core.set_stream_timeouts(timeouts);
         }
         if level != log::max_level() {
             settings.push("LOG_LEVEL");
