@@ -52,6 +52,8 @@ pub struct ServerCounters {
     pub tunnel_closes: BTreeMap<&'static str, u64>,
     /// Handshakes by result.
     pub handshakes: BTreeMap<&'static str, u64>,
+    /// Connections on INNER_PORT closed at accept for coming from outside `ALLOW`.
+    pub clients_refused: u64,
 }
 
 impl ServerCounters {

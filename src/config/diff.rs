@@ -14,7 +14,7 @@ pub struct MappingDiff {
     pub added: Vec<Mapping>,
     /// Ports only in the old list.
     pub removed: Vec<Mapping>,
-    /// Ports in both whose target or tag differ: `(old, new)`.
+    /// Ports in both whose target, tag or allow-list differ: `(old, new)`.
     pub changed: Vec<(Mapping, Mapping)>,
 }
 
@@ -35,9 +35,7 @@ pub fn diff(old: &[Mapping], new: &[Mapping]) -> MappingDiff {
     for (port, &o) in &old {
         match new.get(port) {
             None => d.removed.push(o.clone()),
-            Some(&n) if n.target != o.target || n.tag != o.tag => {
-                d.changed.push((o.clone(), n.clone()))
-            }
+            Some(&n) if n != o => d.changed.push((o.clone(), n.clone())),
             Some(_) => {}
         }
     }
@@ -59,6 +57,7 @@ mod tests {
             public_port: port,
             target: Target::parse(target).unwrap(),
             tag: tag.to_string(),
+            allow: None,
         }
     }
 
@@ -109,6 +108,20 @@ mod tests {
                 (m(2000, "db:5432", "office"), m(2000, "db:5432", "home")),
             ]
         );
+    }
+
+    #[test]
+    fn a_changed_allow_list_changes_the_mapping() {
+        let open = m(1, "h:1", "default");
+        let mut locked = open.clone();
+        locked.allow = Some(vec![crate::config::parse_cidr("10.0.0.0/8").unwrap()]);
+        let d = diff(std::slice::from_ref(&open), std::slice::from_ref(&locked));
+        assert_eq!(d.changed, vec![(open, locked.clone())]);
+        assert!(d.added.is_empty() && d.removed.is_empty());
+        let mut other = locked.clone();
+        other.allow = Some(vec![crate::config::parse_cidr("10.0.0.0/16").unwrap()]);
+        assert_eq!(diff(&[locked.clone()], &[other]).changed.len(), 1);
+        assert!(diff(&[locked.clone()], &[locked]).is_empty());
     }
 
     #[test]

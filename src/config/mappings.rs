@@ -1,6 +1,6 @@
 //! The port mapping file and the values in it: [`Target`] (an inner `host:port`, with its
-//! [`Host`]), [`Mapping`] (a public port, its target and its tag), [`load_mappings`] that
-//! reads `[MAPPER]` and `[TAG]`, and the checks on public ports, hosts, names and tags (the
+//! [`Host`]), [`Mapping`] (a public port, its target, its tag and its source allow-list),
+//! [`load_mappings`] that reads `[MAPPER]`, `[TAG]` and `[ALLOW]`, and the checks on public ports, hosts, names and tags (the
 //! last three also serve the client's `SERVER_IP` and `TAG`). The types are re-exported as
 //! `crate::config::{Host, Target, Mapping}`.
 
@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
+use super::cidr::{Cidr, parse_cidr_list};
 use super::ini::{Doc, Entry, first_at};
 use super::{ConfigError, DEFAULT_TAG, MAX_HOST_NAME_LEN, MAX_TAG_LEN, parse_port};
 
@@ -93,15 +94,17 @@ impl fmt::Display for Target {
     }
 }
 
-/// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`).
+/// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`) and its source
+/// allow-list from `[ALLOW]` (`None`: every address may connect).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub public_port: u16,
     pub target: Target,
     pub tag: String,
+    pub allow: Option<Vec<Cidr>>,
 }
 
-/// Read `[MAPPER]` and `[TAG]` of the mapping file.
+/// Read `[MAPPER]`, `[TAG]` and `[ALLOW]` of the mapping file.
 pub(super) fn load_mappings(
     file: &Path,
     inner_port: u16,
@@ -112,10 +115,10 @@ pub(super) fn load_mappings(
     for head in doc
         .sections
         .iter()
-        .filter(|h| h.name != "MAPPER" && h.name != "TAG")
+        .filter(|h| !matches!(h.name.as_str(), "MAPPER" | "TAG" | "ALLOW"))
     {
         let what = format!(
-            "unknown section [{}], ignored (expected [MAPPER] and [TAG])",
+            "unknown section [{}], ignored (expected [MAPPER], [TAG] and [ALLOW])",
             head.raw
         );
         warnings.push(doc.note(Some(head.line), None, &what));
@@ -163,6 +166,22 @@ pub(super) fn load_mappings(
         tags.insert(port, (e.value.clone(), e));
     }
 
+    let mut allows: HashMap<u16, (Vec<Cidr>, &Entry)> = HashMap::new();
+    for e in doc.entries_in("ALLOW") {
+        let port = public_port(&doc, e)?;
+        if !targets.contains_key(&port) {
+            return Err(doc.err(e, format!("port {port} has no [MAPPER] entry")));
+        }
+        if let Some((_, first)) = allows.get(&port) {
+            return Err(doc.err(
+                e,
+                format!("port {port} has two allow-lists{}", first_at(first)),
+            ));
+        }
+        let list = parse_cidr_list(&e.value).map_err(|m| doc.err(e, m))?;
+        allows.insert(port, (list, e));
+    }
+
     if targets.is_empty() {
         warnings.push(format!(
             "{}: no port mappings: nothing will be published",
@@ -177,6 +196,7 @@ pub(super) fn load_mappings(
             tag: tags
                 .remove(&public_port)
                 .map_or_else(|| DEFAULT_TAG.to_string(), |(tag, _)| tag),
+            allow: allows.remove(&public_port).map(|(list, _)| list),
         })
         .collect())
 }

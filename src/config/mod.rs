@@ -8,6 +8,7 @@
 //! - `ini`: the INI reader that knows lines, and the dialect every file is written in;
 //! - `mappings`: [`Target`], [`Mapping`] and the port mapping file, with the host, name and
 //!   tag checks the client shares;
+//! - `cidr`: [`Cidr`], the address ranges of the source allow-lists;
 //! - `diff`: [`diff`] of two mapping lists, for a reload to apply only what changed;
 //! - `edit`: [`set_mapping`] and [`remove_mapping`] on the mapping file's text, and
 //!   [`write_atomically`] to put it in place;
@@ -22,11 +23,13 @@ use log::LevelFilter;
 
 use crate::tls::{self, ClientTls, ServerTls, Trust};
 
+mod cidr;
 mod diff;
 mod edit;
 mod ini;
 mod mappings;
 
+pub use self::cidr::{Cidr, allows, parse_cidr, parse_cidr_list};
 pub use self::diff::{MappingDiff, diff};
 pub use self::edit::{remove_mapping, set_mapping, write_atomically};
 use self::ini::{Doc, Entry};
@@ -112,6 +115,10 @@ pub struct ServerConfig {
     /// move no byte at all, and once one side has finished.
     pub idle_timeout: Option<std::time::Duration>,
     pub fin_timeout: Option<std::time::Duration>,
+    /// `ALLOW`: the addresses clients may attach from on INNER_PORT (`None`: any).
+    pub client_allow: Option<Vec<Cidr>>,
+    /// `MAX_PER_SOURCE`: concurrent visitors from one address on one public port (0: no cap).
+    pub max_per_source: u32,
     /// The mappings, sorted by public port (each port once).
     pub mappings: Vec<Mapping>,
     /// Problems that did not stop the load (ignored keys, nothing mapped): log them.
@@ -268,7 +275,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
     let doc = Doc::read(path, "config file")?;
     let mut warnings = Vec::new();
     for head in doc.sections.iter().filter(|h| h.name != "DEFAULT") {
-        let what = if head.name == "MAPPER" || head.name == "TAG" {
+        let what = if matches!(head.name.as_str(), "MAPPER" | "TAG" | "ALLOW") {
             format!(
                 "section [{}] belongs in the port mapping file (OUTER_PORTS_FILE), ignored here",
                 head.name
@@ -293,6 +300,8 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
     let mut admin_token = None;
     let mut idle_timeout = None;
     let mut fin_timeout = Some(DEFAULT_FIN_TIMEOUT);
+    let mut client_allow = None;
+    let mut max_per_source = None;
     let dir = path.parent().unwrap_or(Path::new(""));
     for e in doc.default_entries()? {
         match e.key.as_str() {
@@ -365,6 +374,18 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
             }
             "FIN_TIMEOUT" => {
                 fin_timeout = timeout_secs(&e.value, true).map_err(|m| doc.err(e, m))?
+            }
+            "ALLOW" => client_allow = Some(parse_cidr_list(&e.value).map_err(|m| doc.err(e, m))?),
+            "MAX_PER_SOURCE" => {
+                let n = parse_number(&e.value)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        doc.err(
+                            e,
+                            format!("{:?} is not a number of visitors (0 for no limit)", e.value),
+                        )
+                    })?;
+                max_per_source = Some(n);
             }
             k if k == "BANDWIDTH"
                 || k == "USER_FILE"
@@ -461,6 +482,8 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         admin,
         idle_timeout,
         fin_timeout,
+        client_allow,
+        max_per_source: max_per_source.unwrap_or(0),
         mappings,
         warnings,
     })

@@ -21,7 +21,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -184,6 +184,10 @@ pub struct Core {
     /// What the streams that ended moved, by public port (0 on the client). Live streams
     /// count in their relays; the admin API adds the two.
     pub retired: HashMap<u16, ByteCount>,
+    /// Open visitor streams (relays with a [`StreamInfo`]) by public port and source address
+    /// (IPv4-mapped addresses as IPv4), for the server's `MAX_PER_SOURCE`: counted when the
+    /// relay is made and when it is removed, never per frame. A source with none has no entry.
+    pub visitors_by_source: HashMap<(u16, IpAddr), u32>,
 }
 
 impl Core {
@@ -210,6 +214,7 @@ impl Core {
             sweeps: 0,
             sweep_scheduled: false,
             retired: HashMap::new(),
+            visitors_by_source: HashMap::new(),
         })
     }
 
@@ -249,6 +254,7 @@ impl Core {
         let ep = std::mem::replace(&mut entry.ep, Endpoint::Closed);
         if let Endpoint::Relay(r) = &ep {
             self.retire(r);
+            self.visitor_gone(r);
         }
         Some(ep)
     }
@@ -266,6 +272,28 @@ impl Core {
         if let Some(t) = self.tunnel_mut(r.tunnel) {
             t.retired.add(moved);
         }
+    }
+
+    /// A visitor's stream ended: its source has one open stream fewer on its port.
+    fn visitor_gone(&mut self, r: &Relay) {
+        let Some(info) = &r.info else {
+            return;
+        };
+        let key = (r.port, info.visitor.ip().to_canonical());
+        if let Some(n) = self.visitors_by_source.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.visitors_by_source.remove(&key);
+            }
+        }
+    }
+
+    /// Visitor streams open from `ip` on public port `port`.
+    pub fn visitors_from(&self, port: u16, ip: IpAddr) -> u32 {
+        self.visitors_by_source
+            .get(&(port, ip.to_canonical()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Take an endpoint out to put another in its place (a dial becoming a tunnel): its
@@ -401,7 +429,14 @@ impl Core {
             port: spec.port,
             info: spec.info,
         };
+        let source = relay
+            .info
+            .as_ref()
+            .map(|i| (relay.port, i.visitor.ip().to_canonical()));
         let (key, _) = self.insert(Endpoint::Relay(relay))?;
+        if let Some(source) = source {
+            *self.visitors_by_source.entry(source).or_default() += 1;
+        }
         self.schedule_entry(key, spec.deadline);
         Ok(key)
     }

@@ -619,6 +619,8 @@ pub struct ServerSetup {
     pub token: Option<String>,
     /// Extra `[DEFAULT]` lines (e.g. "MAX_STREAMS=8").
     pub extra: Vec<String>,
+    /// Lines appended to the mapping file (e.g. "[ALLOW]", "1234=127.0.0.1").
+    pub mapper_extra: Vec<String>,
 }
 
 impl Default for ServerSetup {
@@ -634,6 +636,7 @@ impl ServerSetup {
             mappings: Vec::new(),
             token: None,
             extra: Vec::new(),
+            mapper_extra: Vec::new(),
         }
     }
 
@@ -698,6 +701,9 @@ impl ServerSetup {
                     let _ = writeln!(s, "{}={t}", m.public);
                 }
             }
+        }
+        for line in &self.mapper_extra {
+            let _ = writeln!(s, "{line}");
         }
         s
     }

@@ -341,3 +341,14 @@ fn write_atomically_names_the_path_on_failure() {
         .collect();
     assert_eq!(names, ["port_mapper.cfg"]);
 }
+
+#[test]
+fn removing_a_mapping_removes_its_allow_list() {
+    let text = "[MAPPER]\n1=h:1\n2=h:2\n[ALLOW]\n1=10.0.0.0/8\n2=::1\n";
+    assert_eq!(remove_mapping(text, 1), "[MAPPER]\n2=h:2\n[ALLOW]\n2=::1\n");
+    // Setting a target or tag leaves the allow-list alone.
+    assert_eq!(
+        set_mapping(text, 1, "h:9", DEFAULT_TAG),
+        "[MAPPER]\n1=h:9\n2=h:2\n[ALLOW]\n1=10.0.0.0/8\n2=::1\n"
+    );
+}

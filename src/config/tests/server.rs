@@ -507,3 +507,100 @@ fn server_tls_errors() {
         &["TLS_CERT", "no CERTIFICATE"],
     );
 }
+
+#[test]
+fn allow_lists_and_max_per_source() {
+    let s = Scratch::new("allow");
+    let path = s.server(
+        "[DEFAULT]\nINNER_PORT=1111\nALLOW = 10.0.0.0/8, ::1\nMAX_PER_SOURCE=3\n",
+        "[MAPPER]\n1234=10.0.0.1:22\n2000=10.0.0.2:80\n[allow]\n1234=203.0.113.0/24, 2001:db8::/32\n",
+    );
+    let cfg = load_server(&path).unwrap();
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    let shown = |l: &Option<Vec<Cidr>>| {
+        l.as_ref()
+            .map(|l| l.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    assert_eq!(shown(&cfg.client_allow).unwrap(), ["10.0.0.0/8", "::1/128"]);
+    assert_eq!(cfg.max_per_source, 3);
+    assert_eq!(
+        shown(&cfg.mappings[0].allow).unwrap(),
+        ["203.0.113.0/24", "2001:db8::/32"]
+    );
+    assert_eq!(cfg.mappings[1].allow, None);
+
+    let s = Scratch::new("allow-defaults");
+    let cfg = load_server(&s.server(CFG, MAPPER)).unwrap();
+    assert_eq!(cfg.client_allow, None);
+    assert_eq!(cfg.max_per_source, 0);
+    assert_eq!(cfg.mappings[0].allow, None);
+}
+
+#[test]
+fn allow_errors_name_the_line() {
+    let mapper = |allow: &str| format!("[MAPPER]\n1234=10.0.0.1:22\n[ALLOW]\n{allow}\n");
+    for (allow, parts) in [
+        (
+            "1234=10.0.0.0/33",
+            &[r#"[ALLOW] key 1234: "10.0.0.0/33": "33" is not a prefix length (0-32)"#][..],
+        ),
+        (
+            "1234=1.2.3.4/x",
+            &["[ALLOW] key 1234", "not a prefix length"],
+        ),
+        ("1234=10.0.0.1/8", &["[ALLOW] key 1234", "10.0.0.0/8"]),
+        ("1234=", &["[ALLOW] key 1234", "empty allow-list"]),
+        ("1234=nobody", &["[ALLOW] key 1234", "is not an IP address"]),
+        (
+            "999=10.0.0.0/8",
+            &["[ALLOW] key 999: port 999 has no [MAPPER] entry"],
+        ),
+        ("x=10.0.0.0/8", &["[ALLOW] key x", "not a port"]),
+    ] {
+        let (s, e) = server_err(CFG, &mapper(allow));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&s.0.join("port_mapper.cfg").display().to_string()),
+            "{text}"
+        );
+        assert_eq!(e.line(), Some(4), "{allow}: {text}");
+        for p in parts {
+            assert!(text.contains(p), "{allow}: {text}");
+        }
+    }
+    let (_s, e) = server_err(
+        CFG,
+        "[MAPPER]\n1234=10.0.0.1:22\n[ALLOW]\n1234=10.0.0.0/8\n1234=::1\n",
+    );
+    assert_eq!(e.line(), Some(5));
+    assert!(e.to_string().contains("two allow-lists"), "{e}");
+
+    for (cfg, want) in [
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nALLOW=10.0.0.0/40\n",
+            "[DEFAULT] key ALLOW",
+        ),
+        ("[DEFAULT]\nINNER_PORT=1111\nALLOW=\n", "empty allow-list"),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nMAX_PER_SOURCE=-1\n",
+            r#"[DEFAULT] key MAX_PER_SOURCE: "-1" is not a number of visitors"#,
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nMAX_PER_SOURCE=many\n",
+            "MAX_PER_SOURCE",
+        ),
+        (
+            "[DEFAULT]\nINNER_PORT=1111\nMAX_PER_SOURCE=4294967296\n",
+            "MAX_PER_SOURCE",
+        ),
+    ] {
+        let (s, e) = server_err(cfg, MAPPER);
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&s.0.join("forward_server.cfg").display().to_string()),
+            "{text}"
+        );
+        assert_eq!(e.line(), Some(3), "{cfg}: {text}");
+        assert!(text.contains(want), "{cfg}: {text}");
+    }
+}

@@ -79,14 +79,19 @@ impl ServerRole {
 
     fn mapping_json(&self, core: &Core, live: &Live, port: u16, p: &Published) -> Value {
         let t = live.port(core, port);
-        json!({
+        let mut v = json!({
             "port": port,
             "target": &*p.target_text,
             "tag": p.tag,
             "streams": t.streams,
             "bytes_in": t.bytes.read,
             "bytes_out": t.bytes.written,
-        })
+        });
+        if let Some(allow) = &p.allow {
+            let list: Vec<String> = allow.iter().map(ToString::to_string).collect();
+            v["allow"] = json!(list);
+        }
+        v
     }
 
     fn list_mappings(&self, core: &Core) -> Response {
@@ -136,12 +141,14 @@ impl ServerRole {
         if self.admin_addr.is_some_and(|a| a.port() == port) {
             return Response::error(400, &format!("port {port} is the admin API's"));
         }
+        let existing = self.ports.get(&port);
+        // The API sets a target and a tag; the port's `[ALLOW]` line stays as it is.
         let mapping = Mapping {
             public_port: port,
             target,
             tag,
+            allow: existing.and_then(|p| p.allow.clone()),
         };
-        let existing = self.ports.get(&port);
         if existing.is_some_and(|p| p.target == mapping.target && p.tag == mapping.tag) {
             let live = Live::of(core);
             return Response::json(
@@ -409,5 +416,15 @@ impl ServerRole {
                 n.unwrap_or(0),
             );
         }
+        out.family(
+            "tcpforward_clients_refused_total",
+            Kind::Counter,
+            "Connections on the client port closed at accept: their address is not in ALLOW.",
+        );
+        out.sample(
+            "tcpforward_clients_refused_total",
+            &[],
+            self.counters.clients_refused,
+        );
     }
 }

@@ -2,7 +2,15 @@
 //! mapped public port; opens a stream over a tunnel of the mapping's tag for each visitor.
 //! The mappings are the role's (`ports`): a listener knows only its port, so a reload or the
 //! admin API can retarget a port without touching its listener or its open streams.
-//! `api.rs` answers the admin API; `reload.rs` applies a changed configuration.
+//! `api.rs` answers the admin API; `reload.rs` applies a changed configuration;
+//! `refusals.rs` sums up the connections refused at accept for the log.
+//!
+//! Source policy runs right after accept, before anything else is made for the connection:
+//! a client outside `ALLOW`, a visitor outside its port's `[ALLOW]` list, or a visitor whose
+//! address already has `MAX_PER_SOURCE` streams open on the port is closed there and counted.
+//! The per-source count is the core's (`Core::visitors_by_source`), kept where visitor relays
+//! are made and removed, so every way a stream ends (finish, reset, its tunnel closing) frees
+//! its slot.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
@@ -16,7 +24,7 @@ use mio::net::{TcpListener, TcpStream};
 
 use crate::admin::stats::{RateHistory, ServerCounters, Visit};
 use crate::cli::LogArgs;
-use crate::config::{Mapping, Secret, ServerConfig, ServerTlsSetting, Target};
+use crate::config::{self, Cidr, Mapping, Secret, ServerConfig, ServerTlsSetting, Target};
 use crate::net::http::{Request, Response};
 use crate::net::reactor::{
     ClosedTunnel, Core, Endpoint, Listener, Purpose, Reactor, RelaySpec, Role, StreamTimeouts,
@@ -33,7 +41,10 @@ use crate::protocol::session::{Event, OpenError, STREAM_WINDOW, ServerParams, Se
 use crate::tls::{self, ServerTls};
 
 mod api;
+mod refusals;
 mod reload;
+
+use self::refusals::RefusalLog;
 
 /// Handshakes in progress beyond this number evict the oldest, so idle or garbage
 /// connections cannot keep a real client out.
@@ -46,6 +57,8 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// The role timer of the rate sampler.
 const SAMPLER: u64 = 0;
+/// The role timer of the summary of refused connections.
+const REFUSALS: u64 = 1;
 
 /// The established tunnels of one tag; new visitors go round-robin over them.
 #[derive(Default)]
@@ -60,6 +73,8 @@ struct Published {
     /// `target` as text, shared with the streams opened to it.
     target_text: Arc<str>,
     tag: String,
+    /// `[ALLOW]`: who may connect (`None`: anyone).
+    allow: Option<Vec<Cidr>>,
     listener: usize,
 }
 
@@ -91,6 +106,11 @@ pub struct ServerRole {
     accept_retry: HashSet<usize>,
     /// The loop turn of the last scan for closed handshakes.
     last_reap: Option<Instant>,
+    /// `ALLOW`: the addresses clients may attach from (`None`: any).
+    client_allow: Option<Vec<Cidr>>,
+    /// `MAX_PER_SOURCE`: visitor streams per source address and public port (0: no cap).
+    max_per_source: u32,
+    refusals: RefusalLog,
 }
 
 /// Bind every port, then serve until SIGINT or SIGTERM.
@@ -186,6 +206,14 @@ pub fn run(cfg: ServerConfig, log_args: LogArgs) -> io::Result<()> {
     reactor.run()
 }
 
+/// `, allow 10.0.0.0/8 ::1/128` for a mapping's log line, or nothing without an allow-list.
+fn allow_note(allow: Option<&[Cidr]>) -> String {
+    allow.map_or_else(String::new, |l| {
+        let list: Vec<String> = l.iter().map(ToString::to_string).collect();
+        format!(", allow {}", list.join(" "))
+    })
+}
+
 /// Put a public port's bound listener in the loop; returns its key.
 fn listen(core: &mut Core, port: u16, sock: TcpListener) -> io::Result<usize> {
     let (key, _) = core.insert(Endpoint::Listener(Listener {
@@ -261,6 +289,8 @@ impl ServerRole {
         role.admin_token = cfg.admin.as_ref().and_then(|a| a.token.clone());
         role.log_args = log_args;
         role.timeouts = timeouts_of(cfg);
+        role.client_allow = cfg.client_allow.clone();
+        role.max_per_source = cfg.max_per_source;
         role
     }
 
@@ -285,6 +315,9 @@ impl ServerRole {
             handshakes: VecDeque::new(),
             accept_retry: HashSet::new(),
             last_reap: None,
+            client_allow: None,
+            max_per_source: 0,
+            refusals: RefusalLog::default(),
         }
     }
 
@@ -298,7 +331,12 @@ impl ServerRole {
     /// Serve mapping `m` on `listener`, a listener of its port already in the loop.
     fn adopt(&mut self, m: &Mapping, listener: usize) {
         let port = m.public_port;
-        info!("public port {port} -> {} (tag {})", m.target, m.tag);
+        info!(
+            "public port {port} -> {} (tag {}{})",
+            m.target,
+            m.tag,
+            allow_note(m.allow.as_deref())
+        );
         self.counters.mapped(port);
         self.ports.insert(
             port,
@@ -306,6 +344,7 @@ impl ServerRole {
                 target_text: m.target.to_string().into(),
                 target: m.target.clone(),
                 tag: m.tag.clone(),
+                allow: m.allow.clone(),
                 listener,
             },
         );
@@ -328,8 +367,20 @@ impl ServerRole {
                 public_port,
                 target: p.target.clone(),
                 tag: p.tag.clone(),
+                allow: p.allow.clone(),
             })
             .collect()
+    }
+
+    /// A connection refused at accept: DEBUG each, INFO at most once a minute (`refusals`).
+    fn refused(&mut self, core: &mut Core, what: &str, detail: std::fmt::Arguments<'_>) {
+        match self.refusals.note(core.now, what) {
+            Some(at) => {
+                info!("{detail} (refusals are summed up here once a minute)");
+                core.schedule(at, TimerTarget::Role(REFUSALS));
+            }
+            None => debug!("{detail}"),
+        }
     }
 
     fn accept_failed(&mut self, core: &mut Core, lkey: usize, what: &str, e: &io::Error) {
@@ -346,6 +397,16 @@ impl ServerRole {
     }
 
     fn new_tunnel(&mut self, core: &mut Core, sock: TcpStream, peer: SocketAddr) {
+        if !config::allows(self.client_allow.as_deref(), peer.ip()) {
+            drop(sock);
+            self.counters.clients_refused += 1;
+            self.refused(
+                core,
+                "clients (not allowed)",
+                format_args!("refused client {peer}: not in ALLOW"),
+            );
+            return;
+        }
         debug!("connection from {peer} on the tunnel port");
         let _ = sock.set_nodelay(true);
         let mut nonce = [0u8; NONCE_LEN];
@@ -434,6 +495,30 @@ impl ServerRole {
         let Some(published) = self.ports.get(&port) else {
             return;
         };
+        if !config::allows(published.allow.as_deref(), peer.ip()) {
+            drop(sock);
+            self.counters.visit(port, Visit::Refused);
+            self.refused(
+                core,
+                &format!("on port {port} (not allowed)"),
+                format_args!("refused visitor {peer} on port {port}: not in its [ALLOW] list"),
+            );
+            return;
+        }
+        let max = self.max_per_source;
+        if max > 0 && core.visitors_from(port, peer.ip()) >= max {
+            drop(sock);
+            self.counters.visit(port, Visit::Refused);
+            self.refused(
+                core,
+                &format!("on port {port} (MAX_PER_SOURCE)"),
+                format_args!(
+                    "refused visitor {peer} on port {port}: {max} streams from {} open                      (MAX_PER_SOURCE)",
+                    peer.ip()
+                ),
+            );
+            return;
+        }
         let (target, tag) = (Arc::clone(&published.target_text), published.tag.clone());
         let tkey = match self.pick_tunnel(core, &tag) {
             Ok(k) => k,
@@ -633,6 +718,11 @@ impl Role for ServerRole {
         if token == SAMPLER {
             self.sample_rates(core);
             core.schedule(core.now + SAMPLE_EVERY, TimerTarget::Role(SAMPLER));
+        } else if token == REFUSALS
+            && let Some((line, next)) = self.refusals.summary(core.now)
+        {
+            info!("{line}");
+            core.schedule(next, TimerTarget::Role(REFUSALS));
         }
     }
 

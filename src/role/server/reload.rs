@@ -1,7 +1,9 @@
 //! Reload (SIGHUP, `POST /api/reload`): read `forward_server.cfg` and the mapping file
 //! again and apply the difference. New ports are bound before anything changes, so a port
 //! that cannot be bound (like a file that does not load) changes nothing; ports that did
-//! not change are not touched; settings apply to tunnels and streams made afterwards.
+//! not change are not touched; settings apply to tunnels and streams made afterwards (a
+//! changed `ALLOW`, `[ALLOW]` list or `MAX_PER_SOURCE` to connections accepted afterwards:
+//! streams already open stay).
 
 use std::sync::Arc;
 
@@ -78,6 +80,14 @@ impl ServerRole {
         if params.heartbeat != self.params.heartbeat {
             settings.push("HEARTBEAT");
         }
+        if cfg.client_allow != self.client_allow {
+            settings.push("ALLOW");
+            self.client_allow = cfg.client_allow.clone();
+        }
+        if cfg.max_per_source != self.max_per_source {
+            settings.push("MAX_PER_SOURCE");
+            self.max_per_source = cfg.max_per_source;
+        }
         // A new token applies to the API that listens; when the address changed, the old
         // one (which the running listener was checked with) stays until the restart.
         if self.admin_addr.is_some() && !restart.contains(&"ADMIN_ADDR") {
@@ -136,15 +146,20 @@ impl ServerRole {
         Ok(summary)
     }
 
-    /// A mapping's target or tag changed: new visitors go there; open streams are untouched.
+    /// A mapping's target, tag or allow-list changed: new visitors go there, under the new
+    /// list; open streams are untouched.
     pub(super) fn retarget(&mut self, m: &Mapping) {
         if let Some(p) = self.ports.get_mut(&m.public_port) {
             p.target = m.target.clone();
             p.target_text = m.target.to_string().into();
             p.tag = m.tag.clone();
+            p.allow = m.allow.clone();
             info!(
-                "public port {} -> {} (tag {})",
-                m.public_port, m.target, m.tag
+                "public port {} -> {} (tag {}{})",
+                m.public_port,
+                m.target,
+                m.tag,
+                super::allow_note(m.allow.as_deref())
             );
         }
     }
