@@ -8,6 +8,8 @@
 //! - `ini`: the INI reader that knows lines, and the dialect every file is written in;
 //! - `mappings`: [`Target`], [`Mapping`] and the port mapping file, with the host, name and
 //!   tag checks the client shares;
+//! - `allow`: [`AllowList`] (the client's `--allow`) and [`Cidr`] networks, parsed and
+//!   matched;
 //! - `diff`: [`diff`] of two mapping lists, for a reload to apply only what changed;
 //! - `edit`: [`set_mapping`] and [`remove_mapping`] on the mapping file's text, and
 //!   [`write_atomically`] to put it in place;
@@ -22,11 +24,13 @@ use log::LevelFilter;
 
 use crate::tls::{self, ClientTls, ServerTls, Trust};
 
+mod allow;
 mod diff;
 mod edit;
 mod ini;
 mod mappings;
 
+pub use self::allow::{AllowList, Cidr, Verdict, parse_cidr, parse_cidr_list};
 pub use self::diff::{MappingDiff, diff};
 pub use self::edit::{remove_mapping, set_mapping, write_atomically};
 use self::ini::{Doc, Entry};
