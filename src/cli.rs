@@ -52,7 +52,7 @@ pub struct ClientArgs {
     /// server port (the server's INNER_PORT)
     #[arg(value_name = "server_port", required_unless_present = "config")]
     pub server_port: Option<String>,
-    /// Read SERVER_IP, SERVER_PORT, TAG, TOKEN and LOG_LEVEL from a forward_client.cfg file
+    /// Read SERVER_IP, SERVER_PORT, TAG, TOKEN, ALLOW and the others from a forward_client.cfg file
     #[arg(long, value_name = "FILE", conflicts_with_all = ["server_ip", "server_port"])]
     pub config: Option<PathBuf>,
     /// Tag to announce: the server sends this client the ports mapped to it [default: default]
@@ -77,6 +77,10 @@ pub struct ClientArgs {
     /// off loopback it needs TCP_FORWARD_ADMIN_TOKEN or ADMIN_TOKEN
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+    /// Connect only targets this list allows: comma-separated CIDR:PORTS or NAME:PORTS
+    /// (PORTS: a port, FIRST-LAST or *), or * for any [default: any]
+    #[arg(long, value_name = "LIST")]
+    pub allow: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -124,6 +128,7 @@ impl ClientArgs {
             fingerprint: self.fingerprint.clone(),
             admin: self.admin.clone(),
             admin_token: std::env::var("TCP_FORWARD_ADMIN_TOKEN").ok(),
+            allow: self.allow.clone(),
         }
     }
 }

@@ -151,6 +151,8 @@ pub struct ClientInput {
     pub admin: Option<String>,
     /// From `TCP_FORWARD_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
+    /// `--allow LIST`.
+    pub allow: Option<String>,
 }
 
 /// Everything the client needs, from the command line or `forward_client.cfg`.
@@ -166,6 +168,9 @@ pub struct ClientConfig {
     pub tls: Option<ClientTls>,
     /// `--admin` or `ADMIN_ADDR`, with `ADMIN_TOKEN`.
     pub admin: Option<AdminSettings>,
+    /// `--allow` or `ALLOW`: the targets the server may have this client connect to;
+    /// `None`: any.
+    pub allow: Option<AllowList>,
     pub warnings: Vec<String>,
 }
 
@@ -466,8 +471,8 @@ fn check_admin(addr: SocketAddr, has_token: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The client's settings: `--config FILE`, or the positionals; `--tag` and `--token` (or
-/// `TCP_FORWARD_TOKEN`) override the file's `TAG` and `TOKEN`.
+/// The client's settings: `--config FILE`, or the positionals; `--tag`, `--token` (or
+/// `TCP_FORWARD_TOKEN`) and `--allow` override the file's `TAG`, `TOKEN` and `ALLOW`.
 pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError> {
     let mut warnings = Vec::new();
     let mut tag = None;
@@ -476,6 +481,7 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
     let mut tls_file = TlsInput::default();
     let mut admin_file = None;
     let mut admin_token_file = None;
+    let mut allow = None;
     let (server_host, server_port) = if let Some(path) = &args.config {
         if args.server_ip.is_some() || args.server_port.is_some() {
             return Err(ConfigError::cli(
@@ -523,6 +529,7 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
                     admin_file = Some(admin_addr_value(&e.value).map_err(|m| doc.err(e, m))?);
                 }
                 "ADMIN_TOKEN" => admin_token_file = Some(token_value(&doc, e)?),
+                "ALLOW" => allow = Some(AllowList::parse(&e.value).map_err(|m| doc.err(e, m))?),
                 _ => warnings.push(doc.note(e.line, Some(e), "unknown key, ignored")),
             }
         }
@@ -576,6 +583,9 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
         }
         token = Some(Secret::new(t.clone()));
     }
+    if let Some(v) = &args.allow {
+        allow = Some(AllowList::parse(v).map_err(|m| ConfigError::cli("--allow", m))?);
+    }
     let tls = client_tls(args, tls_file, &server_host, args.config.as_deref())?;
     let admin = client_admin(args, admin_file, admin_token_file)?;
     Ok(ClientConfig {
@@ -586,6 +596,7 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
         log_level,
         tls,
         admin,
+        allow,
         warnings,
     })
 }
