@@ -52,7 +52,7 @@ pub struct ClientArgs {
     /// server port (the server's INNER_PORT)
     #[arg(value_name = "server_port", required_unless_present = "config")]
     pub server_port: Option<String>,
-    /// Read SERVER_IP, SERVER_PORT, TAG, TOKEN and LOG_LEVEL from a forward_client.cfg file
+    /// Read SERVER_IP, SERVER_PORT, TAG, TOKEN, ALLOW and the others from a forward_client.cfg file
     #[arg(long, value_name = "FILE", conflicts_with_all = ["server_ip", "server_port"])]
     pub config: Option<PathBuf>,
     /// Tag to announce: the server sends this client the ports mapped to it [default: default]
@@ -80,6 +80,10 @@ pub struct ClientArgs {
     /// Seconds allowed to connect an inner target (1 to 86400) [default: 10]
     #[arg(long, value_name = "SECONDS")]
     pub connect_timeout: Option<String>,
+    /// Connect only targets this list allows: comma-separated CIDR:PORTS or NAME:PORTS
+    /// (PORTS: a port, FIRST-LAST or *), or * for any [default: any]
+    #[arg(long, value_name = "LIST")]
+    pub allow: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -128,6 +132,7 @@ impl ClientArgs {
             admin: self.admin.clone(),
             connect_timeout: self.connect_timeout.clone(),
             admin_token: std::env::var("TCP_FORWARD_ADMIN_TOKEN").ok(),
+            allow: self.allow.clone(),
         }
     }
 }

@@ -42,6 +42,11 @@ impl Cidr {
     pub fn prefix(&self) -> u8 {
         self.prefix
     }
+
+    /// Whether this is one address (`/32` or `/128`).
+    pub fn is_host(&self) -> bool {
+        self.prefix == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
 }
 
 /// `203.0.113.0/24`, `2001:db8::/32`: always with the prefix, in the form [`parse_cidr`] reads.
@@ -70,12 +75,15 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
         Some((a, p)) => (a.trim(), Some(p.trim())),
         None => (s, None),
     };
-    let addr: IpAddr = addr_text
+    // Brackets are for IPv6 only, as in a URL.
+    let addr: IpAddr = match addr_text
         .strip_prefix('[')
         .and_then(|a| a.strip_suffix(']'))
-        .unwrap_or(addr_text)
-        .parse()
-        .map_err(|_| format!("{s:?}: {addr_text:?} is not an IP address"))?;
+    {
+        Some(v6) => v6.parse::<Ipv6Addr>().map(IpAddr::V6).ok(),
+        None => addr_text.parse().ok(),
+    }
+    .ok_or_else(|| format!("{s:?}: {addr_text:?} is not an IP address"))?;
     let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix_text {
         None => max,

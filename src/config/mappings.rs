@@ -244,7 +244,7 @@ fn parse_host(host: &str) -> Result<Host, String> {
 /// except one final `.`; not all numbers, as C's resolver would read `192.168.105`, `0x7f.1`
 /// or `010.0.0.1` as some other IPv4 address and silently dial another host; and, like DNS
 /// names, not ending in an all-digit label.
-fn check_name(name: &str) -> Result<(), String> {
+pub(super) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty host name".to_string());
     }

@@ -8,7 +8,8 @@
 //! - `ini`: the INI reader that knows lines, and the dialect every file is written in;
 //! - `mappings`: [`Target`], [`Mapping`] and the port mapping file, with the host, name and
 //!   tag checks the client shares;
-//! - `cidr`: [`Cidr`], the address ranges of the source allow-lists;
+//! - `cidr`: [`Cidr`], the address ranges of every allow-list;
+//! - `allow`: [`AllowList`], the client's `--allow`: networks, names and ports;
 //! - `diff`: [`diff`] of two mapping lists, for a reload to apply only what changed;
 //! - `edit`: [`set_mapping`] and [`remove_mapping`] on the mapping file's text, and
 //!   [`write_atomically`] to put it in place;
@@ -23,12 +24,14 @@ use log::LevelFilter;
 
 use crate::tls::{self, ClientTls, ServerTls, Trust};
 
+mod allow;
 mod cidr;
 mod diff;
 mod edit;
 mod ini;
 mod mappings;
 
+pub use self::allow::{AllowList, Verdict};
 pub use self::cidr::{Cidr, allows, parse_cidr, parse_cidr_list};
 pub use self::diff::{MappingDiff, diff};
 pub use self::edit::{remove_mapping, set_mapping, write_atomically};
@@ -167,6 +170,8 @@ pub struct ClientInput {
     pub connect_timeout: Option<String>,
     /// From `TCP_FORWARD_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
+    /// `--allow LIST`.
+    pub allow: Option<String>,
 }
 
 /// Everything the client needs, from the command line or `forward_client.cfg`.
@@ -184,6 +189,9 @@ pub struct ClientConfig {
     pub admin: Option<AdminSettings>,
     /// `CONNECT_TIMEOUT` or `--connect-timeout` (default 10 s): for connects to targets.
     pub connect_timeout: std::time::Duration,
+    /// `--allow` or `ALLOW`: the targets the server may have this client connect to;
+    /// `None`: any.
+    pub allow: Option<AllowList>,
     pub warnings: Vec<String>,
 }
 
@@ -524,8 +532,8 @@ fn check_admin(addr: SocketAddr, has_token: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The client's settings: `--config FILE`, or the positionals; `--tag` and `--token` (or
-/// `TCP_FORWARD_TOKEN`) override the file's `TAG` and `TOKEN`.
+/// The client's settings: `--config FILE`, or the positionals; `--tag`, `--token` (or
+/// `TCP_FORWARD_TOKEN`) and `--allow` override the file's `TAG`, `TOKEN` and `ALLOW`.
 pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError> {
     let mut warnings = Vec::new();
     let mut tag = None;
@@ -535,6 +543,7 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
     let mut admin_file = None;
     let mut admin_token_file = None;
     let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
+    let mut allow = None;
     let (server_host, server_port) = if let Some(path) = &args.config {
         if args.server_ip.is_some() || args.server_port.is_some() {
             return Err(ConfigError::cli(
@@ -587,6 +596,7 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
                         .map_err(|m| doc.err(e, m))?
                         .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
                 }
+                "ALLOW" => allow = Some(AllowList::parse(&e.value).map_err(|m| doc.err(e, m))?),
                 _ => warnings.push(doc.note(e.line, Some(e), "unknown key, ignored")),
             }
         }
@@ -640,6 +650,9 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
         }
         token = Some(Secret::new(t.clone()));
     }
+    if let Some(v) = &args.allow {
+        allow = Some(AllowList::parse(v).map_err(|m| ConfigError::cli("--allow", m))?);
+    }
     let tls = client_tls(args, tls_file, &server_host, args.config.as_deref())?;
     let admin = client_admin(args, admin_file, admin_token_file)?;
     if let Some(v) = &args.connect_timeout {
@@ -656,6 +669,7 @@ pub fn client_from_args(args: &ClientInput) -> Result<ClientConfig, ConfigError>
         tls,
         admin,
         connect_timeout,
+        allow,
         warnings,
     })
 }

@@ -63,4 +63,7 @@ pub struct PendingOpen {
     pub port: u16,
     pub deadline: Instant,
     pub pending: Buf,
+    /// The client's allow-list admits the target only if it admits every address the name
+    /// resolves to: check them all before dialing any.
+    pub check_addresses: bool,
 }

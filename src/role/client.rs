@@ -16,7 +16,7 @@ use crate::admin::stats::Live;
 use crate::admin::time;
 
 use crate::buffer::Buf;
-use crate::config::{ClientConfig, Host, Target};
+use crate::config::{ClientConfig, Host, Target, Verdict};
 use crate::net::http::{Request, Response};
 use crate::net::reactor::{
     ClosedTunnel, Core, Dial, Endpoint, Listener, PendingOpen, Purpose, Reactor, RelaySpec, Role,
@@ -41,6 +41,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const REFUSED_MIN_ATTEMPT: u32 = 5;
 /// Resolver ticket key for the server's own name.
 const SERVER_TICKET: usize = usize::MAX;
+/// The OPEN_FAIL reason for a target outside the allow-list (`--allow`, `ALLOW`).
+pub const NOT_ALLOWED: &str = "target not allowed by the client";
 
 pub struct ClientRole {
     cfg: ClientConfig,
@@ -68,6 +70,8 @@ struct ClientCounters {
     /// Target connects that succeeded and that failed (refused, unresolved, timed out).
     connects_ok: u64,
     connects_failed: u64,
+    /// Targets refused by the allow-list, never dialed.
+    not_allowed: u64,
 }
 
 pub fn run(cfg: ClientConfig) -> io::Result<()> {
@@ -93,6 +97,7 @@ pub fn run(cfg: ClientConfig) -> io::Result<()> {
         counters: ClientCounters::default(),
         started: SystemTime::now(),
     };
+    log_allow_list(&role.cfg);
     let mut reactor = Reactor::new(role)?;
     if let Some(admin) = &reactor.role.cfg.admin {
         let sock = TcpListener::bind(admin.addr).map_err(|e| {
@@ -295,6 +300,13 @@ impl ClientRole {
             Ok(tgt) => tgt,
             Err(reason) => return self.refuse(core, tkey, id, target, &reason),
         };
+        let verdict = match &self.cfg.allow {
+            None => Verdict::Allowed,
+            Some(list) => list.verdict(&tgt),
+        };
+        if verdict == Verdict::NotAllowed {
+            return self.refuse_not_allowed(core, tkey, id, target, None);
+        }
         match tgt.host {
             Host::Ip(ip) => {
                 let addrs = vec![SocketAddr::new(ip, tgt.port)];
@@ -309,12 +321,14 @@ impl ClientRole {
                     port: tgt.port,
                     deadline,
                     pending: Core::stream_buffer(),
+                    check_addresses: verdict == Verdict::IfEveryAddressAllowed,
                 };
                 match core.insert(Endpoint::Resolving(pending)) {
                     Ok((key, generation)) => {
                         if let Some(t) = core.tunnel_mut(tkey) {
                             t.session.rebind(id, key);
                         }
+                        debug!("stream {id}: resolving {target}");
                         core.resolver.submit((key, generation), &name, tgt.port);
                         core.schedule_entry(key, deadline);
                     }
@@ -482,13 +496,22 @@ impl Role for ClientRole {
         match result {
             Ok(addrs) => {
                 let port = p.port;
-                let Some(Endpoint::Resolving(p)) = core.remove(key) else {
-                    return;
-                };
-                let addrs = addrs
+                let addrs: Vec<SocketAddr> = addrs
                     .into_iter()
                     .map(|a| SocketAddr::new(a.ip(), port))
                     .collect();
+                if p.check_addresses
+                    && let Some(list) = &self.cfg.allow
+                    && let Some(&bad) = addrs.iter().find(|a| !list.allows_addr(**a))
+                {
+                    let (tkey, id, label) = (p.tunnel, p.id, p.label.clone());
+                    core.drop_relay(key, false);
+                    self.refuse_not_allowed(core, tkey, id, &label, Some(bad));
+                    return;
+                }
+                let Some(Endpoint::Resolving(p)) = core.remove(key) else {
+                    return;
+                };
                 let started = connect(
                     core,
                     p.tunnel,
@@ -551,6 +574,31 @@ impl ClientRole {
         self.counters.connects_failed += 1;
         if let Some(t) = core.tunnel_mut(tkey) {
             t.session.refuse_open(id, reason);
+            core.mark_dirty(tkey);
+        }
+    }
+
+    /// Stream `id`'s target is outside the allow-list (`resolved_to`: the address of the
+    /// name that no entry admits): refuse it, dialing nothing.
+    fn refuse_not_allowed(
+        &mut self,
+        core: &mut Core,
+        tkey: usize,
+        id: u32,
+        target: &str,
+        resolved_to: Option<SocketAddr>,
+    ) {
+        match resolved_to {
+            None => warn!("stream {id}: refused {target}: {NOT_ALLOWED} (--allow, ALLOW)"),
+            Some(a) => warn!(
+                "stream {id}: refused {target}: {NOT_ALLOWED} (--allow, ALLOW): it resolves \
+                 to {}, which no entry allows",
+                a.ip()
+            ),
+        }
+        self.counters.not_allowed += 1;
+        if let Some(t) = core.tunnel_mut(tkey) {
+            t.session.refuse_open(id, NOT_ALLOWED);
             core.mark_dirty(tkey);
         }
     }
@@ -644,15 +692,30 @@ impl ClientRole {
             out.family(
                 "tcpforward_target_connects_total",
                 Kind::Counter,
-                "Connects to inner targets, by result.",
+                "Connects to inner targets, by result (not_allowed: refused by the allow-list, never dialed).",
             );
             for (result, n) in [
                 ("ok", self.counters.connects_ok),
                 ("failed", self.counters.connects_failed),
+                ("not_allowed", self.counters.not_allowed),
             ] {
                 out.sample("tcpforward_target_connects_total", &[("result", result)], n);
             }
         })
+    }
+}
+
+/// Say once, at start-up, which targets the server may have this client connect to.
+fn log_allow_list(cfg: &ClientConfig) {
+    match &cfg.allow {
+        None => info!(
+            "no allow-list (--allow, ALLOW): the server may open connections to any host and \
+             port this client can reach"
+        ),
+        Some(list) if list.allows_everything() => {
+            info!("allow-list: * (the server may open connections to any host and port)")
+        }
+        Some(list) => info!("allow-list: the server may open connections only to {list}"),
     }
 }
 

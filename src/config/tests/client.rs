@@ -310,3 +310,70 @@ fn a_server_ip_that_cannot_name_a_certificate_points_to_server_name() {
     args.tls = Some("off".into());
     assert!(client_from_args(&args).unwrap().tls.is_none());
 }
+
+#[test]
+fn client_allow_list() {
+    let cfg = client_from_args(&client_args(None, Some("10.0.0.1"), Some("1"))).unwrap();
+    assert!(cfg.allow.is_none(), "no list unless one is given");
+
+    let mut args = client_args(None, Some("10.0.0.1"), Some("1"));
+    args.allow = Some("10.0.0.0/8:22, db.internal:5432".into());
+    let allow = client_from_args(&args).unwrap().allow.unwrap();
+    assert_eq!(allow.to_string(), "10.0.0.0/8:22,db.internal:5432");
+    args.allow = Some("*".into());
+    assert!(
+        client_from_args(&args)
+            .unwrap()
+            .allow
+            .unwrap()
+            .allows_everything()
+    );
+    for (v, want) in [
+        ("10.0.0.0/33:22", "10.0.0.0/33:22"),
+        ("", "empty allow-list"),
+        ("host:5-3", "ends before it starts"),
+    ] {
+        args.allow = Some(v.into());
+        let e = client_from_args(&args).unwrap_err();
+        assert!(
+            e.to_string().starts_with("command line: --allow: ") && e.to_string().contains(want),
+            "{v:?}: {e}"
+        );
+    }
+
+    let s = Scratch::new("client-allow");
+    let path = s.write(
+        "forward_client.cfg",
+        "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\nALLOW = 192.168.0.0/16:*, [::1]:22  # lab\n",
+    );
+    let allow = client_from_args(&client_args(Some(path.clone()), None, None))
+        .unwrap()
+        .allow
+        .unwrap();
+    assert_eq!(allow.to_string(), "192.168.0.0/16:*,[::1]:22");
+    // The flag replaces the file's list.
+    let mut args = client_args(Some(path), None, None);
+    args.allow = Some("db:1".into());
+    let allow = client_from_args(&args).unwrap().allow.unwrap();
+    assert_eq!(allow.to_string(), "db:1");
+
+    for (text, parts) in [
+        (
+            "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\nALLOW=1.2.3.4/x:22\n",
+            &["[DEFAULT] key ALLOW", "\"x\" is not a prefix length"][..],
+        ),
+        (
+            "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\nALLOW=\n",
+            &["[DEFAULT] key ALLOW", "empty allow-list"],
+        ),
+        (
+            "[DEFAULT]\nSERVER_IP=10.0.0.1\nSERVER_PORT=1\nALLOW=db:1,,db:2\n",
+            &["[DEFAULT] key ALLOW", "empty entry"],
+        ),
+    ] {
+        let path = s.write("bad.cfg", text);
+        let e = client_from_args(&client_args(Some(path.clone()), None, None)).unwrap_err();
+        assert_err(&e, &path, parts);
+        assert_eq!(e.line(), Some(4), "{e}");
+    }
+}
