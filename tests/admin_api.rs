@@ -48,7 +48,7 @@ fn health_and_token() {
     let (_echo, setup, _port) = echo_mapping();
     let (_server, admin) = start_with_admin(&dir, &setup, Some(TOKEN));
     let health = request(admin.addr, "GET", "/healthz", None, None).unwrap();
-    assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+    assert_eq!((health.status, health.text().as_str()), (200, "ok"));
     for path in ["/api/mappings", "/api/clients", "/api/streams", "/metrics"] {
         for token in [None, Some("wrong"), Some("admin-s3cre")] {
             let r = request(admin.addr, "GET", path, token, None).unwrap();
@@ -867,7 +867,7 @@ fn keep_alive_serves_many_requests_on_one_connection() {
     .unwrap();
     let mut buf = Vec::new();
     let a = read_reply_from(&mut s, &mut buf).unwrap();
-    assert_eq!(a.text(), "ok\n");
+    assert_eq!(a.text(), "ok");
     let b = read_reply_from(&mut s, &mut buf).unwrap();
     assert_eq!(b.json()["role"], "server");
     let c = read_reply_from(&mut s, &mut buf).unwrap();
@@ -902,7 +902,7 @@ fn the_client_reports_its_tunnel() {
     );
     client.wait_for_line("admin API on", READY);
     let admin = common::admin::Admin { addr, token: None };
-    assert_eq!(admin.get("/healthz").text(), "ok\n");
+    assert_eq!(admin.get("/healthz").text(), "ok");
     let status = admin.get_json("/api/status");
     assert_eq!(status["role"], "client");
     assert_eq!(status["state"], "up");

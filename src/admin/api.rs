@@ -38,7 +38,7 @@ pub fn public(req: &Request<'_>, dashboard: bool) -> Option<Response> {
         "/healthz" if get => Some(Response::new(
             200,
             "text/plain; charset=utf-8",
-            b"ok\n".to_vec(),
+            b"ok".to_vec(),
         )),
         "/" if get => Some(Response::new(
             200,
