@@ -275,7 +275,7 @@ fn admin_port(setup: &ServerSetup) -> u16 {
 fn start_server(dir: &TempDir, setup: &ServerSetup, admin: SocketAddr) -> Proc {
     dir.write("port_mapper.cfg", &setup.mapper_text());
     let cfg = dir.write("forward_server.cfg", &setup.server_cfg_text());
-    let server = start_server_cfg(&cfg, setup, "server");
+    let server = start_server_cfg(&cfg, "server");
     if let Err(e) = connect_retry(admin, READY) {
         panic!(
             "the admin API on {admin} takes no connection: {e}\n{}",

@@ -32,7 +32,7 @@ fn the_default_server_serves_ipv6_and_ipv4() {
     let dir = TempDir::new("dual-stack");
     let (_echo, setup, port) = echo_mapping();
     let cfg = write_cfg(&dir, &setup, None);
-    let server = start_server_cfg(&cfg, &setup, "server");
+    let server = start_server_cfg(&cfg, "server");
     assert!(
         server.log_text().contains("(IPv6 and IPv4)"),
         "{}",
@@ -63,7 +63,7 @@ fn bind_addr_0_0_0_0_keeps_ipv4_only() {
     let dir = TempDir::new("ipv4-only");
     let (_echo, setup, port) = echo_mapping();
     let cfg = write_cfg(&dir, &setup, Some("0.0.0.0"));
-    let _server = start_server_cfg(&cfg, &setup, "server");
+    let _server = start_server_cfg(&cfg, "server");
     let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
     assert!(
         TcpStream::connect_timeout(&v6, Duration::from_secs(2)).is_err(),

@@ -117,7 +117,7 @@ fn server_killed_and_restarted_client_reattaches_by_itself() {
     let dir = TempDir::new("server-kill");
     let (echo, setup, port) = echo_mapping();
     let cfg = setup.write(&dir);
-    let mut server = start_server_cfg(&cfg, &setup, "server");
+    let mut server = start_server_cfg(&cfg, "server");
     let client = attach_client(&server, setup.inner_port, &ClientOpts::default());
 
     let mut s = visit(port);
@@ -134,7 +134,7 @@ fn server_killed_and_restarted_client_reattaches_by_itself() {
     );
     client.wait_for_line("reconnecting in", Duration::from_secs(5));
 
-    let server2 = start_server_cfg(&cfg, &setup, "server2");
+    let server2 = start_server_cfg(&cfg, "server2");
     server2.wait_for_line("tunnel attached", Duration::from_secs(20));
     client.wait_for_count("tunnel up", 2, Duration::from_secs(5));
     assert_echo(port, "through the restarted server");

@@ -15,7 +15,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use super::cidr::{Cidr, parse_cidr};
 use super::mappings::check_name;
-use super::{Host, Target, parse_port};
+use super::range::PortRange;
+use super::{Host, Target};
 
 /// A range of ports, both ends included; `*` is 1 to 65535.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,21 +40,14 @@ impl Ports {
         if s == "*" {
             return Ok(Ports::ALL);
         }
-        let port = |p: &str| parse_port(p).ok_or_else(|| format!("{p:?} is not a port (1-65535)"));
         if s.is_empty() {
             return Err("no port after ':' (a port, FIRST-LAST or *)".to_string());
         }
-        let (first, last) = match s.split_once('-') {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => {
-                let p = port(s)?;
-                (p, p)
-            }
-        };
-        if first > last {
-            return Err(format!("port range {s:?} ends before it starts"));
-        }
-        Ok(Ports { first, last })
+        let r = PortRange::parse(s)?;
+        Ok(Ports {
+            first: r.first,
+            last: r.last,
+        })
     }
 }
 

@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ini::strip_comment;
-use super::mappings::check_tag;
-use super::{DEFAULT_TAG, Target, parse_port};
+use super::mappings::{check_tag, target_range};
+use super::range::PortRange;
+use super::{DEFAULT_TAG, Target};
 
 /// The mapping file's text with `port` mapped to `target` and tagged `tag`.
 ///
@@ -233,6 +234,47 @@ fn with_value(line: &str, value: &str) -> String {
     out
 }
 
+/// The value of an entry line, trimmed, without its comment.
+fn value_of(line: &str) -> &str {
+    let code = strip_comment(line);
+    code.find(['=', ':'])
+        .map_or("", |sep| code[sep + 1..].trim())
+}
+
+/// `line` with its key replaced by `key`; the indentation and everything from the
+/// separator on stay.
+fn with_key(line: &str, key: &str) -> String {
+    let code = strip_comment(line);
+    let sep = code
+        .find(['=', ':'])
+        .expect("an entry line has a separator");
+    let indent = line.len() - line.trim_start().len();
+    let spacing = code[..sep].len() - code[..sep].trim_end().len();
+    format!("{}{key}{}", &line[..indent], &line[sep - spacing..])
+}
+
+/// What the ports `piece` of a line `keys=value` of `section` get: the value itself, or in
+/// `[MAPPER]` the targets of those ports (`None` if the value is not a valid target).
+fn piece_value(section: &str, value: &str, keys: PortRange, piece: PortRange) -> Option<String> {
+    if section != "MAPPER" {
+        return Some(value.to_string());
+    }
+    let (host, ports) = target_range(value, keys).ok()?;
+    if piece.size() > 1 && ports == keys && !value.ends_with(&format!(":{keys}")) {
+        // `6000-6009=10.0.0.5`: the same ports, written as a bare host (a single port may
+        // not be).
+        return Some(value.to_string());
+    }
+    let offset = usize::from(piece.first - keys.first);
+    let first = ports.nth(offset);
+    let t = Target { host, port: first };
+    Some(if piece.size() == 1 {
+        t.to_string()
+    } else {
+        format!("{t}-{}", ports.nth(offset + piece.size() - 1))
+    })
+}
+
 impl<'a> Lines<'a> {
     fn split(text: &'a str) -> Lines<'a> {
         let (bom, body) = match text.strip_prefix('\u{feff}') {
@@ -298,25 +340,41 @@ impl<'a> Lines<'a> {
             .collect()
     }
 
-    /// The lines of `section` (any of that name) whose key is `port`.
-    fn find(&self, section: &str, port: u16) -> Vec<usize> {
+    /// The lines of `section` (any of that name) whose key is `port` or a range holding it,
+    /// with that key.
+    fn find(&self, section: &str, port: u16) -> Vec<(usize, PortRange)> {
         self.scan()
             .iter()
             .enumerate()
-            .filter(|(_, (s, k))| {
-                s.as_deref() == Some(section)
-                    && matches!(k, Kind::Entry(key) if parse_port(key) == Some(port))
+            .filter_map(|(i, (s, k))| match k {
+                Kind::Entry(key) if s.as_deref() == Some(section) => PortRange::parse(key)
+                    .ok()
+                    .filter(|r| r.contains(port))
+                    .map(|r| (i, r)),
+                _ => None,
             })
-            .map(|(i, _)| i)
             .collect()
     }
 
-    /// Give `port` the value `value` in `section`: on its lines, or on a new line.
+    /// Give `port` the value `value` in `section`: on its lines, or on a new line. A range
+    /// line holding the port is split around it, unless it already gives the port `value`.
     fn set(&mut self, section: &str, port: u16, value: &str) {
         let found = self.find(section, port);
-        for &i in &found {
-            let text = with_value(&self.lines[i].text, value);
-            self.lines[i].text = Cow::Owned(text);
+        for &(i, keys) in found.iter().rev() {
+            if keys.size() == 1 {
+                let text = with_value(&self.lines[i].text, value);
+                self.lines[i].text = Cow::Owned(text);
+            } else if piece_value(
+                section,
+                value_of(&self.lines[i].text),
+                keys,
+                PortRange::one(port),
+            )
+            .as_deref()
+                != Some(value)
+            {
+                self.split_range(i, section, keys, port, Some(value));
+            }
         }
         if !found.is_empty() {
             return;
@@ -349,10 +407,65 @@ impl<'a> Lines<'a> {
         );
     }
 
-    /// Remove the lines of `port` in `section`.
+    /// Remove `port` from `section`: its own lines go, a range line holding it is split.
     fn remove(&mut self, section: &str, port: u16) {
-        for i in self.find(section, port).into_iter().rev() {
-            self.lines.remove(i);
+        for (i, keys) in self.find(section, port).into_iter().rev() {
+            if keys.size() == 1 {
+                self.lines.remove(i);
+            } else {
+                self.split_range(i, section, keys, port, None);
+            }
+        }
+    }
+
+    /// Replace range line `i` (key `keys`) by the ports below `port`, `port=value` (if
+    /// given) and the ports above. The first piece keeps the line's spacing and comment. A
+    /// piece whose value cannot be worked out (the line does not load anyway) is dropped.
+    fn split_range(
+        &mut self,
+        i: usize,
+        section: &str,
+        keys: PortRange,
+        port: u16,
+        value: Option<&str>,
+    ) {
+        let line = self.lines.remove(i);
+        let old = value_of(&line.text).to_string();
+        let mut texts = Vec::new();
+        let below = (keys.first < port).then(|| PortRange {
+            first: keys.first,
+            last: port - 1,
+        });
+        let above = (port < keys.last).then(|| PortRange {
+            first: port + 1,
+            last: keys.last,
+        });
+        if let Some(r) = below
+            && let Some(v) = piece_value(section, &old, keys, r)
+        {
+            texts.push((r, v));
+        }
+        if let Some(v) = value {
+            texts.push((PortRange::one(port), v.to_string()));
+        }
+        if let Some(r) = above
+            && let Some(v) = piece_value(section, &old, keys, r)
+        {
+            texts.push((r, v));
+        }
+        for (n, (r, v)) in texts.into_iter().enumerate() {
+            let text = if n == 0 {
+                with_key(&with_value(&line.text, &v), &r.to_string())
+            } else {
+                format!("{r}={v}")
+            };
+            self.lines.insert(
+                i + n,
+                Line {
+                    text: Cow::Owned(text),
+                    eol: if n == 0 { line.eol } else { self.eol },
+                },
+            );
         }
     }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use super::cidr::{Cidr, parse_cidr_list};
 use super::ini::{Doc, Entry, first_at};
+use super::range::PortRange;
 use super::{ConfigError, DEFAULT_TAG, MAX_HOST_NAME_LEN, MAX_TAG_LEN, parse_port};
 
 /// The host part of a [`Target`]: an IP literal, or a name the client resolves.
@@ -43,45 +44,84 @@ impl Target {
     /// (one final `.` is allowed), and is not a malformed IPv4 address such as `192.168.105`.
     /// The error message quotes the whole target, e.g. `target "10.0.0.1" has no port`.
     pub fn parse(s: &str) -> Result<Target, String> {
-        if s.is_empty() {
-            return Err("empty target (expected host:port)".to_string());
-        }
-        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let Some((addr, after)) = rest.split_once(']') else {
-                return Err(format!("target {s:?}: missing ']' after the IPv6 address"));
-            };
-            let ip: Ipv6Addr = addr
-                .parse()
-                .map_err(|_| format!("target {s:?}: {addr:?} is not an IPv6 address"))?;
-            let port = match after.strip_prefix(':') {
-                Some(port) => port,
-                None if after.is_empty() => return Err(format!("target {s:?} has no port")),
-                None => return Err(format!("target {s:?}: unexpected {after:?} after ']'")),
-            };
-            (Host::Ip(IpAddr::V6(ip)), port)
-        } else {
-            let Some((host, port)) = s.rsplit_once(':') else {
-                return Err(format!("target {s:?} has no port"));
-            };
-            if host.contains(':') {
-                return Err(if host.parse::<Ipv6Addr>().is_ok() {
-                    format!("target {s:?}: an IPv6 target needs brackets, e.g. [{host}]:{port}")
-                } else if s.parse::<Ipv6Addr>().is_ok() {
-                    format!("target {s:?}: an IPv6 target needs brackets and a port, e.g. [{s}]:22")
-                } else {
-                    format!("target {s:?}: {host:?} is not a valid host")
-                });
-            }
-            if host.is_empty() {
-                return Err(format!("target {s:?} has no host"));
-            }
-            let host = parse_host(host).map_err(|e| format!("target {s:?}: {e}"))?;
-            (host, port)
+        let (host, port) = split_target(s)?;
+        let Some(port) = port else {
+            return Err(format!("target {s:?} has no port"));
         };
         let port = parse_port(port)
             .ok_or_else(|| format!("target {s:?}: {port:?} is not a port (1-65535)"))?;
         Ok(Target { host, port })
     }
+}
+
+/// The host of a target and its port text, if it has one: `[::1]:22`, `db:5432`, `10.0.0.5`.
+/// Errors quote the whole target.
+fn split_target(s: &str) -> Result<(Host, Option<&str>), String> {
+    if s.is_empty() {
+        return Err("empty target (expected host:port)".to_string());
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return Err(format!("target {s:?}: missing ']' after the IPv6 address"));
+        };
+        let ip: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| format!("target {s:?}: {addr:?} is not an IPv6 address"))?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if after.is_empty() => None,
+            None => return Err(format!("target {s:?}: unexpected {after:?} after ']'")),
+        };
+        return Ok((Host::Ip(IpAddr::V6(ip)), port));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (s, None),
+    };
+    if host.contains(':') {
+        let port = port.unwrap_or_default();
+        return Err(if host.parse::<Ipv6Addr>().is_ok() {
+            format!("target {s:?}: an IPv6 target needs brackets, e.g. [{host}]:{port}")
+        } else if s.parse::<Ipv6Addr>().is_ok() {
+            format!("target {s:?}: an IPv6 target needs brackets and a port, e.g. [{s}]:22")
+        } else {
+            format!("target {s:?}: {host:?} is not a valid host")
+        });
+    }
+    if host.is_empty() {
+        return Err(format!("target {s:?} has no host"));
+    }
+    let host = parse_host(host).map_err(|e| format!("target {s:?}: {e}"))?;
+    Ok((host, port))
+}
+
+/// The targets of the `[MAPPER]` line `public=s`: a port maps to `host:port`; a range
+/// `6000-6009` maps to `host:7000-7009` (a range as long) or to bare `host` (the same ports).
+/// Returns the host and the target ports, as many as `public` has.
+pub(super) fn target_range(s: &str, public: PortRange) -> Result<(Host, PortRange), String> {
+    if public.size() == 1 {
+        let t = Target::parse(s).map_err(|e| match split_target(s) {
+            Ok((_, Some(ports))) if PortRange::parse(ports).is_ok_and(|r| r.size() > 1) => {
+                format!("target {s:?}: one public port cannot map to the range {ports}")
+            }
+            _ => e,
+        })?;
+        return Ok((t.host, PortRange::one(t.port)));
+    }
+    let (host, ports) = split_target(s)?;
+    let Some(text) = ports else {
+        return Ok((host, public));
+    };
+    let ports = PortRange::parse(text).map_err(|e| format!("target {s:?}: {e}"))?;
+    if ports.size() != public.size() {
+        return Err(format!(
+            "the {} public ports {public} map to {} target port{} ({ports}): both ranges must have the same length",
+            public.size(),
+            ports.size(),
+            if ports.size() == 1 { "" } else { "s" },
+        ));
+    }
+    Ok((host, ports))
 }
 
 /// `1.2.3.4:22`, `[::1]:22`, `db.internal:5432`: the form [`Target::parse`] reads.
@@ -133,54 +173,38 @@ pub(super) fn load_mappings(
 
     let mut targets: BTreeMap<u16, (Target, &Entry)> = BTreeMap::new();
     for e in doc.entries_in("MAPPER") {
-        let port = public_port(&doc, e)?;
-        if let Some((_, first)) = targets.get(&port) {
-            return Err(doc.err(
-                e,
-                format!("public port {port} is mapped twice{}", first_at(first)),
-            ));
+        let public = port_key(&doc, e)?;
+        let (host, ports) = target_range(&e.value, public).map_err(|m| doc.err(e, m))?;
+        for (i, port) in public.ports().enumerate() {
+            if let Some((_, first)) = targets.get(&port) {
+                return Err(doc.err(
+                    e,
+                    format!("public port {port} is mapped twice{}", first_at(first)),
+                ));
+            }
+            if port == inner_port {
+                return Err(doc.err(
+                    e,
+                    format!(
+                        "public port {port} is the INNER_PORT of {}",
+                        cfg_file.display()
+                    ),
+                ));
+            }
+            let target = Target {
+                host: host.clone(),
+                port: ports.nth(i),
+            };
+            targets.insert(port, (target, e));
         }
-        if port == inner_port {
-            return Err(doc.err(
-                e,
-                format!(
-                    "public port {port} is the INNER_PORT of {}",
-                    cfg_file.display()
-                ),
-            ));
-        }
-        let target = Target::parse(&e.value).map_err(|m| doc.err(e, m))?;
-        targets.insert(port, (target, e));
     }
 
-    let mut tags: HashMap<u16, (String, &Entry)> = HashMap::new();
-    for e in doc.entries_in("TAG") {
-        let port = public_port(&doc, e)?;
-        if !targets.contains_key(&port) {
-            return Err(doc.err(e, format!("port {port} has no [MAPPER] entry")));
-        }
-        if let Some((_, first)) = tags.get(&port) {
-            return Err(doc.err(e, format!("port {port} is tagged twice{}", first_at(first))));
-        }
-        check_tag(&e.value).map_err(|m| doc.err(e, m))?;
-        tags.insert(port, (e.value.clone(), e));
-    }
-
-    let mut allows: HashMap<u16, (Vec<Cidr>, &Entry)> = HashMap::new();
-    for e in doc.entries_in("ALLOW") {
-        let port = public_port(&doc, e)?;
-        if !targets.contains_key(&port) {
-            return Err(doc.err(e, format!("port {port} has no [MAPPER] entry")));
-        }
-        if let Some((_, first)) = allows.get(&port) {
-            return Err(doc.err(
-                e,
-                format!("port {port} has two allow-lists{}", first_at(first)),
-            ));
-        }
-        let list = parse_cidr_list(&e.value).map_err(|m| doc.err(e, m))?;
-        allows.insert(port, (list, e));
-    }
+    let mut tags = per_port(&doc, "TAG", &targets, "is tagged twice", |e| {
+        check_tag(&e.value).map(|()| e.value.clone())
+    })?;
+    let mut allows = per_port(&doc, "ALLOW", &targets, "has two allow-lists", |e| {
+        parse_cidr_list(&e.value)
+    })?;
 
     if targets.is_empty() {
         warnings.push(format!(
@@ -201,13 +225,41 @@ pub(super) fn load_mappings(
         .collect())
 }
 
-fn public_port(doc: &Doc, e: &Entry) -> Result<u16, ConfigError> {
-    parse_port(&e.key).ok_or_else(|| {
-        doc.err(
-            e,
-            format!("public port {:?} is not a port (1-65535)", e.raw_key),
-        )
+/// The key of a mapping file line: a public port or a range of them.
+fn port_key(doc: &Doc, e: &Entry) -> Result<PortRange, ConfigError> {
+    PortRange::parse(&e.raw_key).map_err(|m| {
+        let m = match m.strip_prefix("port range") {
+            Some(rest) => format!("public port range{rest}"),
+            None => format!("public port {m}"),
+        };
+        doc.err(e, m)
     })
+}
+
+/// The values a section gives its ports (each port of a range the same one), checked with
+/// `parse`: every port must be mapped, and given a value once (else "port N `twice`").
+fn per_port<'d, T: Clone>(
+    doc: &'d Doc,
+    section: &'static str,
+    mapped: &BTreeMap<u16, (Target, &Entry)>,
+    twice: &str,
+    mut parse: impl FnMut(&Entry) -> Result<T, String>,
+) -> Result<HashMap<u16, (T, &'d Entry)>, ConfigError> {
+    let mut values: HashMap<u16, (T, &Entry)> = HashMap::new();
+    for e in doc.entries_in(section) {
+        let ports = port_key(doc, e)?;
+        if let Some(port) = ports.ports().find(|p| !mapped.contains_key(p)) {
+            return Err(doc.err(e, format!("port {port} has no [MAPPER] entry")));
+        }
+        let value = parse(e).map_err(|m| doc.err(e, m))?;
+        for port in ports.ports() {
+            if let Some((_, first)) = values.get(&port) {
+                return Err(doc.err(e, format!("port {port} {twice}{}", first_at(first))));
+            }
+            values.insert(port, (value.clone(), e));
+        }
+    }
+    Ok(values)
 }
 
 /// A tag: 1..=64 bytes, no whitespace or control characters.

@@ -30,6 +30,7 @@ mod diff;
 mod edit;
 mod ini;
 mod mappings;
+mod range;
 
 pub use self::allow::{AllowList, Verdict};
 pub use self::cidr::{Cidr, allows, parse_cidr, parse_cidr_list};
@@ -39,6 +40,7 @@ use self::ini::{Doc, Entry};
 pub(crate) use self::mappings::check_tag;
 pub use self::mappings::{Host, Mapping, Target};
 use self::mappings::{load_mappings, server_host};
+pub use self::range::PortRange;
 
 /// Tag of a client (and of a mapping) when none is configured.
 pub const DEFAULT_TAG: &str = "default";

@@ -175,7 +175,7 @@ pub fn start_with_admin(dir: &TempDir, setup: &ServerSetup, token: Option<&str>)
         setup.extra.push(format!("ADMIN_TOKEN={t}"));
     }
     let cfg = setup.write(dir);
-    let server = start_server_cfg(&cfg, &setup, "server");
+    let server = start_server_cfg(&cfg, "server");
     server.wait_for_line("admin API on", READY);
     let admin = Admin {
         addr,

@@ -718,7 +718,7 @@ impl ServerSetup {
     /// announced every public port.
     pub fn start(&self, dir: &TempDir) -> Proc {
         let cfg = self.write(dir);
-        start_server_cfg(&cfg, self, "server")
+        start_server_cfg(&cfg, "server")
     }
 }
 
@@ -728,28 +728,23 @@ impl ServerSetup {
 /// another test's outgoing connection (those come from the same range). Such connections
 /// are short-lived: a start that fails with "Address already in use" is tried again, a few
 /// times, before it counts as a failure.
-pub fn start_server_cfg(cfg: &Path, setup: &ServerSetup, name: &str) -> Proc {
+pub fn start_server_cfg(cfg: &Path, name: &str) -> Proc {
     const IN_USE: &str = "Address already in use";
     const ATTEMPTS: usize = 5;
+    const READY_LINE: &str = "listening for clients on";
     let cfg = cfg.to_string_lossy().to_string();
-    let last = match setup.mappings.last() {
-        Some(m) => format!("public port {} ", m.public),
-        None => "listening for clients on".to_string(),
-    };
     let mut attempt = 1;
     loop {
         let mut p = spawn(name, &["server", &cfg], &[]);
-        if attempt < ATTEMPTS && p.wait_any(&[IN_USE, &last], READY) == Some(0) {
+        if attempt < ATTEMPTS && p.wait_any(&[IN_USE, READY_LINE], READY) == Some(0) {
             let _ = p.wait_exit(READY);
             eprintln!("{name}: a port was taken meanwhile; starting again ({attempt})");
             thread::sleep(Duration::from_millis(200));
             attempt += 1;
             continue;
         }
-        p.wait_for_line("listening for clients on", READY);
-        for m in &setup.mappings {
-            p.wait_for_line(&format!("public port {} ", m.public), READY);
-        }
+        // The server says this once every public port listens.
+        p.wait_for_line(READY_LINE, READY);
         return p;
     }
 }

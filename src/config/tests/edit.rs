@@ -352,3 +352,101 @@ fn removing_a_mapping_removes_its_allow_list() {
         "[MAPPER]\n1=h:9\n2=h:2\n[ALLOW]\n1=10.0.0.0/8\n2=::1\n"
     );
 }
+
+/// A file with port ranges.
+const RANGES: &str = "\
+[MAPPER]
+6000-6004 = 10.0.0.5:7000-7004   # web farm
+6100-6102=10.0.0.6
+[TAG]
+6000-6004=farm
+[ALLOW]
+6100-6102=10.0.0.0/8
+";
+
+#[test]
+fn changing_one_port_of_a_range_splits_its_lines() {
+    let got = set_mapping(RANGES, 6002, "10.0.0.9:22", "other");
+    assert_eq!(
+        got,
+        "\
+[MAPPER]
+6000-6001 = 10.0.0.5:7000-7001   # web farm
+6002=10.0.0.9:22
+6003-6004=10.0.0.5:7003-7004
+6100-6102=10.0.0.6
+[TAG]
+6000-6001=farm
+6002=other
+6003-6004=farm
+[ALLOW]
+6100-6102=10.0.0.0/8
+"
+    );
+    let mut all = load(RANGES);
+    all[2] = (6002, "10.0.0.9:22".to_string(), "other".to_string());
+    assert_eq!(load(&got), all);
+
+    // The ends of a range, and a bare-host range (same ports) that keeps its form.
+    let got = set_mapping(RANGES, 6100, "10.0.0.9:22", DEFAULT_TAG);
+    assert!(
+        got.contains("6100=10.0.0.9:22\n6101-6102=10.0.0.6\n"),
+        "{got}"
+    );
+    let got = set_mapping(RANGES, 6102, "10.0.0.9:22", DEFAULT_TAG);
+    assert!(
+        got.contains("6100-6101=10.0.0.6\n6102=10.0.0.9:22\n"),
+        "{got}"
+    );
+    let got = set_mapping(RANGES, 6101, "10.0.0.9:22", DEFAULT_TAG);
+    assert!(
+        got.contains("6100=10.0.0.6:6100\n6101=10.0.0.9:22\n6102=10.0.0.6:6102\n"),
+        "{got}"
+    );
+    // The allow-list line is not the API's to change: it stays whole.
+    assert!(got.contains("[ALLOW]\n6100-6102=10.0.0.0/8\n"), "{got}");
+}
+
+#[test]
+fn setting_what_a_range_already_says_changes_nothing() {
+    assert_eq!(set_mapping(RANGES, 6003, "10.0.0.5:7003", "farm"), RANGES);
+    assert_eq!(
+        set_mapping(RANGES, 6101, "10.0.0.6:6101", DEFAULT_TAG),
+        RANGES
+    );
+}
+
+#[test]
+fn removing_one_port_of_a_range_splits_every_section() {
+    let got = remove_mapping(RANGES, 6000);
+    assert_eq!(
+        got,
+        RANGES
+            .replace(
+                "6000-6004 = 10.0.0.5:7000-7004",
+                "6001-6004 = 10.0.0.5:7001-7004"
+            )
+            .replace("6000-6004=farm", "6001-6004=farm")
+    );
+    let got = remove_mapping(RANGES, 6101);
+    assert!(
+        got.contains("6100=10.0.0.6:6100\n6102=10.0.0.6:6102\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains("[ALLOW]\n6100=10.0.0.0/8\n6102=10.0.0.0/8\n"),
+        "{got}"
+    );
+    let mut all = load(RANGES);
+    all.retain(|m| m.0 != 6101);
+    assert_eq!(load(&got), all);
+    // Every port of a range, one by one: nothing of it is left.
+    let mut text = RANGES.to_string();
+    for port in 6000..=6004 {
+        text = remove_mapping(&text, port);
+    }
+    assert_eq!(
+        text,
+        "[MAPPER]\n6100-6102=10.0.0.6\n[TAG]\n[ALLOW]\n6100-6102=10.0.0.0/8\n"
+    );
+}

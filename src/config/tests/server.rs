@@ -604,3 +604,134 @@ fn allow_errors_name_the_line() {
         assert!(text.contains(want), "{cfg}: {text}");
     }
 }
+
+#[test]
+fn port_ranges_expand_to_one_mapping_per_port() {
+    let s = Scratch::new("ranges");
+    let path = s.server(
+        CFG,
+        "[MAPPER]\n6000-6002=10.0.0.5:7000-7002\n6100-6101=10.0.0.6\n\
+         6200-6201=[2001:db8::5]:80-81\n6300-6301=[::1]\n6400-6401=db.internal\n22=10.0.0.7:22\n\
+         [TAG]\n6000-6001=office\n[ALLOW]\n6100-6101=10.0.0.0/8\n6000=192.0.2.1\n",
+    );
+    let cfg = load_server(&path).unwrap();
+    let got: Vec<(u16, String, &str, Option<usize>)> = cfg
+        .mappings
+        .iter()
+        .map(|m| {
+            let allow = m.allow.as_ref().map(Vec::len);
+            (m.public_port, m.target.to_string(), m.tag.as_str(), allow)
+        })
+        .collect();
+    let want: Vec<(u16, &str, &str, Option<usize>)> = vec![
+        (22, "10.0.0.7:22", "default", None),
+        (6000, "10.0.0.5:7000", "office", Some(1)),
+        (6001, "10.0.0.5:7001", "office", None),
+        (6002, "10.0.0.5:7002", "default", None),
+        (6100, "10.0.0.6:6100", "default", Some(1)),
+        (6101, "10.0.0.6:6101", "default", Some(1)),
+        (6200, "[2001:db8::5]:80", "default", None),
+        (6201, "[2001:db8::5]:81", "default", None),
+        (6300, "[::1]:6300", "default", None),
+        (6301, "[::1]:6301", "default", None),
+        (6400, "db.internal:6400", "default", None),
+        (6401, "db.internal:6401", "default", None),
+    ];
+    let want: Vec<(u16, String, &str, Option<usize>)> = want
+        .into_iter()
+        .map(|(p, t, tag, a)| (p, t.to_string(), tag, a))
+        .collect();
+    assert_eq!(got, want);
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+}
+
+#[test]
+fn a_range_of_thousands_of_ports_loads_quickly() {
+    let s = Scratch::new("big-range");
+    let path = s.server(
+        CFG,
+        "[MAPPER]\n20000-29999=10.0.0.5:30000-39999\n[TAG]\n20000-29999=t\n",
+    );
+    let started = std::time::Instant::now();
+    let cfg = load_server(&path).unwrap();
+    assert_eq!(cfg.mappings.len(), 10_000);
+    assert_eq!(cfg.mappings[9_999].public_port, 29_999);
+    assert_eq!(cfg.mappings[9_999].target.port, 39_999);
+    assert!(cfg.mappings.iter().all(|m| m.tag == "t"));
+    // Generous: this is a check against a quadratic slip, not a benchmark.
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn port_range_errors_name_the_line() {
+    for (mapper, line, parts) in [
+        (
+            "[MAPPER]\n6000-6009=10.0.0.5:7000-7008\n",
+            2,
+            &[
+                "[MAPPER] key 6000-6009",
+                "the 10 public ports 6000-6009 map to 9 target ports (7000-7008): both ranges must have the same length",
+            ][..],
+        ),
+        (
+            "[MAPPER]\n6000-6009=10.0.0.5:7000\n",
+            2,
+            &["map to 1 target port (7000): both ranges must have the same length"],
+        ),
+        (
+            "[MAPPER]\n6000=10.0.0.5:7000-7009\n",
+            2,
+            &["one public port cannot map to the range 7000-7009"],
+        ),
+        (
+            "[MAPPER]\n6009-6000=10.0.0.5\n",
+            2,
+            &[r#"public port range "6009-6000" ends before it starts"#],
+        ),
+        (
+            "[MAPPER]\n6000-70000=10.0.0.5\n",
+            2,
+            &[r#"public port "70000" is not a port (1-65535)"#],
+        ),
+        (
+            "[MAPPER]\n6000-6001=10.0.0.5:7001-7000\n",
+            2,
+            &[r#"target "10.0.0.5:7001-7000": port range "7001-7000" ends before it starts"#],
+        ),
+        (
+            "[MAPPER]\n6000-6001=10.0.0.5:x\n",
+            2,
+            &[r#"target "10.0.0.5:x": "x" is not a port"#],
+        ),
+        ("[MAPPER]\n6000-6001=::1\n", 2, &["brackets"]),
+        (
+            "[MAPPER]\n6000-6009=10.0.0.5\n6005=10.0.0.6:22\n",
+            3,
+            &["public port 6005 is mapped twice (first on line 2)"],
+        ),
+        (
+            "[MAPPER]\n1100-1200=10.0.0.5\n",
+            2,
+            &["public port 1111 is the INNER_PORT of"],
+        ),
+        (
+            "[MAPPER]\n6000-6009=10.0.0.5\n[TAG]\n6005-6010=x\n",
+            4,
+            &["[TAG] key 6005-6010: port 6010 has no [MAPPER] entry"],
+        ),
+        (
+            "[MAPPER]\n6000-6009=10.0.0.5\n[TAG]\n6000-6004=x\n6004-6009=y\n",
+            5,
+            &["port 6004 is tagged twice (first on line 4)"],
+        ),
+        (
+            "[MAPPER]\n6000-6009=10.0.0.5\n[ALLOW]\n6000-6009=10.0.0.0/33\n",
+            4,
+            &["[ALLOW] key 6000-6009"],
+        ),
+    ] {
+        let (s, e) = server_err(CFG, mapper);
+        assert_err(&e, &s.0.join("port_mapper.cfg"), parts);
+        assert_eq!(e.line(), Some(line), "{e}");
+    }
+}

@@ -173,7 +173,6 @@ pub fn run(cfg: ServerConfig, log_args: LogArgs) -> io::Result<()> {
         sock,
         purpose: Purpose::Tunnels,
     }))?;
-    info!("listening for clients on {}", bind.describe(cfg.inner_port));
     reactor.role.bind = bind;
     let timeouts = reactor.role.timeouts;
     reactor.core.set_stream_timeouts(timeouts);
@@ -181,6 +180,9 @@ pub fn run(cfg: ServerConfig, log_args: LogArgs) -> io::Result<()> {
         let sock = bind_public(bind, m.public_port)?;
         reactor.role.publish(&mut reactor.core, m, sock)?;
     }
+    log_mappings(&cfg.mappings, "");
+    // Last: a supervisor (or a test) that sees this line finds every public port open.
+    info!("listening for clients on {}", bind.describe(cfg.inner_port));
     if let Some(admin) = &cfg.admin {
         let sock = TcpListener::bind(admin.addr).map_err(|e| {
             io::Error::new(
@@ -212,6 +214,52 @@ fn allow_note(allow: Option<&[Cidr]>) -> String {
         let list: Vec<String> = l.iter().map(ToString::to_string).collect();
         format!(", allow {}", list.join(" "))
     })
+}
+
+/// Log mappings at INFO, a line per run of them that a port range could write
+/// (`public ports 6000-6009 -> 10.0.0.5:7000-7009 (tag web)`), each line after `prefix`.
+fn log_mappings(ms: &[Mapping], prefix: &str) {
+    for run in runs(ms) {
+        let (first, last) = (&run[0], &run[run.len() - 1]);
+        let note = format!("(tag {}{})", first.tag, allow_note(first.allow.as_deref()));
+        if run.len() == 1 {
+            info!(
+                "{prefix}public port {} -> {} {note}",
+                first.public_port, first.target
+            );
+        } else {
+            info!(
+                "{prefix}public ports {}-{} -> {}-{} {note}",
+                first.public_port, last.public_port, first.target, last.target.port
+            );
+        }
+    }
+}
+
+/// `ms` (sorted by port) cut into runs: consecutive public ports to consecutive ports of
+/// one host, with one tag and one allow-list.
+fn runs(ms: &[Mapping]) -> impl Iterator<Item = &[Mapping]> {
+    ms.chunk_by(|a, b| {
+        a.public_port.checked_add(1) == Some(b.public_port)
+            && a.target.port.checked_add(1) == Some(b.target.port)
+            && a.target.host == b.target.host
+            && a.tag == b.tag
+            && a.allow == b.allow
+    })
+}
+
+/// Log ports closing at INFO, a line per run of consecutive ones.
+fn log_closed(ports: &[u16], prefix: &str) {
+    for run in ports.chunk_by(|a, b| a.checked_add(1) == Some(*b)) {
+        match run {
+            [one] => info!("{prefix}public port {one} closed"),
+            _ => info!(
+                "{prefix}public ports {}-{} closed",
+                run[0],
+                run[run.len() - 1]
+            ),
+        }
+    }
 }
 
 /// Put a public port's bound listener in the loop; returns its key.
@@ -331,12 +379,7 @@ impl ServerRole {
     /// Serve mapping `m` on `listener`, a listener of its port already in the loop.
     fn adopt(&mut self, m: &Mapping, listener: usize) {
         let port = m.public_port;
-        info!(
-            "public port {port} -> {} (tag {}{})",
-            m.target,
-            m.tag,
-            allow_note(m.allow.as_deref())
-        );
+        debug!("public port {port} -> {} (tag {})", m.target, m.tag);
         self.counters.mapped(port);
         self.ports.insert(
             port,
@@ -355,7 +398,7 @@ impl ServerRole {
         let p = self.ports.remove(&port)?;
         core.remove(p.listener);
         self.accept_retry.remove(&p.listener);
-        info!("public port {port} closed");
+        debug!("public port {port} closed");
         Some(p)
     }
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use serde_json::{Value, json};
 
 use super::{ServerRole, bind_public, listen, params_of, timeouts_of};
@@ -65,9 +65,14 @@ impl ServerRole {
         for (_, m) in &diff.changed {
             self.retarget(m);
         }
-        for (m, key) in opened {
+        for &(m, key) in &opened {
             self.adopt(m, key);
         }
+        let removed: Vec<u16> = diff.removed.iter().map(|m| m.public_port).collect();
+        super::log_closed(&removed, "reload: ");
+        let changed: Vec<Mapping> = diff.changed.iter().map(|(_, m)| m.clone()).collect();
+        super::log_mappings(&changed, "reload: ");
+        super::log_mappings(&diff.added, "reload: ");
 
         let mut settings = Vec::new();
         let params = params_of(&cfg);
@@ -154,12 +159,9 @@ impl ServerRole {
             p.target_text = m.target.to_string().into();
             p.tag = m.tag.clone();
             p.allow = m.allow.clone();
-            info!(
-                "public port {} -> {} (tag {}{})",
-                m.public_port,
-                m.target,
-                m.tag,
-                super::allow_note(m.allow.as_deref())
+            debug!(
+                "public port {} -> {} (tag {})",
+                m.public_port, m.target, m.tag
             );
         }
     }
