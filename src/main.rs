@@ -30,7 +30,8 @@ fn main() -> ExitCode {
             exit(server::run(cfg, args.log))
         }
         Command::Client(args) => {
-            let cfg = match config::client_from_args(&args.input()) {
+            let input = args.input();
+            let cfg = match config::client_from_args(&input) {
                 Ok(cfg) => cfg,
                 Err(e) => return config_error(&e),
             };
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
             for w in &cfg.warnings {
                 log::warn!("{w}");
             }
-            exit(client::run(cfg))
+            exit(client::run(cfg, input, args.log))
         }
         Command::Status(args) => ExitCode::from(status::run(&args)),
         Command::Cert(args) => match tls::write_cert_files(&args.dir, &args.names) {

@@ -175,6 +175,33 @@ fn allow_key_in_the_config_file() {
     assert_echo(ports[0], "a target the file's ALLOW allows");
     assert_refused(&server, &client, ports[1], &denied.target());
     assert_eq!(denied.accepted(), 0);
+
+    // SIGHUP applies a new list to the streams opened after it; the tunnel stays up.
+    let text = std::fs::read_to_string(&cfg).expect("read the client's file");
+    let widened = text.replace(
+        &format!("127.0.0.1:{}  # one", allowed.port()),
+        &format!("127.0.0.1:{}  # both", denied.port()),
+    );
+    assert_ne!(text, widened);
+    dir.write("forward_client.cfg", &widened);
+    client.signal(libc::SIGHUP);
+    client.wait_for_line("reloaded: settings changed: ALLOW", READY);
+    assert_echo(ports[1], "a target the reloaded ALLOW allows");
+    assert_refused(&server, &client, ports[0], &allowed.target());
+    assert_eq!(client.count("tunnel up:"), 1, "{}", client.tail(20));
+
+    // A file that does not load changes nothing.
+    dir.write(
+        "forward_client.cfg",
+        &widened.replace("ALLOW = ", "ALLOW = 10.0.0.0/33:22,"),
+    );
+    client.signal(libc::SIGHUP);
+    let line = client.wait_for_line("reload failed, nothing changed", READY);
+    assert!(
+        line.contains("forward_client.cfg") && line.contains("10.0.0.0/33"),
+        "{line}"
+    );
+    assert_echo(ports[1], "the list before the failed reload");
 }
 
 /// Run the client with `args`, expecting exit status 2 and every string of `mentions`.

@@ -16,7 +16,11 @@ use crate::admin::stats::Live;
 use crate::admin::time;
 
 use crate::buffer::Buf;
-use crate::config::{ClientConfig, Host, Target, Verdict};
+use crate::cli::LogArgs;
+use crate::config::{
+    self, AdminSettings, ClientConfig, ClientInput, ConfigError, Host, Secret, Target, Verdict,
+};
+use crate::logging;
 use crate::net::http::{Request, Response};
 use crate::net::reactor::{
     ClosedTunnel, Core, Dial, Endpoint, Listener, PendingOpen, Purpose, Reactor, RelaySpec, Role,
@@ -31,6 +35,7 @@ use crate::net::tunnel::Tunnel;
 use crate::protocol::CloseReason;
 use crate::protocol::handshake::NONCE_LEN;
 use crate::protocol::session::{ClientParams, Event, STREAM_WINDOW, Session};
+use crate::tls::ClientTls;
 
 /// Time allowed to connect the server (targets have `CONNECT_TIMEOUT`).
 const SERVER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +51,9 @@ pub const NOT_ALLOWED: &str = "target not allowed by the client";
 
 pub struct ClientRole {
     cfg: ClientConfig,
+    /// What the configuration was loaded from, to load it again on SIGHUP.
+    input: ClientInput,
+    log_args: LogArgs,
     params: Arc<ClientParams>,
     /// The slab key of the dial or tunnel to the server, while there is one.
     tunnel: Option<usize>,
@@ -73,7 +81,7 @@ struct ClientCounters {
     connects_failed: u64,
 }
 
-pub fn run(cfg: ClientConfig) -> io::Result<()> {
+pub fn run(cfg: ClientConfig, input: ClientInput, log_args: LogArgs) -> io::Result<()> {
     sys::tune_allocator();
     match sys::raise_nofile_limit() {
         Ok(n) => debug!("open file limit: {n}"),
@@ -86,6 +94,8 @@ pub fn run(cfg: ClientConfig) -> io::Result<()> {
     });
     let role = ClientRole {
         cfg,
+        input,
+        log_args,
         params,
         tunnel: None,
         attempt: 0,
@@ -527,9 +537,11 @@ impl Role for ClientRole {
     }
 
     fn on_reload(&mut self, _core: &mut Core) {
-        info!(
-            "SIGHUP: the client reads its configuration at start only; restart it to apply changes"
-        );
+        info!("SIGHUP: reading the configuration again");
+        match self.reload() {
+            Ok(summary) => info!("reloaded: {summary}"),
+            Err(e) => warn!("reload failed, nothing changed: {e}"),
+        }
     }
 
     fn on_admin_request(&mut self, core: &mut Core, req: &Request<'_>) -> Response {
@@ -706,6 +718,58 @@ impl ClientRole {
 }
 
 /// Say once, at start-up, which targets the server may have this client connect to.
+impl ClientRole {
+    /// Load the configuration again from the same command line and file, and apply what
+    /// can change while tunnels run: `ALLOW` and `CONNECT_TIMEOUT` (for streams opened from
+    /// now on) and `LOG_LEVEL`. What names the tunnel itself (the server, the tag, the token,
+    /// TLS) or the admin API is logged as needing a restart. A file that does not load
+    /// changes nothing.
+    fn reload(&mut self) -> Result<String, ConfigError> {
+        let cfg = config::client_from_args(&self.input)?;
+        let level = logging::level(&self.log_args, cfg.log_level)?;
+        for w in &cfg.warnings {
+            warn!("{w}");
+        }
+        let old = &self.cfg;
+        let secret = |t: &Option<Secret>| t.as_ref().map(|t| t.expose().to_vec());
+        let tls = |t: &Option<ClientTls>| t.as_ref().map(|t| format!("{t:?}"));
+        let admin = |a: &Option<AdminSettings>| a.as_ref().map(|a| (a.addr, secret(&a.token)));
+        let restart: Vec<&str> = [
+            ("SERVER_IP", cfg.server_host != old.server_host),
+            ("SERVER_PORT", cfg.server_port != old.server_port),
+            ("TAG", cfg.tag != old.tag),
+            ("TOKEN", secret(&cfg.token) != secret(&old.token)),
+            ("TLS", tls(&cfg.tls) != tls(&old.tls)),
+            ("ADMIN_ADDR", admin(&cfg.admin) != admin(&old.admin)),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        for key in &restart {
+            warn!("reload: {key} changed: it takes effect at the next restart");
+        }
+        let mut settings = Vec::new();
+        if cfg.allow != self.cfg.allow {
+            settings.push("ALLOW");
+            self.cfg.allow = cfg.allow;
+            log_allow_list(&self.cfg);
+        }
+        if cfg.connect_timeout != self.cfg.connect_timeout {
+            settings.push("CONNECT_TIMEOUT");
+            self.cfg.connect_timeout = cfg.connect_timeout;
+        }
+        if level != log::max_level() {
+            settings.push("LOG_LEVEL");
+            log::set_max_level(level);
+        }
+        Ok(if settings.is_empty() {
+            "no setting changed".to_string()
+        } else {
+            format!("settings changed: {}", settings.join(", "))
+        })
+    }
+}
+
 fn log_allow_list(cfg: &ClientConfig) {
     match &cfg.allow {
         None => info!(
