@@ -121,3 +121,54 @@ fn timeouts_are_checked() {
         );
     }
 }
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to
+/// it neither succeeds nor fails until its own timeout. Returned with the connections that
+/// fill the queue, which must live as long as it.
+fn black_hole() -> (std::net::TcpListener, Vec<TcpStream>) {
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    // SAFETY: listen(2) on a descriptor the listener owns; it only shrinks the backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    let addr = l.local_addr().expect("addr");
+    let fill: Vec<TcpStream> = (0..4)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+        "the accept queue is not full: this host does not drop SYNs to such a listener"
+    );
+    (l, fill)
+}
+
+#[test]
+fn a_target_that_never_answers_fails_after_connect_timeout() {
+    let dir = TempDir::new("connect-timeout");
+    let (hole, _fill) = black_hole();
+    let mut setup = ServerSetup::new().tls_off();
+    let port = setup.map(hole.local_addr().unwrap(), None);
+    let server = setup.start(&dir);
+    let client = attach_client(
+        &server,
+        setup.inner_port,
+        &ClientOpts {
+            extra: vec!["--connect-timeout", "1"],
+            ..Tls::Off.client()
+        },
+    );
+    let started = Instant::now();
+    let mut s = visit(port);
+    assert_closed(
+        &mut s,
+        Duration::from_secs(6),
+        "a visitor to a silent target",
+    );
+    let waited = started.elapsed();
+    client.wait_for_line("connect timed out", READY);
+    server.wait_for_line("connect timed out", READY);
+    // Not before the second the client was given (the close itself may take a moment).
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+}
