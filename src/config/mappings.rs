@@ -1,6 +1,6 @@
 //! The port mapping file and the values in it: [`Target`] (an inner `host:port`, with its
 //! [`Host`]), [`Mapping`] (a public port, its target, its tag and its source allow-list),
-//! [`load_mappings`] that reads `[MAPPER]`, `[TAG]` and `[ALLOW]`, and the checks on public ports, hosts, names and tags (the
+//! [`load_mappings`] that reads `[MAPPER]`, `[TAG]`, `[ALLOW]` and `[PROXY]`, and the checks on public ports, hosts, names and tags (the
 //! last three also serve the client's `SERVER_IP` and `TAG`). The types are re-exported as
 //! `crate::config::{Host, Target, Mapping}`.
 
@@ -12,6 +12,7 @@ use std::path::Path;
 use super::cidr::{Cidr, parse_cidr_list};
 use super::ini::{Doc, Entry, first_at};
 use super::{ConfigError, DEFAULT_TAG, MAX_HOST_NAME_LEN, MAX_TAG_LEN, parse_port};
+use crate::protocol::proxy::ProxyVersion;
 
 /// The host part of a [`Target`]: an IP literal, or a name the client resolves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,17 +95,19 @@ impl fmt::Display for Target {
     }
 }
 
-/// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`) and its source
-/// allow-list from `[ALLOW]` (`None`: every address may connect).
+/// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`), its source
+/// allow-list from `[ALLOW]` (`None`: every address may connect) and the PROXY header its
+/// targets get from `[PROXY]` (`None`: none).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub public_port: u16,
     pub target: Target,
     pub tag: String,
     pub allow: Option<Vec<Cidr>>,
+    pub proxy: Option<ProxyVersion>,
 }
 
-/// Read `[MAPPER]`, `[TAG]` and `[ALLOW]` of the mapping file.
+/// Read `[MAPPER]`, `[TAG]`, `[ALLOW]` and `[PROXY]` of the mapping file.
 pub(super) fn load_mappings(
     file: &Path,
     inner_port: u16,
@@ -115,10 +118,10 @@ pub(super) fn load_mappings(
     for head in doc
         .sections
         .iter()
-        .filter(|h| !matches!(h.name.as_str(), "MAPPER" | "TAG" | "ALLOW"))
+        .filter(|h| !matches!(h.name.as_str(), "MAPPER" | "TAG" | "ALLOW" | "PROXY"))
     {
         let what = format!(
-            "unknown section [{}], ignored (expected [MAPPER], [TAG] and [ALLOW])",
+            "unknown section [{}], ignored (expected [MAPPER], [TAG], [ALLOW] and [PROXY])",
             head.raw
         );
         warnings.push(doc.note(Some(head.line), None, &what));
@@ -182,6 +185,8 @@ pub(super) fn load_mappings(
         allows.insert(port, (list, e));
     }
 
+    let mut proxies = load_proxy(&doc, |port| targets.contains_key(&port))?;
+
     if targets.is_empty() {
         warnings.push(format!(
             "{}: no port mappings: nothing will be published",
@@ -197,8 +202,40 @@ pub(super) fn load_mappings(
                 .remove(&public_port)
                 .map_or_else(|| DEFAULT_TAG.to_string(), |(tag, _)| tag),
             allow: allows.remove(&public_port).map(|(list, _)| list),
+            proxy: proxies.remove(&public_port),
         })
         .collect())
+}
+
+/// `[PROXY]`: `port=v1` or `port=v2` (any case), the PROXY header a mapped port's targets get.
+fn load_proxy(
+    doc: &Doc,
+    mapped: impl Fn(u16) -> bool,
+) -> Result<HashMap<u16, ProxyVersion>, ConfigError> {
+    let mut proxies: HashMap<u16, (ProxyVersion, &Entry)> = HashMap::new();
+    for e in doc.entries_in("PROXY") {
+        let port = public_port(doc, e)?;
+        if !mapped(port) {
+            return Err(doc.err(e, format!("port {port} has no [MAPPER] entry")));
+        }
+        if let Some((_, first)) = proxies.get(&port) {
+            return Err(doc.err(
+                e,
+                format!("port {port} has two [PROXY] lines{}", first_at(first)),
+            ));
+        }
+        let version = ProxyVersion::parse(&e.value).ok_or_else(|| {
+            doc.err(
+                e,
+                format!(
+                    "{:?} is not a PROXY protocol version (expected v1 or v2)",
+                    e.value
+                ),
+            )
+        })?;
+        proxies.insert(port, (version, e));
+    }
+    Ok(proxies.into_iter().map(|(p, (v, _))| (p, v)).collect())
 }
 
 fn public_port(doc: &Doc, e: &Entry) -> Result<u16, ConfigError> {

@@ -130,7 +130,7 @@ fn established(now: Instant) -> (End, End) {
     for round in 0..20 {
         if round == 2 {
             for h in 1..=2 {
-                let _ = server.s.open_stream(h, "10.0.0.1:22");
+                let _ = server.s.open_stream(h, "10.0.0.1:22", None);
             }
         }
         let to_client = server.output();
@@ -209,7 +209,11 @@ impl Owned {
             Owned::Hello(b) => Frame::Hello(b),
             Owned::Accept(b) => Frame::Accept(b),
             Owned::Refuse(s) => Frame::Refuse(s),
-            Owned::Open(id, t) => Frame::Open { id: *id, target: t },
+            Owned::Open(id, t) => Frame::Open {
+                id: *id,
+                target: t,
+                proxy: None,
+            },
             Owned::OpenOk(id) => Frame::OpenOk { id: *id },
             Owned::OpenFail(id, r) => Frame::OpenFail { id: *id, reason: r },
             Owned::Data(id, p) => Frame::Data {
