@@ -181,7 +181,11 @@ fn a_v1_target_reads_the_visitors_address_then_the_data() {
     let (setup, port, _target, rx) = proxy_setup("v1");
     let server = setup.start(&dir);
     server.wait_for_line(&format!("public port {port} "), READY);
-    assert!(server.log_text().contains(", PROXY v1)"), "{}", server.tail(10));
+    assert!(
+        server.log_text().contains(", PROXY v1)"),
+        "{}",
+        server.tail(10)
+    );
     let _client = attach_client(&server, setup.inner_port, &Tls::Off.client());
 
     let mut v = connect_from(OTHER, port).expect("visit from 127.0.0.2");
@@ -254,9 +258,8 @@ fn an_ipv6_visitor_gets_tcp6_and_a_dual_stack_ipv4_one_tcp4() {
         let server = start_server_cfg(&cfg, &setup, "server");
         let _client = attach_client(&server, setup.inner_port, &Tls::Off.client());
 
-        let mut v6 = with_timeouts(
-            TcpStream::connect(("::1", port)).expect("visit over IPv6 loopback"),
-        );
+        let mut v6 =
+            with_timeouts(TcpStream::connect(("::1", port)).expect("visit over IPv6 loopback"));
         let src = v6.local_addr().unwrap();
         echo_ok(&mut v6, "IPv6 visitor");
         let h = next_header(&rx, "IPv6");
@@ -335,7 +338,10 @@ fn a_reload_adding_proxy_applies_to_new_visitors() {
         "v2"
     );
 
-    echo_ok(&mut held, "the open stream after the reload (no header mid-stream)");
+    echo_ok(
+        &mut held,
+        "the open stream after the reload (no header mid-stream)",
+    );
     let mut v = connect_from(OTHER, port).unwrap();
     let vport = v.local_addr().unwrap().port();
     echo_ok(&mut v, "after the reload");
@@ -399,7 +405,8 @@ fn a_client_that_cannot_write_the_header_gets_no_such_visitor() {
     assert!(r.is_closed(), "the visitor should be closed: {r:?}");
     server.wait_for_line("no client of tag default can write a PROXY header", READY);
     // Nothing was opened on the old client's tunnel.
-    old.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    old.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut buf = [0u8; 64];
     match old.read(&mut buf) {
         Ok(n) => assert!(n == 0 || buf[0] != 0x10, "an OPEN reached the old client"),

@@ -580,6 +580,16 @@ mod tests {
             Err(FrameError::UnexpectedStreamId(kind::PING))
         );
         assert_eq!(decode(&hdr(kind::DATA, 0, 10, 1)), Ok(None));
+        assert_eq!(
+            decode(&hdr(kind::FIN, FLAG_PROXY, 0, 1)),
+            Err(FrameError::ReservedFlags(FLAG_PROXY)),
+            "only OPEN may carry addresses"
+        );
+        assert_eq!(
+            decode(&hdr(kind::OPEN, 2, 10, 1)),
+            Err(FrameError::ReservedFlags(2))
+        );
+        assert_eq!(decode(&hdr(kind::OPEN, FLAG_PROXY, 10, 1)), Ok(None));
     }
 
     fn long_data(id: u32, len: usize) -> Vec<u8> {
@@ -648,6 +658,22 @@ mod tests {
             frame(kind::RESET, 1, &[0xc3]),
             frame(kind::GOAWAY, 0, &vec![b'x'; MAX_REASON_LEN + 1]),
         ];
+        // OPEN with addresses: truncated, unknown version or family, port 0, no target.
+        let v4 = [1, 4, 127, 0, 0, 2, 0x9c, 0x40, 4, 127, 0, 0, 1, 0x04, 0xd2];
+        let mut cases = cases;
+        for p in [
+            &v4[..0],
+            &v4[..7],
+            &v4[..14],
+            &v4[..],
+            &[&[3], &v4[1..], b"a:1"].concat(),
+            &[&[1, 5], &v4[2..], b"a:1"].concat(),
+            &[&v4[..6], &[0, 0], &v4[8..], b"a:1"].concat(),
+        ] {
+            let mut b = frame(kind::OPEN, 1, p);
+            b[1] = FLAG_PROXY;
+            cases.push(b);
+        }
         for c in cases {
             assert!(
                 matches!(decode(&c), Err(FrameError::BadPayload { .. })),
