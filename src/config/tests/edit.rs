@@ -352,3 +352,17 @@ fn removing_a_mapping_removes_its_allow_list() {
         "[MAPPER]\n1=h:9\n2=h:2\n[ALLOW]\n1=10.0.0.0/8\n2=::1\n"
     );
 }
+
+#[test]
+fn removing_a_mapping_removes_its_proxy_line() {
+    let text = "[MAPPER]\n1234=10.0.0.1:22\n2000=10.0.0.2:22\n[PROXY]\n1234=v1\n2000=V2\n";
+    assert_eq!(
+        remove_mapping(text, 1234),
+        "[MAPPER]\n2000=10.0.0.2:22\n[PROXY]\n2000=V2\n"
+    );
+    // Setting a mapping leaves the line alone.
+    assert_eq!(
+        set_mapping(text, 1234, "10.0.0.9:22", "web"),
+        "[MAPPER]\n1234=10.0.0.9:22\n2000=10.0.0.2:22\n[PROXY]\n1234=v1\n2000=V2\n\n[TAG]\n1234=web\n"
+    );
+}
