@@ -134,7 +134,7 @@ fn mux_transfer(streams: usize, total: usize) -> usize {
     }
     assert!(server.is_established() && client.is_established());
     let ids: Vec<u32> = (1..=streams as u32)
-        .map(|h| server.open_stream(h, "127.0.0.1:9").expect("open"))
+        .map(|h| server.open_stream(h, "127.0.0.1:9", None).expect("open"))
         .collect();
     let chunk = vec![0x42u8; PAYLOAD];
     let (mut sent, mut delivered) = (0, 0);

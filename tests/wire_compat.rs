@@ -19,6 +19,9 @@
 //!   (`tcp_forward::protocol::handshake`) and compared; PING stamps may be any value, but
 //!   a PONG must echo its PING;
 //! - target ports in OPEN are this run's;
+//! - a client under test sends one frame no recording of version 2 has: its capability
+//!   PING (`TFCAPS` and the capability bits), right after its HELLO; it is checked there,
+//!   byte for byte, and set aside (an older server answers it as any PING);
 //! - DATA may be cut into frames differently: each stream's payload is compared as a byte
 //!   stream, every DATA header must be well formed (a long frame only with FLAG_LONG, a
 //!   short length of 0 and a length of 1 byte to 1 MiB after it), the binary may never
@@ -52,6 +55,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tcp_forward::protocol::handshake::{proof, server_proof};
+use tcp_forward::protocol::proxy::CAPS_PING;
 
 /// Bound of every wait for the binary, a visitor or a target.
 const WAIT: Duration = Duration::from_secs(10);
@@ -1095,6 +1099,8 @@ struct Replay<'f> {
     sent: HashMap<u32, u64>,
     /// `@credit batched`: the amounts the binary granted per stream.
     granted: HashMap<u32, Vec<u32>>,
+    /// The type of the binary's last frame (the capability PING must follow HELLO).
+    last_kind: Option<u8>,
     actors: HashMap<String, Actor>,
     /// The client's targets, by mapping (None: a refused port).
     targets: Vec<Option<TcpListener>>,
@@ -1240,6 +1246,7 @@ fn start<'f>(fx: &'f Fixture, live: Live) -> Replay<'f> {
         credit: HashMap::new(),
         sent: HashMap::new(),
         granted: HashMap::new(),
+        last_kind: None,
         actors: HashMap::new(),
         targets,
         public,
@@ -1353,6 +1360,18 @@ impl Replay<'_> {
 
     fn arrived(&mut self, f: Received) -> Result<(), String> {
         let who = self.who();
+        let after = self.last_kind.replace(f.kind);
+        if self.live == Live::Client && f.kind == PING && f.payload == CAPS_PING {
+            let want = [PING, 0, 0, 8, 0, 0, 0, 0];
+            if after != Some(HELLO) || f.header != want {
+                return Err(format!(
+                    "the client's capability PING must follow its HELLO, with header {}: {}",
+                    hex(&want),
+                    f.describe()
+                ));
+            }
+            return Ok(());
+        }
         match f.kind {
             DATA => {
                 let flags = f.header[1];

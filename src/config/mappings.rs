@@ -1,6 +1,6 @@
 //! The port mapping file and the values in it: [`Target`] (an inner `host:port`, with its
 //! [`Host`]), [`Mapping`] (a public port, its target, its tag and its source allow-list),
-//! [`load_mappings`] that reads `[MAPPER]`, `[TAG]` and `[ALLOW]`, and the checks on public ports, hosts, names and tags (the
+//! [`load_mappings`] that reads `[MAPPER]`, `[TAG]`, `[ALLOW]` and `[PROXY]`, and the checks on public ports, hosts, names and tags (the
 //! last three also serve the client's `SERVER_IP` and `TAG`). The types are re-exported as
 //! `crate::config::{Host, Target, Mapping}`.
 
@@ -13,6 +13,7 @@ use super::cidr::{Cidr, parse_cidr_list};
 use super::ini::{Doc, Entry, first_at};
 use super::range::PortRange;
 use super::{ConfigError, DEFAULT_TAG, MAX_HOST_NAME_LEN, MAX_TAG_LEN, parse_port};
+use crate::protocol::proxy::ProxyVersion;
 
 /// The host part of a [`Target`]: an IP literal, or a name the client resolves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,17 +135,19 @@ impl fmt::Display for Target {
     }
 }
 
-/// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`) and its source
-/// allow-list from `[ALLOW]` (`None`: every address may connect).
+/// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`), its source
+/// allow-list from `[ALLOW]` (`None`: every address may connect) and the PROXY header its
+/// targets get from `[PROXY]` (`None`: none).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub public_port: u16,
     pub target: Target,
     pub tag: String,
     pub allow: Option<Vec<Cidr>>,
+    pub proxy: Option<ProxyVersion>,
 }
 
-/// Read `[MAPPER]`, `[TAG]` and `[ALLOW]` of the mapping file.
+/// Read `[MAPPER]`, `[TAG]`, `[ALLOW]` and `[PROXY]` of the mapping file.
 pub(super) fn load_mappings(
     file: &Path,
     inner_port: u16,
@@ -155,10 +158,10 @@ pub(super) fn load_mappings(
     for head in doc
         .sections
         .iter()
-        .filter(|h| !matches!(h.name.as_str(), "MAPPER" | "TAG" | "ALLOW"))
+        .filter(|h| !matches!(h.name.as_str(), "MAPPER" | "TAG" | "ALLOW" | "PROXY"))
     {
         let what = format!(
-            "unknown section [{}], ignored (expected [MAPPER], [TAG] and [ALLOW])",
+            "unknown section [{}], ignored (expected [MAPPER], [TAG], [ALLOW] and [PROXY])",
             head.raw
         );
         warnings.push(doc.note(Some(head.line), None, &what));
@@ -206,6 +209,15 @@ pub(super) fn load_mappings(
         parse_cidr_list(&e.value)
     })?;
 
+    let mut proxies = per_port(&doc, "PROXY", &targets, "has two [PROXY] lines", |e| {
+        ProxyVersion::parse(&e.value).ok_or_else(|| {
+            format!(
+                "{:?} is not a PROXY protocol version (expected v1 or v2)",
+                e.value
+            )
+        })
+    })?;
+
     if targets.is_empty() {
         warnings.push(format!(
             "{}: no port mappings: nothing will be published",
@@ -221,6 +233,7 @@ pub(super) fn load_mappings(
                 .remove(&public_port)
                 .map_or_else(|| DEFAULT_TAG.to_string(), |(tag, _)| tag),
             allow: allows.remove(&public_port).map(|(list, _)| list),
+            proxy: proxies.remove(&public_port).map(|(v, _)| v),
         })
         .collect())
 }

@@ -63,6 +63,8 @@ pub struct PendingOpen {
     pub port: u16,
     pub deadline: Instant,
     pub pending: Buf,
+    /// Bytes of a PROXY header at the front of `pending` (see [`crate::net::relay::Relay`]).
+    pub header: usize,
     /// The client's allow-list admits the target only if it admits every address the name
     /// resolves to: check them all before dialing any.
     pub check_addresses: bool,

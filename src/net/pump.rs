@@ -247,6 +247,13 @@ impl Core {
                 return;
             }
         };
+        // A PROXY header goes first; the stream's counts and credit are of its own bytes.
+        let header = n.min(r.header);
+        r.header -= header;
+        if header > 0 {
+            r.active = self.sweeps;
+        }
+        let n = n - header;
         r.bytes_written += n as u64;
         if n > 0 {
             r.active = self.sweeps;

@@ -121,8 +121,10 @@ pub struct RelaySpec {
     pub label: String,
     pub candidates: Vec<SocketAddr>,
     pub deadline: Instant,
-    /// Early data kept for the stream before its socket existed.
+    /// Early data kept for the stream before its socket existed, and how many bytes at its
+    /// front are a PROXY header.
     pub pending: Option<Buf>,
+    pub header: usize,
     /// Server: the public port, and what the admin API lists (see [`Relay`]).
     pub port: u16,
     pub info: Option<Box<StreamInfo>>,
@@ -404,6 +406,14 @@ impl Core {
         Buf::growing(STREAM_WINDOW as usize, PENDING_INITIAL)
     }
 
+    /// A stream's buffer that starts with a PROXY header: one window more than the header,
+    /// so the stream's window of early data still fits behind it.
+    pub fn stream_buffer_after(header: &[u8]) -> Buf {
+        let mut b = Buf::growing(STREAM_WINDOW as usize + header.len(), PENDING_INITIAL);
+        b.push(header);
+        b
+    }
+
     /// Create the relay endpoint for a freshly connected socket.
     pub fn new_relay(&mut self, sock: TcpStream, spec: RelaySpec) -> io::Result<usize> {
         let relay = Relay {
@@ -412,6 +422,7 @@ impl Core {
             id: spec.id,
             state: spec.state,
             pending: spec.pending.unwrap_or_else(Core::stream_buffer),
+            header: spec.header,
             pipe: None,
             piped: 0,
             bulk: false,

@@ -43,6 +43,9 @@ pub struct Relay {
     /// Bytes from the tunnel that the socket has not taken yet (at most one window, with
     /// `piped`). Bytes in the pipe come first.
     pub pending: Buf,
+    /// Client: bytes of a PROXY header at the front of `pending` that the target has not
+    /// taken yet. They never came through the tunnel, so they earn no credit.
+    pub header: usize,
     /// Where long payloads are spliced from the tunnel on their way to the socket: taken
     /// from the reactor's pool while bytes wait in it, returned when empty.
     pub pipe: Option<Pipe>,

@@ -8,11 +8,14 @@
 //! ```
 //! All integers are big-endian. `flags` must be zero, except that a DATA frame may set
 //! [`FLAG_LONG`]: its length field is then zero and a 4-byte length follows the header
-//! (a 12-byte header), for payloads up to [`MAX_LONG_PAYLOAD`]. Decoding checks the header
+//! (a 12-byte header), for payloads up to [`MAX_LONG_PAYLOAD`]; and an OPEN frame may set
+//! [`FLAG_PROXY`]: its payload then starts with the visitor's addresses (see `proxy`). Decoding checks the header
 //! before looking at the payload, separates "need more bytes" from "malformed", and borrows
 //! payloads from the caller's buffer (no copy, no allocation).
 
 use std::fmt;
+
+use super::proxy::ProxyAddrs;
 
 /// Size of the frame header.
 pub const HEADER_LEN: usize = 8;
@@ -22,6 +25,9 @@ pub const MAX_PAYLOAD: usize = u16::MAX as usize;
 pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD;
 /// DATA flag: a 4-byte payload length follows the header.
 pub const FLAG_LONG: u8 = 0x01;
+/// OPEN flag: the payload starts with the visitor's addresses for a PROXY header. Sent
+/// only to a client that announced it understands it ([`super::proxy::CAPS_PING`]).
+pub const FLAG_PROXY: u8 = 0x01;
 /// Size of a long DATA frame's header.
 pub const LONG_HEADER_LEN: usize = HEADER_LEN + 4;
 /// Largest payload of a long DATA frame (a stream's whole window).
@@ -57,10 +63,12 @@ pub enum Frame<'a> {
     Hello(&'a [u8]),
     Accept(&'a [u8]),
     Refuse(&'a str),
-    /// Server asks the client to connect stream `id` to `target` (`host:port`).
+    /// Server asks the client to connect stream `id` to `target` (`host:port`), and with
+    /// `proxy` to write that PROXY header to it first.
     Open {
         id: u32,
         target: &'a str,
+        proxy: Option<ProxyAddrs>,
     },
     OpenOk {
         id: u32,
@@ -160,6 +168,7 @@ pub fn put_long_header(out: &mut [u8], id: u32, len: usize) {
 /// Where a frame's payload starts and how long it is, from its header.
 struct Header {
     kind: u8,
+    flags: u8,
     id: u32,
     header_len: usize,
     len: usize,
@@ -175,8 +184,9 @@ fn header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     let id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
     check_header(t, id, short)?;
     match buf[1] {
-        0 => Ok(Some(Header {
+        flags @ (0 | FLAG_PROXY) if flags == 0 || t == kind::OPEN => Ok(Some(Header {
             kind: t,
+            flags,
             id,
             header_len: HEADER_LEN,
             len: short,
@@ -191,6 +201,7 @@ fn header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
             }
             Ok(Some(Header {
                 kind: t,
+                flags: FLAG_LONG,
                 id,
                 header_len: LONG_HEADER_LEN,
                 len,
@@ -219,7 +230,25 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         Frame::Hello(p) => (kind::HELLO, 0, p, &[]),
         Frame::Accept(p) => (kind::ACCEPT, 0, p, &[]),
         Frame::Refuse(r) => (kind::REFUSE, 0, clip(r), &[]),
-        Frame::Open { id, target } => (kind::OPEN, id, target.as_bytes(), &[]),
+        Frame::Open {
+            id,
+            target,
+            proxy: Some(p),
+        } => {
+            let start = out.len();
+            out.resize(start + HEADER_LEN, 0);
+            p.encode(out);
+            out.extend_from_slice(target.as_bytes());
+            let len = out.len() - start - HEADER_LEN;
+            put_header(&mut out[start..], kind::OPEN, id, len);
+            out[start + 1] = FLAG_PROXY;
+            return;
+        }
+        Frame::Open {
+            id,
+            target,
+            proxy: None,
+        } => (kind::OPEN, id, target.as_bytes(), &[]),
         Frame::OpenOk { id } => (kind::OPEN_OK, id, &[], &[]),
         Frame::OpenFail { id, reason } => (kind::OPEN_FAIL, id, clip(reason), &[]),
         Frame::Data { id, payload } => (kind::DATA, id, payload, &[]),
@@ -274,6 +303,7 @@ fn clip(s: &str) -> &[u8] {
 pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
     let Some(Header {
         kind: t,
+        flags,
         id,
         header_len,
         len,
@@ -303,6 +333,12 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
             Frame::Refuse(utf8(p).ok_or(bad("reason is not UTF-8"))?)
         }
         kind::OPEN => {
+            let (proxy, p) = if flags == FLAG_PROXY {
+                let (addrs, n) = ProxyAddrs::decode(p).map_err(bad)?;
+                (Some(addrs), &p[n..])
+            } else {
+                (None, p)
+            };
             if p.is_empty() {
                 return Err(bad("empty target"));
             }
@@ -310,6 +346,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
             Frame::Open {
                 id,
                 target: utf8(p).ok_or(bad("target is not UTF-8"))?,
+                proxy,
             }
         }
         kind::OPEN_OK | kind::FIN => {
@@ -416,6 +453,25 @@ mod tests {
             Frame::Open {
                 id: 7,
                 target: "[::1]:22",
+                proxy: None,
+            },
+            Frame::Open {
+                id: 8,
+                target: "db.internal:5432",
+                proxy: Some(ProxyAddrs::new(
+                    super::super::proxy::ProxyVersion::V1,
+                    "127.0.0.2:40000".parse().unwrap(),
+                    "127.0.0.1:1234".parse().unwrap(),
+                )),
+            },
+            Frame::Open {
+                id: 9,
+                target: "10.0.0.5:80",
+                proxy: Some(ProxyAddrs::new(
+                    super::super::proxy::ProxyVersion::V2,
+                    "[2001:db8::7]:1".parse().unwrap(),
+                    "[2001:db8::1]:443".parse().unwrap(),
+                )),
             },
             Frame::OpenOk { id: 7 },
             Frame::OpenFail {
@@ -524,6 +580,16 @@ mod tests {
             Err(FrameError::UnexpectedStreamId(kind::PING))
         );
         assert_eq!(decode(&hdr(kind::DATA, 0, 10, 1)), Ok(None));
+        assert_eq!(
+            decode(&hdr(kind::FIN, FLAG_PROXY, 0, 1)),
+            Err(FrameError::ReservedFlags(FLAG_PROXY)),
+            "only OPEN may carry addresses"
+        );
+        assert_eq!(
+            decode(&hdr(kind::OPEN, 2, 10, 1)),
+            Err(FrameError::ReservedFlags(2))
+        );
+        assert_eq!(decode(&hdr(kind::OPEN, FLAG_PROXY, 10, 1)), Ok(None));
     }
 
     fn long_data(id: u32, len: usize) -> Vec<u8> {
@@ -592,6 +658,22 @@ mod tests {
             frame(kind::RESET, 1, &[0xc3]),
             frame(kind::GOAWAY, 0, &vec![b'x'; MAX_REASON_LEN + 1]),
         ];
+        // OPEN with addresses: truncated, unknown version or family, port 0, no target.
+        let v4 = [1, 4, 127, 0, 0, 2, 0x9c, 0x40, 4, 127, 0, 0, 1, 0x04, 0xd2];
+        let mut cases = cases;
+        for p in [
+            &v4[..0],
+            &v4[..7],
+            &v4[..14],
+            &v4[..],
+            &[&[3], &v4[1..], b"a:1"].concat(),
+            &[&[1, 5], &v4[2..], b"a:1"].concat(),
+            &[&v4[..6], &[0, 0], &v4[8..], b"a:1"].concat(),
+        ] {
+            let mut b = frame(kind::OPEN, 1, p);
+            b[1] = FLAG_PROXY;
+            cases.push(b);
+        }
         for c in cases {
             assert!(
                 matches!(decode(&c), Err(FrameError::BadPayload { .. })),

@@ -5,6 +5,7 @@ pub mod close;
 pub mod flow;
 pub mod frame;
 pub mod handshake;
+pub mod proxy;
 pub mod session;
 pub mod streams;
 

@@ -30,6 +30,7 @@ use super::close::CloseReason;
 use super::flow::{Flow, Windows};
 use super::frame::{Frame, kind};
 use super::handshake::{self, BINDING_LEN, Challenge, NONCE_LEN};
+use super::proxy::{CAP_PROXY, ProxyAddrs};
 use super::streams::Streams;
 use crate::buffer::Buf;
 
@@ -143,6 +144,8 @@ pub enum OpenError {
     /// The tunnel is not established, or ending.
     NotOpen,
     StreamLimit,
+    /// A PROXY header was asked for and the client did not announce it can write one.
+    NoProxy,
 }
 
 pub struct Session<H> {
@@ -164,6 +167,8 @@ pub struct Session<H> {
     handshake_deadline: Instant,
     /// The TLS session's channel binding, which both proofs cover; `None` in clear.
     binding: Option<[u8; BINDING_LEN]>,
+    /// Server: the capability bits the client announced (`proxy::CAPS_PING`).
+    peer_caps: u16,
 }
 
 impl<H: Copy> Session<H> {
@@ -190,6 +195,7 @@ impl<H: Copy> Session<H> {
             ping_interval: HANDSHAKE_TIMEOUT,
             handshake_deadline: now + HANDSHAKE_TIMEOUT,
             binding: None,
+            peer_caps: 0,
         }
     }
 
@@ -230,6 +236,12 @@ impl<H: Copy> Session<H> {
         self.binding = Some(binding);
     }
 
+    /// Server: the client announced that it understands OPEN frames with the visitor's
+    /// addresses (its capability PING), so streams of PROXY mappings may go to it.
+    pub fn peer_can_proxy(&self) -> bool {
+        self.peer_caps & CAP_PROXY != 0
+    }
+
     // ---- queries ----
 
     pub fn is_established(&self) -> bool {
@@ -259,9 +271,11 @@ impl<H: Copy> Session<H> {
         self.streams.max()
     }
 
-    /// A stream can be opened now.
-    pub fn can_open(&self) -> bool {
-        self.is_established() && self.streams.len() < self.streams.max()
+    /// A stream can be opened now (`proxy`: one whose OPEN carries the visitor's addresses).
+    pub fn can_open(&self, proxy: bool) -> bool {
+        self.is_established()
+            && self.streams.len() < self.streams.max()
+            && (!proxy || self.peer_can_proxy())
     }
 
     pub fn stage(&self, id: u32) -> Option<Stage> {
@@ -309,17 +323,26 @@ impl<H: Copy> Session<H> {
 
     // ---- the application's calls ----
 
-    /// Server: open a stream to `target` for `handle`; OPEN is queued. Returns its id.
-    pub fn open_stream(&mut self, handle: H, target: &str) -> Result<u32, OpenError> {
+    /// Server: open a stream to `target` for `handle`; OPEN is queued, with `proxy` the
+    /// PROXY header the client is to write first. Returns its id.
+    pub fn open_stream(
+        &mut self,
+        handle: H,
+        target: &str,
+        proxy: Option<ProxyAddrs>,
+    ) -> Result<u32, OpenError> {
         if !self.is_established() {
             return Err(OpenError::NotOpen);
+        }
+        if proxy.is_some() && !self.peer_can_proxy() {
+            return Err(OpenError::NoProxy);
         }
         let stream = self.new_stream(handle, Stage::Opening);
         let id = self
             .streams
             .open(stream)
             .map_err(|_| OpenError::StreamLimit)?;
-        if !self.queue(&Frame::Open { id, target }) {
+        if !self.queue(&Frame::Open { id, target, proxy }) {
             self.streams.remove(id);
             return Err(OpenError::NotOpen);
         }

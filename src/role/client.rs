@@ -34,6 +34,7 @@ use crate::net::transport::Transport;
 use crate::net::tunnel::Tunnel;
 use crate::protocol::CloseReason;
 use crate::protocol::handshake::NONCE_LEN;
+use crate::protocol::proxy::{self, ProxyAddrs};
 use crate::protocol::session::{ClientParams, Event, STREAM_WINDOW, Session};
 use crate::tls::ClientTls;
 
@@ -290,8 +291,16 @@ impl ClientRole {
         }
     }
 
-    /// The server opened stream `id` to `target`: resolve it or connect it.
-    fn open(&mut self, core: &mut Core, tkey: usize, id: u32, target: &str) {
+    /// The server opened stream `id` to `target`: resolve it or connect it. With `proxy`, the
+    /// PROXY header is the first thing in the stream's buffer, ahead of any early data.
+    fn open(
+        &mut self,
+        core: &mut Core,
+        tkey: usize,
+        id: u32,
+        target: &str,
+        proxy: Option<ProxyAddrs>,
+    ) {
         let deadline = core.now + self.cfg.connect_timeout;
         let placeholder = core.slab.vacant_key();
         let Some(t) = core.tunnel_mut(tkey) else {
@@ -316,20 +325,31 @@ impl ClientRole {
         if verdict == Verdict::NotAllowed {
             return self.refuse_not_allowed(core, tkey, id, target, None);
         }
+        let early = proxy.map(|p| {
+            let mut header = Vec::with_capacity(proxy::MAX_HEADER_LEN);
+            p.header(&mut header);
+            debug!(
+                "stream {id}: PROXY {} header for {} -> {}",
+                p.version, p.src, p.dst
+            );
+            (Core::stream_buffer_after(&header), header.len())
+        });
         match tgt.host {
             Host::Ip(ip) => {
                 let addrs = vec![SocketAddr::new(ip, tgt.port)];
-                let started = connect(core, tkey, id, target.to_string(), addrs, deadline, None);
+                let started = connect(core, tkey, id, target.to_string(), addrs, deadline, early);
                 self.refuse_unless(core, tkey, id, started);
             }
             Host::Name(name) => {
+                let (pending, header) = early.unwrap_or_else(|| (Core::stream_buffer(), 0));
                 let pending = PendingOpen {
                     tunnel: tkey,
                     id,
                     label: target.to_string(),
                     port: tgt.port,
                     deadline,
-                    pending: Core::stream_buffer(),
+                    pending,
+                    header,
                     check_addresses: verdict == Verdict::IfEveryAddressAllowed,
                 };
                 match core.insert(Endpoint::Resolving(pending)) {
@@ -371,7 +391,8 @@ impl ClientRole {
             let Some(Endpoint::Relay(old)) = core.remove(rkey) else {
                 return;
             };
-            let started = connect(core, tkey, id, label, addrs, deadline, Some(old.pending));
+            let early = Some((old.pending, old.header));
+            let started = connect(core, tkey, id, label, addrs, deadline, early);
             self.refuse_unless(core, tkey, id, started);
             return;
         }
@@ -438,7 +459,7 @@ impl Role for ClientRole {
             Event::TokenRequired => {
                 error!("the server requires a token: pass --token or set TCP_FORWARD_TOKEN");
             }
-            Event::Open { id, target } => self.open(core, tkey, id, target),
+            Event::Open { id, target, proxy } => self.open(core, tkey, id, target, proxy),
             // A server's frames; the session has already refused them.
             Event::OpenOk { .. } | Event::OpenFail { .. } => {}
             Event::Credit { .. } | Event::Fin { .. } | Event::Reset { .. } => {}
@@ -528,7 +549,7 @@ impl Role for ClientRole {
                     p.label,
                     addrs,
                     p.deadline,
-                    Some(p.pending),
+                    Some((p.pending, p.header)),
                 );
                 self.refuse_unless(core, p.tunnel, p.id, started);
             }
@@ -793,13 +814,14 @@ fn connect(
     label: String,
     mut addrs: Vec<SocketAddr>,
     deadline: Instant,
-    mut pending: Option<Buf>,
+    mut early: Option<(Buf, usize)>,
 ) -> Result<(), (String, String)> {
     let mut last_error = String::from("no address");
     while !addrs.is_empty() {
         let addr = addrs.remove(0);
         match TcpStream::connect(addr) {
             Ok(sock) => {
+                let (pending, header) = early.take().unzip();
                 let spec = RelaySpec {
                     tunnel: tkey,
                     id,
@@ -807,7 +829,8 @@ fn connect(
                     label: label.clone(),
                     candidates: addrs,
                     deadline,
-                    pending: pending.take(),
+                    pending,
+                    header: header.unwrap_or(0),
                     port: 0,
                     info: None,
                 };

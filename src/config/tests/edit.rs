@@ -450,3 +450,17 @@ fn removing_one_port_of_a_range_splits_every_section() {
         "[MAPPER]\n6100-6102=10.0.0.6\n[TAG]\n[ALLOW]\n6100-6102=10.0.0.0/8\n"
     );
 }
+
+#[test]
+fn removing_a_mapping_removes_its_proxy_line() {
+    let text = "[MAPPER]\n1234=10.0.0.1:22\n2000=10.0.0.2:22\n[PROXY]\n1234=v1\n2000=V2\n";
+    assert_eq!(
+        remove_mapping(text, 1234),
+        "[MAPPER]\n2000=10.0.0.2:22\n[PROXY]\n2000=V2\n"
+    );
+    // Setting a mapping leaves the line alone.
+    assert_eq!(
+        set_mapping(text, 1234, "10.0.0.9:22", "web"),
+        "[MAPPER]\n1234=10.0.0.9:22\n2000=10.0.0.2:22\n[PROXY]\n1234=v1\n2000=V2\n\n[TAG]\n1234=web\n"
+    );
+}

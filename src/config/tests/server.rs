@@ -735,3 +735,74 @@ fn port_range_errors_name_the_line() {
         assert_eq!(e.line(), Some(line), "{e}");
     }
 }
+
+#[test]
+fn proxy_lines_are_read_and_their_errors_name_the_line() {
+    use crate::protocol::proxy::ProxyVersion;
+    let s = Scratch::new("proxy");
+    let cfg = load_server(&s.server(
+        CFG,
+        "[MAPPER]\n1234=10.0.0.1:22\n2000=10.0.0.2:22\n3000=10.0.0.3:22\n[proxy]\n1234=v1\n2000=V2\n",
+    ))
+    .unwrap();
+    let got: Vec<_> = cfg.mappings.iter().map(|m| m.proxy).collect();
+    assert_eq!(got, [Some(ProxyVersion::V1), Some(ProxyVersion::V2), None]);
+
+    let mapper = |line: &str| format!("[MAPPER]\n1234=10.0.0.1:22\n[PROXY]\n{line}\n");
+    for (line, want) in [
+        (
+            "1234=v3",
+            r#"[PROXY] key 1234: "v3" is not a PROXY protocol version (expected v1 or v2)"#,
+        ),
+        ("1234=", "expected v1 or v2"),
+        ("1234=1", "expected v1 or v2"),
+        ("999=v1", "[PROXY] key 999: port 999 has no [MAPPER] entry"),
+        ("x=v1", "[PROXY] key x"),
+    ] {
+        let (s, e) = server_err(CFG, &mapper(line));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&s.0.join("port_mapper.cfg").display().to_string()),
+            "{text}"
+        );
+        assert_eq!(e.line(), Some(4), "{line}: {text}");
+        assert!(text.contains(want), "{line}: {text}");
+    }
+    let (_s, e) = server_err(CFG, &mapper("1234=v1\n1234=v2"));
+    assert_eq!(e.line(), Some(5));
+    assert!(
+        e.to_string()
+            .contains("port 1234 has two [PROXY] lines (first on line 4)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn proxy_lines_take_ranges() {
+    use crate::protocol::proxy::ProxyVersion;
+    let s = Scratch::new("proxy-range");
+    let cfg = load_server(&s.server(
+        CFG,
+        "[MAPPER]\n6000-6003=10.0.0.5\n[PROXY]\n6000-6001=v1\n6003=v2\n",
+    ))
+    .unwrap();
+    let got: Vec<_> = cfg.mappings.iter().map(|m| m.proxy).collect();
+    assert_eq!(
+        got,
+        [
+            Some(ProxyVersion::V1),
+            Some(ProxyVersion::V1),
+            None,
+            Some(ProxyVersion::V2)
+        ]
+    );
+    let (s, e) = server_err(
+        CFG,
+        "[MAPPER]\n6000-6003=10.0.0.5\n[PROXY]\n6000-6003=v1\n6002=v2\n",
+    );
+    assert_err(
+        &e,
+        &s.0.join("port_mapper.cfg"),
+        &["line 5: [PROXY] key 6002: port 6002 has two [PROXY] lines (first on line 4)"],
+    );
+}

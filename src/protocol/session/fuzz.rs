@@ -12,6 +12,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::protocol::frame::{self, Frame, LONG_HEADER_LEN, MAX_LONG_PAYLOAD};
 use crate::protocol::handshake::{self, Accept, Challenge, Hello};
+use crate::protocol::proxy::{CAPS_PING, ProxyAddrs, ProxyVersion};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const TOKEN: &[u8] = b"fuzz-token";
 
@@ -130,8 +132,16 @@ fn established(now: Instant) -> (End, End) {
     for round in 0..20 {
         if round == 2 {
             for h in 1..=2 {
-                let _ = server.s.open_stream(h, "10.0.0.1:22");
+                let _ = server.s.open_stream(h, "10.0.0.1:22", None);
             }
+            // The client announced it can write PROXY headers: a stream with one opens too.
+            assert!(server.s.peer_can_proxy());
+            let proxy = ProxyAddrs::new(
+                ProxyVersion::V2,
+                "[::ffff:10.1.1.1]:4000".parse().unwrap(),
+                "[2001:db8::1]:80".parse().unwrap(),
+            );
+            let _ = server.s.open_stream(3, "10.0.0.1:80", Some(proxy));
         }
         let to_client = server.output();
         client.inbox.extend_from_slice(&to_client);
@@ -174,6 +184,10 @@ enum Owned {
     Accept(Vec<u8>),
     Refuse(String),
     Open(u32, String),
+    /// OPEN with the visitor's addresses (flag PROXY).
+    OpenProxy(u32, String, ProxyAddrs),
+    /// An OPEN header with flag PROXY and a payload that may be anything.
+    RawOpenProxy(u32, Vec<u8>),
     OpenOk(u32),
     OpenFail(u32, String),
     Data(u32, Vec<u8>),
@@ -199,6 +213,13 @@ impl Owned {
                 out.extend_from_slice(p);
             }
             Owned::Raw(b) => out.extend_from_slice(b),
+            Owned::RawOpenProxy(id, p) => {
+                let start = out.len();
+                out.resize(start + frame::HEADER_LEN, 0);
+                frame::put_header(&mut out[start..], frame::kind::OPEN, *id, p.len());
+                out[start + 1] = frame::FLAG_PROXY;
+                out.extend_from_slice(p);
+            }
             f => frame::encode(&f.frame(), out),
         }
     }
@@ -209,7 +230,16 @@ impl Owned {
             Owned::Hello(b) => Frame::Hello(b),
             Owned::Accept(b) => Frame::Accept(b),
             Owned::Refuse(s) => Frame::Refuse(s),
-            Owned::Open(id, t) => Frame::Open { id: *id, target: t },
+            Owned::Open(id, t) => Frame::Open {
+                id: *id,
+                target: t,
+                proxy: None,
+            },
+            Owned::OpenProxy(id, t, p) => Frame::Open {
+                id: *id,
+                target: t,
+                proxy: Some(*p),
+            },
             Owned::OpenOk(id) => Frame::OpenOk { id: *id },
             Owned::OpenFail(id, r) => Frame::OpenFail { id: *id, reason: r },
             Owned::Data(id, p) => Frame::Data {
@@ -226,14 +256,37 @@ impl Owned {
                 id: *id,
                 payload: p,
             },
-            Owned::Raw(b) => Frame::Challenge(b),
+            Owned::Raw(b) | Owned::RawOpenProxy(_, b) => Frame::Challenge(b),
         }
     }
+}
+
+/// Any address, IPv4-mapped ones included (they are sent as IPv4), on a port of 1 or more.
+fn socket_addr() -> impl Strategy<Value = SocketAddr> {
+    let ip = prop_oneof![
+        any::<u32>().prop_map(|a| IpAddr::V4(Ipv4Addr::from(a))),
+        any::<u128>().prop_map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+        any::<u32>().prop_map(|a| IpAddr::V6(Ipv4Addr::from(a).to_ipv6_mapped())),
+    ];
+    (ip, 1u16..).prop_map(|(ip, port)| SocketAddr::new(ip, port))
+}
+
+fn proxy_addrs() -> impl Strategy<Value = ProxyAddrs> {
+    (any::<bool>(), socket_addr(), socket_addr()).prop_map(|(v1, src, dst)| {
+        let version = if v1 {
+            ProxyVersion::V1
+        } else {
+            ProxyVersion::V2
+        };
+        ProxyAddrs::new(version, src, dst)
+    })
 }
 
 /// A frame of any kind, as the encoder writes it.
 fn framed() -> impl Strategy<Value = Owned> {
     prop_oneof![
+        (stream_id(), text(), proxy_addrs()).prop_map(|(i, t, p)| Owned::OpenProxy(i, t, p)),
+        Just(Owned::Ping(u64::from_be_bytes(CAPS_PING))),
         bytes(80).prop_map(Owned::Challenge),
         bytes(120).prop_map(Owned::Hello),
         bytes(80).prop_map(Owned::Accept),
@@ -255,7 +308,11 @@ fn framed() -> impl Strategy<Value = Owned> {
 
 /// A frame, or bytes that may be anything.
 fn any_frame() -> impl Strategy<Value = Owned> {
-    prop_oneof![15 => framed(), 1 => bytes(40).prop_map(Owned::Raw)]
+    prop_oneof![
+        15 => framed(),
+        1 => bytes(40).prop_map(Owned::Raw),
+        1 => (stream_id(), bytes(60)).prop_map(|(i, b)| Owned::RawOpenProxy(i, b)),
+    ]
 }
 
 /// How to spoil an encoded sequence.
@@ -326,6 +383,31 @@ proptest! {
         }
         for cut in 0..wire.len() {
             prop_assert!(!matches!(frame::decode(&wire[..cut]), Ok(Some(_))));
+        }
+    }
+
+    #[test]
+    fn open_frames_with_any_address_block_decode_or_fail(id in 1u32.., p in bytes(80)) {
+        let mut wire = Vec::new();
+        Owned::RawOpenProxy(id, p).encode(&mut wire);
+        match frame::decode(&wire) {
+            Ok(Some((f, n))) => {
+                prop_assert_eq!(n, wire.len());
+                let Frame::Open { proxy: Some(addrs), target, .. } = f else {
+                    return Err(TestCaseError::fail(format!("{f:?}")));
+                };
+                // What is accepted is canonical and encodes back to the same bytes.
+                prop_assert_eq!(ProxyAddrs::new(addrs.version, addrs.src, addrs.dst), addrs);
+                prop_assert!(!target.is_empty());
+                let mut again = Vec::new();
+                frame::encode(&f, &mut again);
+                prop_assert_eq!(again, wire);
+                let mut header = Vec::new();
+                addrs.header(&mut header);
+                prop_assert!(header.len() <= crate::protocol::proxy::MAX_HEADER_LEN);
+            }
+            Ok(None) => prop_assert!(false, "a whole frame needs more bytes"),
+            Err(e) => prop_assert!(matches!(e, frame::FrameError::BadPayload { .. }), "{e:?}"),
         }
     }
 

@@ -8,6 +8,7 @@ use super::{MAX_COALESCE, Phase, Rx, STREAM_IN_MIN, Session, Side, Stage};
 use crate::protocol::close::CloseReason;
 use crate::protocol::frame::{self, Frame, LONG_HEADER_LEN, kind};
 use crate::protocol::handshake::{self, Accept, Challenge, Hello, NONCE_LEN, PreambleCheck};
+use crate::protocol::proxy::{self, ProxyAddrs};
 
 /// Up to [`MAX_COALESCE`] consecutive payloads of one stream.
 #[derive(Debug, Clone, Copy)]
@@ -56,9 +57,14 @@ pub enum Event<'a, H> {
     Established,
     /// Client: the server requires a token and we have none (it will refuse us).
     TokenRequired,
-    /// Client: the server asks for stream `id` to `target`. Answer with `accept_open` or
-    /// `refuse_open` before the next input.
-    Open { id: u32, target: &'a str },
+    /// Client: the server asks for stream `id` to `target`, and with `proxy` for that PROXY
+    /// header to be written to it first. Answer with `accept_open` or `refuse_open` before
+    /// the next input.
+    Open {
+        id: u32,
+        target: &'a str,
+        proxy: Option<ProxyAddrs>,
+    },
     /// Server: the client connected the stream's target.
     OpenOk { handle: H, id: u32 },
     /// Server: the client could not; the stream is gone.
@@ -278,6 +284,9 @@ impl<H: Copy> Session<H> {
                 })
             }
             Frame::Ping(v) => {
+                if server && let Some(caps) = proxy::caps_of_ping(v) {
+                    self.peer_caps = caps;
+                }
                 self.queue_small(kind::PONG, 0, &v.to_be_bytes());
                 None
             }
@@ -287,11 +296,11 @@ impl<H: Copy> Session<H> {
                 None
             }
             Frame::Open { .. } if server => self.violation("client sent OPEN".into()),
-            Frame::Open { id, target } => {
+            Frame::Open { id, target, proxy } => {
                 if self.streams.contains(id) {
                     return self.violation(format!("protocol violation: stream {id} opened twice"));
                 }
-                Some(Event::Open { id, target })
+                Some(Event::Open { id, target, proxy })
             }
             Frame::OpenOk { .. } if !server => self.violation("server sent OPEN_OK".into()),
             Frame::OpenOk { id } => {
@@ -409,6 +418,10 @@ impl<H: Copy> Session<H> {
                 .encode();
                 self.push(&handshake::preamble());
                 self.queue(&Frame::Hello(&hello));
+                // What this client understands beyond version 2, in the same write as the
+                // HELLO: a server of this version reads it before any visitor can come, an
+                // older one answers it as the PING it is.
+                self.queue_small(kind::PING, 0, &proxy::CAPS_PING);
                 self.phase = Phase::AwaitAccept {
                     client_nonce: nonce,
                     server_nonce: ch.nonce,

@@ -150,7 +150,7 @@ impl App {
     fn on_event(&mut self, e: Event<'_, u32>) {
         self.events.push(format!("{e:?}"));
         match e {
-            Event::Open { id, target } => {
+            Event::Open { id, target, .. } => {
                 assert!(!target.is_empty());
                 if self.s.accept_open(id, id).is_err() {
                     self.s.refuse_open(id, "stream limit reached");
@@ -254,7 +254,11 @@ impl Pair {
     /// order in a fresh session).
     fn open(&mut self) -> u32 {
         let expected = self.server.s.stream_count() as u32 + 1;
-        let id = self.server.s.open_stream(expected, "127.0.0.1:22").unwrap();
+        let id = self
+            .server
+            .s
+            .open_stream(expected, "127.0.0.1:22", None)
+            .unwrap();
         assert_eq!(id, expected);
         id
     }
@@ -546,6 +550,7 @@ fn frames_out_of_order_or_malformed_close_the_tunnel() {
             frame_bytes(Frame::Open {
                 id: 9,
                 target: "a:1",
+                proxy: None,
             }),
             "client sent OPEN",
         ),
@@ -631,10 +636,12 @@ fn frames_out_of_order_or_malformed_close_the_tunnel() {
                 frame_bytes(Frame::Open {
                     id: 5,
                     target: "a:1",
+                    proxy: None,
                 }),
                 frame_bytes(Frame::Open {
                     id: 5,
                     target: "a:1",
+                    proxy: None,
                 }),
             ]
             .concat(),
@@ -841,9 +848,9 @@ fn the_stream_limit_holds_on_both_sides() {
     for _ in 0..8 {
         p.open();
     }
-    assert!(!p.server.s.can_open());
+    assert!(!p.server.s.can_open(false));
     assert_eq!(
-        p.server.s.open_stream(99, "a:1"),
+        p.server.s.open_stream(99, "a:1", None),
         Err(OpenError::StreamLimit)
     );
     p.drive();
@@ -854,6 +861,7 @@ fn the_stream_limit_holds_on_both_sides() {
         &Frame::Open {
             id: 77,
             target: "a:1",
+            proxy: None,
         },
         &mut wire,
     );
@@ -1207,7 +1215,11 @@ fn random_input_never_panics_either_role() {
                 1 => Frame::Hello(&payload),
                 2 => Frame::Accept(&payload),
                 3 => Frame::Refuse(text),
-                4 => Frame::Open { id, target: text },
+                4 => Frame::Open {
+                    id,
+                    target: text,
+                    proxy: None,
+                },
                 5 => Frame::OpenOk { id },
                 6 => Frame::OpenFail { id, reason: text },
                 7 | 8 => Frame::Data {

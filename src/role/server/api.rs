@@ -91,6 +91,9 @@ impl ServerRole {
             let list: Vec<String> = allow.iter().map(ToString::to_string).collect();
             v["allow"] = json!(list);
         }
+        if let Some(proxy) = p.proxy {
+            v["proxy"] = json!(proxy.to_string());
+        }
         v
     }
 
@@ -142,12 +145,14 @@ impl ServerRole {
             return Response::error(400, &format!("port {port} is the admin API's"));
         }
         let existing = self.ports.get(&port);
-        // The API sets a target and a tag; the port's `[ALLOW]` line stays as it is.
+        // The API sets a target and a tag; the port's `[ALLOW]` and `[PROXY]` lines stay as
+        // they are.
         let mapping = Mapping {
             public_port: port,
             target,
             tag,
             allow: existing.and_then(|p| p.allow.clone()),
+            proxy: existing.and_then(|p| p.proxy),
         };
         if existing.is_some_and(|p| p.target == mapping.target && p.tag == mapping.tag) {
             let live = Live::of(core);

@@ -37,6 +37,7 @@ use crate::net::transport::Transport;
 use crate::net::tunnel::Tunnel;
 use crate::protocol::CloseReason;
 use crate::protocol::handshake::NONCE_LEN;
+use crate::protocol::proxy::{ProxyAddrs, ProxyVersion};
 use crate::protocol::session::{Event, OpenError, STREAM_WINDOW, ServerParams, Session};
 use crate::tls::{self, ServerTls};
 
@@ -75,6 +76,8 @@ struct Published {
     tag: String,
     /// `[ALLOW]`: who may connect (`None`: anyone).
     allow: Option<Vec<Cidr>>,
+    /// `[PROXY]`: the header the client writes to the target first (`None`: none).
+    proxy: Option<ProxyVersion>,
     listener: usize,
 }
 
@@ -221,7 +224,12 @@ fn allow_note(allow: Option<&[Cidr]>) -> String {
 fn log_mappings(ms: &[Mapping], prefix: &str) {
     for run in runs(ms) {
         let (first, last) = (&run[0], &run[run.len() - 1]);
-        let note = format!("(tag {}{})", first.tag, allow_note(first.allow.as_deref()));
+        let note = format!(
+            "(tag {}{}{})",
+            first.tag,
+            allow_note(first.allow.as_deref()),
+            proxy_note(first.proxy)
+        );
         if run.len() == 1 {
             info!(
                 "{prefix}public port {} -> {} {note}",
@@ -237,7 +245,7 @@ fn log_mappings(ms: &[Mapping], prefix: &str) {
 }
 
 /// `ms` (sorted by port) cut into runs: consecutive public ports to consecutive ports of
-/// one host, with one tag and one allow-list.
+/// one host, with one tag, allow-list and PROXY setting.
 fn runs(ms: &[Mapping]) -> impl Iterator<Item = &[Mapping]> {
     ms.chunk_by(|a, b| {
         a.public_port.checked_add(1) == Some(b.public_port)
@@ -245,6 +253,7 @@ fn runs(ms: &[Mapping]) -> impl Iterator<Item = &[Mapping]> {
             && a.target.host == b.target.host
             && a.tag == b.tag
             && a.allow == b.allow
+            && a.proxy == b.proxy
     })
 }
 
@@ -260,6 +269,11 @@ fn log_closed(ports: &[u16], prefix: &str) {
             ),
         }
     }
+}
+
+/// `, PROXY v1` for a mapping's log line, or nothing.
+fn proxy_note(proxy: Option<ProxyVersion>) -> String {
+    proxy.map_or_else(String::new, |v| format!(", PROXY {v}"))
 }
 
 /// Put a public port's bound listener in the loop; returns its key.
@@ -388,6 +402,7 @@ impl ServerRole {
                 target: m.target.clone(),
                 tag: m.tag.clone(),
                 allow: m.allow.clone(),
+                proxy: m.proxy,
                 listener,
             },
         );
@@ -411,6 +426,7 @@ impl ServerRole {
                 target: p.target.clone(),
                 tag: p.tag.clone(),
                 allow: p.allow.clone(),
+                proxy: p.proxy,
             })
             .collect()
     }
@@ -512,18 +528,34 @@ impl ServerRole {
         }
     }
 
-    /// Pick a tunnel of `tag` with room for one more stream, round-robin.
-    fn pick_tunnel(&mut self, core: &mut Core, tag: &str) -> Result<usize, &'static str> {
+    /// Pick a tunnel of `tag` with room for one more stream, round-robin; with `proxy`, one
+    /// whose client can write a PROXY header.
+    fn pick_tunnel(
+        &mut self,
+        core: &mut Core,
+        tag: &str,
+        proxy: bool,
+    ) -> Result<usize, &'static str> {
         let Some(pool) = self.pools.get_mut(tag).filter(|p| !p.tunnels.is_empty()) else {
             return Err("no client");
         };
         let n = pool.tunnels.len();
         let start = pool.next % n;
         pool.next = pool.next.wrapping_add(1);
+        let mut capable = !proxy;
         (0..n)
             .map(|i| pool.tunnels[(start + i) % n])
-            .find(|&k| core.tunnel_mut(k).is_some_and(|t| t.session.can_open()))
-            .ok_or("stream limit reached")
+            .find(|&k| {
+                core.tunnel_mut(k).is_some_and(|t| {
+                    capable |= t.session.peer_can_proxy();
+                    t.session.can_open(proxy)
+                })
+            })
+            .ok_or(if capable {
+                "stream limit reached"
+            } else {
+                "no PROXY"
+            })
     }
 
     fn visitor(&mut self, core: &mut Core, lkey: usize, sock: TcpStream, peer: SocketAddr) {
@@ -563,10 +595,30 @@ impl ServerRole {
             return;
         }
         let (target, tag) = (Arc::clone(&published.target_text), published.tag.clone());
-        let tkey = match self.pick_tunnel(core, &tag) {
+        // The public address the visitor connected to, as the header's destination.
+        let proxy = match published.proxy {
+            None => None,
+            Some(version) => match sock.local_addr() {
+                Ok(local) => Some(ProxyAddrs::new(version, peer, local)),
+                Err(e) => {
+                    warn!("visitor {peer} on port {port}: no local address for PROXY: {e}");
+                    self.counters.visit(port, Visit::Refused);
+                    return;
+                }
+            },
+        };
+        let tkey = match self.pick_tunnel(core, &tag, proxy.is_some()) {
             Ok(k) => k,
             Err("no client") => {
                 warn!("no client for tag {tag}: closing visitor {peer} on port {port}");
+                self.counters.visit(port, Visit::NoClient);
+                return;
+            }
+            Err("no PROXY") => {
+                warn!(
+                    "no client of tag {tag} can write a PROXY header (port {port} has \
+                     [PROXY]; its clients run an older version): closing visitor {peer}"
+                );
                 self.counters.visit(port, Visit::NoClient);
                 return;
             }
@@ -587,12 +639,12 @@ impl ServerRole {
         let Some(t) = core.tunnel_mut(tkey) else {
             return;
         };
-        let opened = t.session.open_stream(rkey, &target);
+        let opened = t.session.open_stream(rkey, &target, proxy);
         core.mark_dirty(tkey);
         let id = match opened {
             Ok(id) => id,
             // Checked by `pick_tunnel`; a session that just ended closes at the flush.
-            Err(OpenError::StreamLimit | OpenError::NotOpen) => {
+            Err(OpenError::StreamLimit | OpenError::NotOpen | OpenError::NoProxy) => {
                 self.counters.visit(port, Visit::Refused);
                 return;
             }
@@ -606,6 +658,7 @@ impl ServerRole {
             candidates: Vec::new(),
             deadline: core.now + OPEN_TIMEOUT,
             pending: None,
+            header: 0,
             port,
             info: Some(Box::new(StreamInfo {
                 visitor: peer,

@@ -2,8 +2,8 @@
 //! again and apply the difference. New ports are bound before anything changes, so a port
 //! that cannot be bound (like a file that does not load) changes nothing; ports that did
 //! not change are not touched; settings apply to tunnels and streams made afterwards (a
-//! changed `ALLOW`, `[ALLOW]` list or `MAX_PER_SOURCE` to connections accepted afterwards:
-//! streams already open stay).
+//! changed `ALLOW`, `[ALLOW]` list, `[PROXY]` line or `MAX_PER_SOURCE` to connections
+//! accepted afterwards: streams already open stay).
 
 use std::sync::Arc;
 
@@ -151,14 +151,15 @@ impl ServerRole {
         Ok(summary)
     }
 
-    /// A mapping's target, tag or allow-list changed: new visitors go there, under the new
-    /// list; open streams are untouched.
+    /// A mapping's target, tag, allow-list or PROXY setting changed: new visitors go there,
+    /// under the new list and with the new header; open streams are untouched.
     pub(super) fn retarget(&mut self, m: &Mapping) {
         if let Some(p) = self.ports.get_mut(&m.public_port) {
             p.target = m.target.clone();
             p.target_text = m.target.to_string().into();
             p.tag = m.tag.clone();
             p.allow = m.allow.clone();
+            p.proxy = m.proxy;
             debug!(
                 "public port {} -> {} (tag {})",
                 m.public_port, m.target, m.tag
