@@ -20,8 +20,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{
-    BIN, Proc, READY, TempDir, echo_on, free_port, is_transient, pattern, spawn_cmd, tunnel_to,
-    with_timeouts,
+    BIN, ClientOpts, Proc, READY, ServerSetup, TempDir, attach_client, echo_on, free_port,
+    is_transient, pattern, spawn_cmd, tunnel_to, with_timeouts,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -347,6 +347,17 @@ fn ssh_through_the_tunnel() {
 const INDEX: &str = "<!doctype html><title>tcp-forward</title><p>through the tunnel</p>\n";
 
 fn start_nginx(dir: &TempDir, nginx: &Path) -> Result<(Proc, u16), String> {
+    start_nginx_with(dir, nginx, "", "")
+}
+
+/// nginx serving `www` on a free loopback port, with `listen_opts` after its `listen`
+/// address (`proxy_protocol`, say) and `server_body` in its `server` block.
+fn start_nginx_with(
+    dir: &TempDir,
+    nginx: &Path,
+    listen_opts: &str,
+    server_body: &str,
+) -> Result<(Proc, u16), String> {
     let d = dir.path().to_path_buf();
     let www = d.join("www");
     fs::create_dir_all(&www).map_err(|e| e.to_string())?;
@@ -371,8 +382,9 @@ fn start_nginx(dir: &TempDir, nginx: &Path) -> Result<(Proc, u16), String> {
                    keepalive_requests 1000;\n\
                    keepalive_timeout 30s;\n\
                    server {{\n\
-                     listen 127.0.0.1:{port};\n\
+                     listen 127.0.0.1:{port} {listen_opts};\n\
                      root {www};\n\
+                     {server_body}\n\
                    }}\n\
                  }}\n",
                 pid = p("nginx.pid"),
@@ -478,6 +490,85 @@ fn http_through_the_tunnel() {
         started.elapsed()
     );
     assert_eq!(server.count("tunnel detached"), 0, "{}", server.tail(20));
+}
+
+/// The README's locked-down deployment with nginx as the inner web server: the port has a
+/// source allow-list and sends PROXY headers, the client may dial nginx only, and nginx
+/// (`listen ... proxy_protocol`, `real_ip_header proxy_protocol`) logs and answers with the
+/// visitor's own address, 127.0.0.2, rather than the client's; v1 and then, after a reload,
+/// v2. A visitor from outside the list gets no answer.
+#[test]
+fn nginx_sees_the_visitors_address_through_proxy_protocol() {
+    let [nginx, curl] = match find_programs(["nginx", "curl"]) {
+        Ok(p) => p,
+        Err(why) => return eprintln!("SKIP: nginx_sees_the_visitors_address: {why}"),
+    };
+    let dir = TempDir::new("http-proxy");
+    fs::create_dir_all(dir.path().join("www")).expect("www dir");
+    let body = "set_real_ip_from 127.0.0.1; real_ip_header proxy_protocol; \
+                location = /ip { default_type text/plain; \
+                return 200 \"$remote_addr $proxy_protocol_addr\\n\"; }";
+    let (_nginx, nginx_port) = match start_nginx_with(&dir, &nginx, "proxy_protocol", body) {
+        Ok(x) => x,
+        Err(why) => return eprintln!("SKIP: nginx_sees_the_visitors_address: {why}"),
+    };
+    let mut setup = ServerSetup::new();
+    let public = setup.map(format!("127.0.0.1:{nginx_port}"), None);
+    let mapper = |version: &str| {
+        vec![
+            "[ALLOW]".to_string(),
+            format!("{public}=127.0.0.2"),
+            "[PROXY]".to_string(),
+            format!("{public}={version}"),
+        ]
+    };
+    setup.mapper_extra = mapper("v1");
+    let server = setup.start(&dir);
+    let allow = format!("127.0.0.1:{nginx_port}");
+    let _client = attach_client(
+        &server,
+        setup.inner_port,
+        &ClientOpts {
+            extra: vec!["--allow", &allow],
+            ..ClientOpts::default()
+        },
+    );
+    let get_ip = |from: &str| {
+        let mut c = Command::new(&curl);
+        c.args(["-q", "-s", "-S", "-f", "--max-time", "10", "--noproxy", "*"])
+            .args(["--interface", from])
+            .arg(format!("http://127.0.0.1:{public}/ip"));
+        run(&mut c, None, CMD_TIMEOUT).expect("run curl")
+    };
+
+    let out = get_ip("127.0.0.2");
+    assert!(out.success(), "curl from 127.0.0.2: {}", out.describe());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "127.0.0.2 127.0.0.2\n"
+    );
+    let out = get_ip("127.0.0.1");
+    assert!(
+        !out.success(),
+        "a visitor outside [ALLOW] was answered: {}",
+        out.describe()
+    );
+    assert!(out.stdout.is_empty());
+
+    setup.mapper_extra = mapper("v2");
+    setup.write(&dir);
+    server.signal(libc::SIGHUP);
+    server.wait_for_line("reload: 0 port(s) added, 0 removed, 1 changed", READY);
+    let out = get_ip("127.0.0.2");
+    assert!(
+        out.success(),
+        "curl after the reload to v2: {}",
+        out.describe()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "127.0.0.2 127.0.0.2\n"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
