@@ -14,7 +14,7 @@ pub struct MappingDiff {
     pub added: Vec<Mapping>,
     /// Ports only in the old list.
     pub removed: Vec<Mapping>,
-    /// Ports in both whose target, tag or allow-list differ: `(old, new)`.
+    /// Ports in both whose target, tag, allow-list or limit differ: `(old, new)`.
     pub changed: Vec<(Mapping, Mapping)>,
 }
 
@@ -58,6 +58,7 @@ mod tests {
             target: Target::parse(target).unwrap(),
             tag: tag.to_string(),
             allow: None,
+            limit: None,
         }
     }
 

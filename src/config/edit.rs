@@ -47,14 +47,15 @@ pub fn set_mapping(text: &str, port: u16, target: &str, tag: &str) -> String {
     file.join()
 }
 
-/// The mapping file's text without the `[MAPPER]`, `[TAG]` and `[ALLOW]` lines of `port`
-/// (an allow-list of an unmapped port would not load); no other line changes (comments above
-/// the removed lines stay).
+/// The mapping file's text without the `[MAPPER]`, `[TAG]`, `[ALLOW]` and `[LIMIT]` lines
+/// of `port` (an allow-list or limit of an unmapped port would not load); no other line
+/// changes (comments above the removed lines stay).
 pub fn remove_mapping(text: &str, port: u16) -> String {
     let mut file = Lines::split(text);
     file.remove("MAPPER", port);
     file.remove("TAG", port);
     file.remove("ALLOW", port);
+    file.remove("LIMIT", port);
     file.join()
 }
 

@@ -1,6 +1,7 @@
 //! The port mapping file and the values in it: [`Target`] (an inner `host:port`, with its
-//! [`Host`]), [`Mapping`] (a public port, its target, its tag and its source allow-list),
-//! [`load_mappings`] that reads `[MAPPER]`, `[TAG]` and `[ALLOW]`, and the checks on public ports, hosts, names and tags (the
+//! [`Host`]), [`Mapping`] (a public port, its target, its tag, its source allow-list and its
+//! bandwidth limit), [`load_mappings`] that reads `[MAPPER]`, `[TAG]`, `[ALLOW]` and
+//! `[LIMIT]`, and the checks on public ports, hosts, names and tags (the
 //! last three also serve the client's `SERVER_IP` and `TAG`). The types are re-exported as
 //! `crate::config::{Host, Target, Mapping}`.
 
@@ -11,6 +12,7 @@ use std::path::Path;
 
 use super::cidr::{Cidr, parse_cidr_list};
 use super::ini::{Doc, Entry, first_at};
+use super::rate::{Rate, parse_rate};
 use super::{ConfigError, DEFAULT_TAG, MAX_HOST_NAME_LEN, MAX_TAG_LEN, parse_port};
 
 /// The host part of a [`Target`]: an IP literal, or a name the client resolves.
@@ -94,31 +96,36 @@ impl fmt::Display for Target {
     }
 }
 
-/// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`) and its source
-/// allow-list from `[ALLOW]` (`None`: every address may connect).
+/// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`), its source
+/// allow-list from `[ALLOW]` (`None`: every address may connect) and its bandwidth limit
+/// from `[LIMIT]` or, without a line there, `BANDWIDTH` (`None`: no limit).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub public_port: u16,
     pub target: Target,
     pub tag: String,
     pub allow: Option<Vec<Cidr>>,
+    /// The limit in force: in each direction, all the port's streams together.
+    pub limit: Option<Rate>,
 }
 
-/// Read `[MAPPER]`, `[TAG]` and `[ALLOW]` of the mapping file.
+/// Read `[MAPPER]`, `[TAG]`, `[ALLOW]` and `[LIMIT]` of the mapping file; a port without a
+/// `[LIMIT]` line gets `default_limit` (`BANDWIDTH`).
 pub(super) fn load_mappings(
     file: &Path,
     inner_port: u16,
     cfg_file: &Path,
+    default_limit: Option<Rate>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Mapping>, ConfigError> {
     let doc = Doc::read(file, "port mapping file")?;
     for head in doc
         .sections
         .iter()
-        .filter(|h| !matches!(h.name.as_str(), "MAPPER" | "TAG" | "ALLOW"))
+        .filter(|h| !matches!(h.name.as_str(), "MAPPER" | "TAG" | "ALLOW" | "LIMIT"))
     {
         let what = format!(
-            "unknown section [{}], ignored (expected [MAPPER], [TAG] and [ALLOW])",
+            "unknown section [{}], ignored (expected [MAPPER], [TAG], [ALLOW] and [LIMIT])",
             head.raw
         );
         warnings.push(doc.note(Some(head.line), None, &what));
@@ -181,6 +188,7 @@ pub(super) fn load_mappings(
         let list = parse_cidr_list(&e.value).map_err(|m| doc.err(e, m))?;
         allows.insert(port, (list, e));
     }
+    let mut limits = load_limits(&doc, |port| targets.contains_key(&port))?;
 
     if targets.is_empty() {
         warnings.push(format!(
@@ -197,8 +205,34 @@ pub(super) fn load_mappings(
                 .remove(&public_port)
                 .map_or_else(|| DEFAULT_TAG.to_string(), |(tag, _)| tag),
             allow: allows.remove(&public_port).map(|(list, _)| list),
+            limit: limits.remove(&public_port).unwrap_or(default_limit),
         })
         .collect())
+}
+
+/// `[LIMIT]`: `port=rate` (see [`parse_rate`]), or `port=none` for no limit whatever
+/// `BANDWIDTH` says. Each port once, and only a mapped one.
+fn load_limits(
+    doc: &Doc,
+    mapped: impl Fn(u16) -> bool,
+) -> Result<HashMap<u16, Option<Rate>>, ConfigError> {
+    let mut limits: HashMap<u16, (Option<Rate>, &Entry)> = HashMap::new();
+    for e in doc.entries_in("LIMIT") {
+        let port = public_port(doc, e)?;
+        if !mapped(port) {
+            return Err(doc.err(e, format!("port {port} has no [MAPPER] entry")));
+        }
+        if let Some((_, first)) = limits.get(&port) {
+            return Err(doc.err(e, format!("port {port} has two limits{}", first_at(first))));
+        }
+        let rate = if e.value.trim().eq_ignore_ascii_case("none") {
+            None
+        } else {
+            Some(parse_rate(&e.value).map_err(|m| doc.err(e, m))?)
+        };
+        limits.insert(port, (rate, e));
+    }
+    Ok(limits.into_iter().map(|(p, (r, _))| (p, r)).collect())
 }
 
 fn public_port(doc: &Doc, e: &Entry) -> Result<u16, ConfigError> {

@@ -91,6 +91,9 @@ impl ServerRole {
             let list: Vec<String> = allow.iter().map(ToString::to_string).collect();
             v["allow"] = json!(list);
         }
+        if let Some(limit) = p.limit {
+            v["limit_bits_per_sec"] = json!(limit.bits_per_sec());
+        }
         v
     }
 
@@ -142,12 +145,14 @@ impl ServerRole {
             return Response::error(400, &format!("port {port} is the admin API's"));
         }
         let existing = self.ports.get(&port);
-        // The API sets a target and a tag; the port's `[ALLOW]` line stays as it is.
+        // The API sets a target and a tag; the port's `[ALLOW]` and `[LIMIT]` lines stay as
+        // they are (a new port gets `BANDWIDTH`, as it would at a reload).
         let mapping = Mapping {
             public_port: port,
             target,
             tag,
             allow: existing.and_then(|p| p.allow.clone()),
+            limit: existing.map_or(self.default_limit, |p| p.limit),
         };
         if existing.is_some_and(|p| p.target == mapping.target && p.tag == mapping.tag) {
             let live = Live::of(core);
@@ -182,7 +187,7 @@ impl ServerRole {
             return Response::error(500, &e);
         }
         if !created {
-            self.retarget(&mapping);
+            self.retarget(core, &mapping);
         }
         info!(
             "admin API: public port {port} -> {} (tag {})",

@@ -5,6 +5,9 @@
 //! `api.rs` answers the admin API; `reload.rs` applies a changed configuration;
 //! `refusals.rs` sums up the connections refused at accept for the log.
 //!
+//! Bandwidth limits are the core's (`net::limit`): the role tells it each port's limit when
+//! the port is published, retargeted or reloaded.
+//!
 //! Source policy runs right after accept, before anything else is made for the connection:
 //! a client outside `ALLOW`, a visitor outside its port's `[ALLOW]` list, or a visitor whose
 //! address already has `MAX_PER_SOURCE` streams open on the port is closed there and counted.
@@ -24,7 +27,7 @@ use mio::net::{TcpListener, TcpStream};
 
 use crate::admin::stats::{RateHistory, ServerCounters, Visit};
 use crate::cli::LogArgs;
-use crate::config::{self, Cidr, Mapping, Secret, ServerConfig, ServerTlsSetting, Target};
+use crate::config::{self, Cidr, Mapping, Rate, Secret, ServerConfig, ServerTlsSetting, Target};
 use crate::net::http::{Request, Response};
 use crate::net::reactor::{
     ClosedTunnel, Core, Endpoint, Listener, Purpose, Reactor, RelaySpec, Role, StreamTimeouts,
@@ -75,6 +78,9 @@ struct Published {
     tag: String,
     /// `[ALLOW]`: who may connect (`None`: anyone).
     allow: Option<Vec<Cidr>>,
+    /// `[LIMIT]` or `BANDWIDTH`: the port's bandwidth in each direction (`None`: no limit);
+    /// the core's bucket of the port enforces it.
+    limit: Option<Rate>,
     listener: usize,
 }
 
@@ -110,6 +116,9 @@ pub struct ServerRole {
     client_allow: Option<Vec<Cidr>>,
     /// `MAX_PER_SOURCE`: visitor streams per source address and public port (0: no cap).
     max_per_source: u32,
+    /// `BANDWIDTH`: the limit of a port without a `[LIMIT]` line, such as one the admin API
+    /// adds.
+    default_limit: Option<Rate>,
     refusals: RefusalLog,
 }
 
@@ -214,6 +223,11 @@ fn allow_note(allow: Option<&[Cidr]>) -> String {
     })
 }
 
+/// `, limit 10mbit` for a mapping's log line, or nothing without a limit.
+fn limit_note(limit: Option<Rate>) -> String {
+    limit.map_or_else(String::new, |r| format!(", limit {r}"))
+}
+
 /// Put a public port's bound listener in the loop; returns its key.
 fn listen(core: &mut Core, port: u16, sock: TcpListener) -> io::Result<usize> {
     let (key, _) = core.insert(Endpoint::Listener(Listener {
@@ -291,6 +305,7 @@ impl ServerRole {
         role.timeouts = timeouts_of(cfg);
         role.client_allow = cfg.client_allow.clone();
         role.max_per_source = cfg.max_per_source;
+        role.default_limit = cfg.default_limit;
         role
     }
 
@@ -317,6 +332,7 @@ impl ServerRole {
             last_reap: None,
             client_allow: None,
             max_per_source: 0,
+            default_limit: None,
             refusals: RefusalLog::default(),
         }
     }
@@ -324,19 +340,21 @@ impl ServerRole {
     /// Start serving mapping `m` on its bound listener.
     fn publish(&mut self, core: &mut Core, m: &Mapping, sock: TcpListener) -> io::Result<()> {
         let listener = listen(core, m.public_port, sock)?;
-        self.adopt(m, listener);
+        self.adopt(core, m, listener);
         Ok(())
     }
 
     /// Serve mapping `m` on `listener`, a listener of its port already in the loop.
-    fn adopt(&mut self, m: &Mapping, listener: usize) {
+    fn adopt(&mut self, core: &mut Core, m: &Mapping, listener: usize) {
         let port = m.public_port;
         info!(
-            "public port {port} -> {} (tag {}{})",
+            "public port {port} -> {} (tag {}{}{})",
             m.target,
             m.tag,
-            allow_note(m.allow.as_deref())
+            allow_note(m.allow.as_deref()),
+            limit_note(m.limit)
         );
+        core.set_limit(port, m.limit);
         self.counters.mapped(port);
         self.ports.insert(
             port,
@@ -345,12 +363,14 @@ impl ServerRole {
                 target: m.target.clone(),
                 tag: m.tag.clone(),
                 allow: m.allow.clone(),
+                limit: m.limit,
                 listener,
             },
         );
     }
 
-    /// Stop serving a port: its listener closes, its open streams run on.
+    /// Stop serving a port: its listener closes, its open streams run on (under its limit,
+    /// which stays with them).
     fn unpublish(&mut self, core: &mut Core, port: u16) -> Option<Published> {
         let p = self.ports.remove(&port)?;
         core.remove(p.listener);
@@ -368,6 +388,7 @@ impl ServerRole {
                 target: p.target.clone(),
                 tag: p.tag.clone(),
                 allow: p.allow.clone(),
+                limit: p.limit,
             })
             .collect()
     }
