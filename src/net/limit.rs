@@ -13,10 +13,9 @@
 //! A bucket holds at most a quarter second of its rate (the burst) and starts full. A port
 //! whose relays wait has one timer, set for when the bucket will hold a wake-up's worth of
 //! tokens (a fiftieth of a second of its rate, or 1460 bytes if more, within the burst; at
-//! least 1 ms away): never
-//! a busy loop. The timer wakes the waiting relays in the order they began to wait; a
-//! relay that finds the bucket empty again goes to the back, so the port's streams take the
-//! refills in turn.
+//! least 1 ms away): never a busy loop. The timer wakes the waiting relays in the order
+//! they began to wait, writers only while tokens last; a relay that moved bytes and must
+//! wait again goes behind the others, so the port's streams take the refills in turn.
 //!
 //! Unlimited ports pay one `is_empty` check (no limit anywhere: the client, most servers)
 //! or one hash lookup per read and write; limited ports pay the bucket arithmetic there.
@@ -227,7 +226,6 @@ impl Core {
 
     /// Relay `rkey` found its port's bucket for `dir` empty: it waits for the port's timer.
     pub(crate) fn throttle(&mut self, rkey: usize, dir: Dir) {
-        let now = self.now;
         let Some(generation) = self.generation_of(rkey) else {
             return;
         };
@@ -243,15 +241,35 @@ impl Core {
             return;
         };
         l.waiting[dir as usize].push_back((rkey, generation));
-        if l.timer.is_none() {
-            let at = l.buckets[dir as usize].wake_at(now);
+        self.arm(port);
+    }
+
+    /// Set the port's timer, if relays wait and none is set.
+    fn arm(&mut self, port: u16) {
+        let now = self.now;
+        let Some(l) = self.limits.ports.get_mut(&port) else {
+            return;
+        };
+        if l.timer.is_some() {
+            return;
+        }
+        let at = [Dir::Up, Dir::Down]
+            .into_iter()
+            .filter(|&d| !l.waiting[d as usize].is_empty())
+            .map(|d| l.buckets[d as usize].wake_at(now))
+            .min();
+        if let Some(at) = at {
             l.timer = Some(at);
             self.schedule(at, TimerTarget::Limit(port));
         }
     }
 
-    /// The timer of `port`, set for `at`: wake the relays waiting for its tokens.
+    /// The timer of `port`, set for `at`: wake the relays waiting for its tokens. Readers all
+    /// go to the ready queue, which takes them in turn; writers write now, oldest first,
+    /// while tokens last: one that wrote and must wait again goes behind those that did not
+    /// get to write.
     pub(crate) fn limit_tick(&mut self, port: u16, at: Instant) {
+        let now = self.now;
         let Some(l) = self.limits.ports.get_mut(&port) else {
             return;
         };
@@ -259,8 +277,23 @@ impl Core {
             return; // a timer the rate change replaced
         }
         l.timer = None;
-        let waiting = std::mem::take(&mut l.waiting);
-        self.wake(waiting);
+        let readers = std::mem::take(&mut l.waiting[Dir::Up as usize]);
+        let mut turns = l.waiting[Dir::Down as usize].len();
+        self.wake([readers, VecDeque::new()]);
+        while turns > 0 {
+            turns -= 1;
+            let Some(l) = self.limits.ports.get_mut(&port) else {
+                return;
+            };
+            if l.buckets[Dir::Down as usize].available(now) == 0 {
+                break;
+            }
+            let Some(writer) = l.waiting[Dir::Down as usize].pop_front() else {
+                break;
+            };
+            self.wake([VecDeque::new(), VecDeque::from([writer])]);
+        }
+        self.arm(port);
     }
 
     /// Let waiting relays move again: readers go to the ready queue, writers write now.
