@@ -219,6 +219,35 @@ fn bandwidth_is_the_default_limit() {
             assert_eq!(m["limit_bits_per_sec"], 8_000_000, "{m}");
         }
     }
+
+    // The API: a retargeted port keeps its limit, a new one gets BANDWIDTH, a deleted one
+    // takes its [LIMIT] line along.
+    let body = format!(r#"{{"target": "{}"}}"#, free_sink.target());
+    let r = admin.call("PUT", &format!("/api/mappings/{free}"), Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let added = free_port();
+    let r = admin.call("PUT", &format!("/api/mappings/{added}"), Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["limit_bits_per_sec"], 8_000_000, "{}", r.text());
+    let list = admin.get_json("/api/mappings");
+    let m = list["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["port"] == u64::from(free))
+        .cloned()
+        .unwrap();
+    assert!(m.get("limit_bits_per_sec").is_none(), "{m}");
+    let file = dir.path().join("port_mapper.cfg");
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains(&format!("{free}=none"))
+    );
+    let r = admin.call("DELETE", &format!("/api/mappings/{free}"), None);
+    assert_eq!(r.status, 204, "{}", r.text());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains(&format!("{free}=")), "{text}");
 }
 
 /// A reload that raises a port's limit speeds up its open stream at once.
