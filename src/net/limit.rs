@@ -13,7 +13,9 @@
 //! A bucket holds at most a quarter second of its rate (the burst) and starts full. A port
 //! whose relays wait has one timer, set for when the bucket will hold a wake-up's worth of
 //! tokens (a fiftieth of a second of its rate, or 1460 bytes if more, within the burst; at
-//! least 1 ms away): never a busy loop. The timer wakes the waiting relays in the order
+//! least 1 ms away), and with fewer tokens than that nothing moves: a relay woken by its
+//! socket a moment after it took the last ones waits too, rather than read the few bytes
+//! the moment brought, turn after turn. Never a busy loop. The timer wakes the waiting relays in the order
 //! they began to wait, writers only while tokens last; a relay that moved bytes and must
 //! wait again goes behind the others, so the port's streams take the refills in turn.
 //!
@@ -87,13 +89,27 @@ impl TokenBucket {
         self.tokens = self.tokens.saturating_sub(n);
     }
 
+    /// Tokens that may move now, if at least a wake-up's worth: with fewer, nothing moves
+    /// until the timer. (Time passes between two loop turns, so there are always a few
+    /// tokens: a relay that took those and was queued again would read a few bytes a turn,
+    /// a busy loop.)
+    pub fn usable(&mut self, now: Instant) -> u64 {
+        let tokens = self.available(now);
+        if tokens >= self.chunk() { tokens } else { 0 }
+    }
+
+    /// A wake-up's worth of tokens: a fiftieth of a second of the rate, at least
+    /// `MIN_CHUNK`, at most the burst.
+    fn chunk(&self) -> u64 {
+        (self.bits_per_sec / 8 / WAKE_DIVISOR)
+            .max(MIN_CHUNK)
+            .min(self.capacity)
+    }
+
     /// When the bucket will hold a wake-up's worth of tokens (at least `MIN_WAKE` after
     /// `now`).
     pub fn wake_at(&self, now: Instant) -> Instant {
-        let chunk = (self.bits_per_sec / 8 / WAKE_DIVISOR)
-            .max(MIN_CHUNK)
-            .min(self.capacity);
-        let need = chunk.saturating_sub(self.tokens);
+        let need = self.chunk().saturating_sub(self.tokens);
         let nanos = (u128::from(need) * 8 * NANOS).div_ceil(u128::from(self.bits_per_sec));
         let at = self.at + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
         at.max(now + MIN_WAKE)
@@ -157,19 +173,20 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The tokens relays of `port` may move `dir` now: `None` when the port is not limited.
+    /// The tokens relays of `port` may move `dir` now (0 below a wake-up's worth): `None`
+    /// when the port is not limited.
     #[inline]
     pub fn allowance(&mut self, port: u16, dir: Dir, now: Instant) -> Option<usize> {
         if self.ports.is_empty() {
             return None;
         }
         let l = self.ports.get_mut(&port)?;
-        let n = l.buckets[dir as usize].available(now);
+        let n = l.buckets[dir as usize].usable(now);
         Some(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Spend `n` tokens of `port`'s bucket for `dir`. True when the port is limited and its
-    /// bucket is now empty.
+    /// bucket holds less than a wake-up's worth now.
     #[inline]
     pub fn spend(&mut self, port: u16, dir: Dir, n: usize, now: Instant) -> bool {
         if self.ports.is_empty() {
@@ -180,7 +197,7 @@ impl Limits {
         };
         let b = &mut l.buckets[dir as usize];
         b.take(n as u64);
-        b.available(now) == 0
+        b.usable(now) == 0
     }
 
     /// The rate `port` is limited to.
@@ -285,7 +302,7 @@ impl Core {
             let Some(l) = self.limits.ports.get_mut(&port) else {
                 return;
             };
-            if l.buckets[Dir::Down as usize].available(now) == 0 {
+            if l.buckets[Dir::Down as usize].usable(now) == 0 {
                 break;
             }
             let Some(writer) = l.waiting[Dir::Down as usize].pop_front() else {
@@ -401,6 +418,20 @@ mod tests {
         assert_eq!(slow.wake_at(t0), t0 + 248 * MS);
     }
 
+    /// A few tokens, the time between two loop turns, move nothing: the relay waits for a
+    /// fiftieth of a second's worth, which the timer is set for.
+    #[test]
+    fn nothing_moves_below_a_wake_up_s_worth() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(rate(8_000_000), t0); // chunk 20,000 bytes
+        b.take(250_000);
+        assert_eq!(b.usable(t0 + MS), 0);
+        assert_eq!(b.available(t0 + MS), 1_000);
+        assert_eq!(b.usable(t0 + 19 * MS), 0);
+        assert_eq!(b.usable(t0 + 20 * MS), 20_000);
+        assert_eq!(b.wake_at(t0 + MS), t0 + 20 * MS);
+    }
+
     #[test]
     fn a_new_rate_keeps_the_tokens_within_its_burst() {
         let t0 = Instant::now();
@@ -440,8 +471,13 @@ mod tests {
         );
         assert_eq!(l.allowance(1, Dir::Up, t0), None);
         assert_eq!(l.allowance(7, Dir::Up, t0), Some(250));
-        assert!(!l.spend(7, Dir::Up, 100, t0));
-        assert!(l.spend(7, Dir::Up, 150, t0));
+        // Below a wake-up's worth (here the whole burst) nothing moves.
+        assert!(l.spend(7, Dir::Up, 1, t0));
+        assert_eq!(l.allowance(7, Dir::Up, t0), Some(0));
+        assert_eq!(
+            l.allowance(7, Dir::Up, t0 + Duration::from_millis(1)),
+            Some(250)
+        );
         // Each direction has its own bucket.
         assert_eq!(l.allowance(7, Dir::Down, t0), Some(250));
         assert_eq!(l.rate(7), Some(8_000));
