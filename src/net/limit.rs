@@ -15,9 +15,10 @@
 //! tokens (a fiftieth of a second of its rate, or 1460 bytes if more, within the burst; at
 //! least 1 ms away), and with fewer tokens than that nothing moves: a relay woken by its
 //! socket a moment after it took the last ones waits too, rather than read the few bytes
-//! the moment brought, turn after turn. Never a busy loop. The timer wakes the waiting relays in the order
-//! they began to wait, writers only while tokens last; a relay that moved bytes and must
-//! wait again goes behind the others, so the port's streams take the refills in turn.
+//! the moment brought, turn after turn. Never a busy loop. The timer wakes the waiting
+//! relays in the order they began to wait, writers only while tokens last; a relay that
+//! moved bytes and must wait again goes behind the others, so the port's streams take the
+//! refills in turn.
 //!
 //! Unlimited ports pay one `is_empty` check (no limit anywhere: the client, most servers)
 //! or one hash lookup per read and write; limited ports pay the bucket arithmetic there.
@@ -34,8 +35,8 @@ use crate::net::reactor::{Core, TimerTarget};
 const BURST_DIVISOR: u64 = 4;
 /// A waiting port's timer fires when a fiftieth of a second of its rate has come in.
 const WAKE_DIVISOR: u64 = 50;
-/// Nor before a packet's worth (within the burst), so that a slow limit moves few bytes in
-/// many frames.
+/// Nor before a packet's worth (within the burst), so that a slow limit does not move its
+/// bytes a few at a time, in many small frames.
 const MIN_CHUNK: u64 = 1460;
 /// And never sooner than this.
 const MIN_WAKE: Duration = Duration::from_millis(1);
