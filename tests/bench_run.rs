@@ -207,3 +207,31 @@ fn one_tunnel_alone_leaves_the_other_null() {
     assert!(json["memory_mib"]["tls"]["idle"].is_object(), "{json}");
     assert!(json["memory_mib"].get("idle").is_none(), "{json}");
 }
+
+/// The bandwidth-limit workload, run short: the limited port is limited at all (its burst
+/// weighs more in a short run than in the bench's 10 s), and the unlimited one is not.
+#[test]
+fn the_limit_workload_measures_a_limited_port_beside_an_unlimited_one() {
+    let (json, err) = bench_json(&["--seconds", "0.2", "--tls", "off", "--only", "limit"]);
+    let l = &json["limit"];
+    assert_eq!(l["tunnel"], "plain", "{l}");
+    assert_eq!(l["limit_mbit"], 100, "{l}");
+    assert_eq!(l["seconds"], 1, "{l}");
+    for way in ["upload", "download"] {
+        let side = &l[way];
+        let mbit = side["mbit"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{way}: {l}"));
+        let ratio = side["ratio"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{way}: {l}"));
+        let free = side["unlimited_gbit"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{way}: {l}"));
+        assert!((0.5..2.0).contains(&ratio), "{way}: {side}");
+        assert!((mbit / 100.0 - ratio).abs() < 1e-3, "{way}: {side}");
+        assert!(free * 1e3 > 3.0 * mbit, "{way}: the unlimited port: {side}");
+    }
+    assert!(err.contains("a port limited to 100 mbit"), "{err}");
+    assert!(json["workloads"].as_object().unwrap().is_empty(), "{json}");
+}

@@ -493,7 +493,7 @@ fn http_through_the_tunnel() {
 }
 
 /// The README's locked-down deployment with nginx as the inner web server: the port has a
-/// source allow-list and sends PROXY headers, the client may dial nginx only, and nginx
+/// source allow-list, a limit and PROXY headers, the client may dial nginx only, and nginx
 /// (`listen ... proxy_protocol`, `real_ip_header proxy_protocol`) logs and answers with the
 /// visitor's own address, 127.0.0.2, rather than the client's; v1 and then, after a reload,
 /// v2. A visitor from outside the list gets no answer.
@@ -520,6 +520,8 @@ fn nginx_sees_the_visitors_address_through_proxy_protocol() {
             format!("{public}=127.0.0.2"),
             "[PROXY]".to_string(),
             format!("{public}={version}"),
+            "[LIMIT]".to_string(),
+            format!("{public}=50mbit"),
         ]
     };
     setup.mapper_extra = mapper("v1");

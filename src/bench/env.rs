@@ -20,6 +20,9 @@ use super::harness::{
 use super::report::Tunnel;
 use super::workloads::echo_byte;
 
+/// The `[LIMIT]` of the limited public ports (Mbit/s), each way.
+pub(super) const LIMIT_MBIT: u64 = 100;
+
 /// How long the roles get to listen and attach.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a role gets to exit after SIGTERM before it is killed.
@@ -33,6 +36,9 @@ pub(super) struct Env {
     pub(super) targets: Targets,
     /// The target services through the tunnel: the server's public ports.
     pub(super) public: Endpoints,
+    /// The sink and the source again, through public ports limited to [`LIMIT_MBIT`] (the
+    /// echo is the unlimited one).
+    pub(super) limited: Endpoints,
     /// How the client is started again ([`Env::restart_client`]).
     client_start: ClientStart,
     // Field order matters for Drop: the client goes before the server, both before the files.
@@ -104,6 +110,7 @@ impl Harness {
 /// The roles started by [`Env::start_roles`], with what they need.
 struct Roles {
     public: Endpoints,
+    limited: Endpoints,
     client_start: ClientStart,
     client: Process,
     server: Process,
@@ -132,6 +139,7 @@ impl Env {
                     return Ok(Env {
                         targets,
                         public: roles.public,
+                        limited: roles.limited,
                         client_start: roles.client_start,
                         client: roles.client,
                         server: roles.server,
@@ -160,7 +168,7 @@ impl Env {
             None => std::env::current_exe()
                 .map_err(|e| fatal(format!("cannot find this program's own path: {e}")))?,
         };
-        let [inner, echo, sink, source] =
+        let [inner, echo, sink, source, limited_sink, limited_source] =
             free_ports().map_err(|e| fatal(format!("cannot pick free ports on 127.0.0.1: {e}")))?;
         let dir = TempDir::new("bench")
             .map_err(|e| fatal(format!("cannot create a temporary directory: {e}")))?;
@@ -175,8 +183,9 @@ impl Env {
         );
         let t = targets.addr;
         let map_text = format!(
-            "[MAPPER]\n{echo}={}\n{sink}={}\n{source}={}\n",
-            t.echo, t.sink, t.source
+            "[MAPPER]\n{echo}={}\n{sink}={}\n{source}={}\n{limited_sink}={}\n{limited_source}={}\n\
+             [LIMIT]\n{limited_sink}={LIMIT_MBIT}mbit\n{limited_source}={LIMIT_MBIT}mbit\n",
+            t.echo, t.sink, t.source, t.sink, t.source
         );
         let cfg = dir
             .write("server.cfg", &cfg_text)
@@ -218,6 +227,11 @@ impl Env {
             sink: loopback(sink),
             source: loopback(source),
         };
+        let limited = Endpoints {
+            echo: loopback(echo),
+            sink: loopback(limited_sink),
+            source: loopback(limited_source),
+        };
         let what = "working tunnel (a 1-byte echo through the public port)";
         wait_until(
             &mut [&mut server, &mut client],
@@ -231,6 +245,7 @@ impl Env {
         })?;
         Ok(Roles {
             public,
+            limited,
             client_start,
             client,
             server,

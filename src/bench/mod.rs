@@ -39,13 +39,17 @@ pub use env::Harness;
 use env::Env;
 use harness::Endpoints;
 use render::{last_rows_text, mem_text, render_json, render_table};
-use report::{ByTunnel, MemPair, Report, Setup, Transfer, Tunnel};
+use report::{ByTunnel, LimitFigures, MemPair, Report, Setup, Transfer, Tunnel};
 use workloads::{IdleStreams, RssSampler};
 
 /// Connections in the many-connection request/response workload.
 const RR_CONNS: usize = 50;
 /// Client starts timed by the set-up workload, for each tunnel.
 const SETUP_STARTS: usize = 5;
+/// The bandwidth-limit workload runs each way for this many times `--seconds`...
+const LIMIT_FACTOR: f64 = 5.0;
+/// ...and no longer than this (10 s with the default 2 s).
+const LIMIT_SECONDS: f64 = 10.0;
 
 /// Options of `tcp-forward bench`.
 #[derive(Debug, clap::Args)]
@@ -104,6 +108,9 @@ pub enum Workload {
     Streams,
     /// 64-byte round trips on 1 connection before and while another stream is stalled
     Stalled,
+    /// A port limited to 100 mbit, each way for 5 times --seconds (10 s at most), beside an
+    /// unlimited one
+    Limit,
     /// Tunnel set-up time: the client started again, until the first echo through it
     Setup,
 }
@@ -206,6 +213,10 @@ impl Workload {
                 "64 B round trips, 1 connection, before and while another stream is stalled",
             ),
             Workload::Setup => ("the set-up workload", "tunnel set-up, client started again"),
+            Workload::Limit => (
+                "the bandwidth-limit workload",
+                "a port limited to 100 mbit, beside an unlimited one",
+            ),
         }
     }
 }
@@ -352,6 +363,18 @@ fn run_workloads(
                 eprintln!("{}", texts.join("; "));
                 continue;
             }
+            Workload::Limit => {
+                // Through one tunnel (plain when both run): the limit is the server's, the
+                // same whatever carries the bytes, and 10 s each way is long enough.
+                let Some((t, env)) = envs.iter().next() else {
+                    continue;
+                };
+                let seconds = (duration.as_secs_f64() * LIMIT_FACTOR).min(LIMIT_SECONDS);
+                let figures = limit_figures(t, env, Duration::from_secs_f64(seconds), report);
+                eprintln!("{}", render::limit_text(&figures));
+                report.limit = Some(figures);
+                continue;
+            }
             Workload::Setup => {
                 let mut texts = Vec::new();
                 for (t, env) in envs.iter_mut() {
@@ -400,6 +423,57 @@ fn bulk(
     let through = envs
         .map(|_, env| workloads::bulk_with_cpu(work, service(&env.public), duration, pids(env)));
     (d, through)
+}
+
+/// The limited port's rate each way for `dur`, with an unlimited port of the same tunnel
+/// moving as fast as it can at the same time. A failed side is noted and fails the run.
+fn limit_figures(t: Tunnel, env: &Env, dur: Duration, report: &mut Report) -> LimitFigures {
+    let mut side = |label: &str,
+                    work: fn(SocketAddr, Duration) -> io::Result<Transfer>,
+                    limited: SocketAddr,
+                    free: SocketAddr| {
+        let (limited, free) = thread::scope(|scope| {
+            let limited = scope.spawn(move || work(limited, dur));
+            let free = work(free, dur);
+            let limited = limited
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("panicked")));
+            (limited, free)
+        });
+        match (limited, free) {
+            (Ok(l), Ok(f)) => Some((l.gbits() * 1e3, f.gbits())),
+            (l, f) => {
+                report.failed = true;
+                for (what, r) in [("limited port", l), ("unlimited port", f)] {
+                    if let Err(e) = r {
+                        report
+                            .notes
+                            .push(format!("bandwidth limit, {label}, {what}: {e}"));
+                    }
+                }
+                None
+            }
+        }
+    };
+    let up = side(
+        "upload",
+        workloads::upload,
+        env.limited.sink,
+        env.public.sink,
+    );
+    let down = side(
+        "download",
+        workloads::download,
+        env.limited.source,
+        env.public.source,
+    );
+    LimitFigures {
+        tunnel: t,
+        limit_mbit: env::LIMIT_MBIT as f64,
+        seconds: dur.as_secs_f64(),
+        up,
+        down,
+    }
 }
 
 /// Start a tunnel's client again `SETUP_STARTS` times, timing each; stops at the first

@@ -7,8 +7,8 @@ use std::thread;
 use serde_json::{Map, Number, Value, json};
 
 use super::report::{
-    Kind, MemPair, Report, Row, STALLED_TARGET_RATIO, Setup, Tunnel, TunnelFigures, median,
-    ratio_of,
+    Kind, LimitFigures, MemPair, Report, Row, STALLED_TARGET_RATIO, Setup, Tunnel, TunnelFigures,
+    median, ratio_of,
 };
 
 /// A figure with about three significant digits, thousands grouped for large ones.
@@ -235,6 +235,7 @@ pub(super) fn render_table(r: &Report) -> String {
     }
     push_memory_table(&mut out, r);
     push_cpu_table(&mut out, r);
+    push_limit_table(&mut out, r);
     push_setup_table(&mut out, r);
     if !r.notes.is_empty() {
         let _ = writeln!(out, "\nnotes:");
@@ -335,6 +336,92 @@ fn push_cpu_table(out: &mut String, r: &Report) {
         })
         .collect();
     push_table(out, &header, header.len(), &cells);
+}
+
+/// The bandwidth-limit workload: each way, the limited port's rate against its limit and
+/// what the unlimited port moved meanwhile.
+fn push_limit_table(out: &mut String, r: &Report) {
+    let Some(l) = &r.limit else {
+        return;
+    };
+    let header = [
+        format!(
+            "[LIMIT] {} mbit, {} tunnel, {} s each way",
+            fmt_num(l.limit_mbit),
+            l.tunnel.name(),
+            fmt_num(l.seconds)
+        ),
+        "limited (Mbit/s)".to_string(),
+        "limited/limit".to_string(),
+        "unlimited port meanwhile (Gbit/s)".to_string(),
+        "meanwhile/alone".to_string(),
+    ];
+    // The same tunnel's single-stream figure, when that workload ran.
+    let alone = |key: &str| {
+        r.rows
+            .iter()
+            .find(|row| row.key == key)
+            .and_then(|row| row.through(l.tunnel))
+    };
+    let row = |what: &str, side: Option<(f64, f64)>, key: &str| {
+        vec![
+            what.to_string(),
+            opt_num(side.map(|s| s.0)),
+            side.map_or_else(|| "-".to_string(), |s| format!("{:.3}", s.0 / l.limit_mbit)),
+            opt_num(side.map(|s| s.1)),
+            ratio_of(side.map(|s| s.1), alone(key)).map_or_else(|| "-".to_string(), fmt_ratio),
+        ]
+    };
+    let cells = [
+        row("upload", l.up, "upload_gbps"),
+        row("download", l.down, "download_gbps"),
+    ];
+    push_table(out, &header, header.len(), &cells);
+}
+
+/// The progress text of the bandwidth-limit workload.
+pub(super) fn limit_text(l: &LimitFigures) -> String {
+    let side = |what: &str, s: Option<(f64, f64)>| match s {
+        Some((mbit, gbit)) => format!(
+            "{what} {} Mbit/s ({:.3} of the limit; unlimited port meanwhile {} Gbit/s)",
+            fmt_num(mbit),
+            mbit / l.limit_mbit,
+            fmt_num(gbit)
+        ),
+        None => format!("{what} failed"),
+    };
+    format!(
+        "{} tunnel, {} s each way: {}; {}",
+        l.tunnel.name(),
+        fmt_num(l.seconds),
+        side("upload", l.up),
+        side("download", l.down)
+    )
+}
+
+/// The bandwidth-limit workload as JSON: `{}` when it did not run.
+fn limit_json(r: &Report) -> Value {
+    let Some(l) = &r.limit else {
+        return json!({});
+    };
+    let side = |s: Option<(f64, f64)>| match s {
+        Some((mbit, gbit)) => json!({
+            "mbit": json_num(Some(mbit)),
+            "ratio": json_num(Some(mbit / l.limit_mbit)),
+            "unlimited_gbit": json_num(Some(gbit)),
+        }),
+        None => Value::Null,
+    };
+    json!({
+        "tunnel": match l.tunnel {
+            Tunnel::Plain => "plain",
+            Tunnel::Tls => "tls",
+        },
+        "limit_mbit": json_num(Some(l.limit_mbit)),
+        "seconds": json_num(Some(l.seconds)),
+        "upload": side(l.up),
+        "download": side(l.down),
+    })
 }
 
 /// The tunnel's set-up time of each tunnel side by side: medians, and the spread.
@@ -587,6 +674,7 @@ pub(super) fn render_json(r: &Report) -> String {
         "memory_mib": section(r, memory_json),
         "cpu_s_per_gb": section(r, cpu_json),
         "setup_ms": section(r, setup_json),
+        "limit": limit_json(r),
         "notes": r.notes,
         "ok": !r.failed,
     })
@@ -837,6 +925,7 @@ mod tests {
                 "memory_mib",
                 "cpu_s_per_gb",
                 "setup_ms",
+                "limit",
                 "notes",
                 "ok"
             ]
@@ -894,5 +983,45 @@ mod tests {
         let json = render_json(&r);
         assert!(json.contains("\"setup_ms\":{\"spawn_to_echo\":null,\"connect_to_echo\":null,\"samples\":0,\"tls\":{\"spawn_to_echo\":null,\"connect_to_echo\":null,\"samples\":0}}"), "{json}");
         assert!(json.contains("\"cpu_s_per_gb\":{\"upload\":null,\"download\":null,\"tls\":{\"upload\":null,\"download\":null}}"), "{json}");
+    }
+
+    #[test]
+    fn the_limit_workload_has_a_table_and_an_object() {
+        use crate::bench::report::LimitFigures;
+        let mut r = sample_report();
+        assert!(render_json(&r).contains(r#""limit":{}"#));
+        r.limit = Some(LimitFigures {
+            tunnel: Tunnel::Plain,
+            limit_mbit: 100.0,
+            seconds: 10.0,
+            up: Some((102.4, 4.0)),
+            down: None,
+        });
+        let table = render_table(&r);
+        let line = |start: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_else(|| panic!("no {start:?} in {table}"))
+                .to_string()
+        };
+        assert!(
+            line("[LIMIT] 100 mbit, plain tunnel, 10.0 s each way").contains("meanwhile/alone")
+        );
+        let up: Vec<String> = line("upload  ")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(up[..4], ["upload", "102", "1.024", "4.00"], "{table}");
+        let down: Vec<String> = line("download  ")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        assert_eq!(down[1..], ["-", "-", "-", "-"], "{table}");
+        let v: Value = serde_json::from_str(&render_json(&r)).unwrap();
+        assert_eq!(v["limit"]["upload"]["ratio"], 1.024);
+        assert_eq!(v["limit"]["upload"]["unlimited_gbit"], 4.0);
+        assert!(v["limit"]["download"].is_null());
+        assert!(limit_text(r.limit.as_ref().unwrap()).contains("download failed"));
     }
 }

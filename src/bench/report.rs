@@ -278,6 +278,19 @@ impl TunnelFigures {
     }
 }
 
+/// The bandwidth-limit workload: a limited port's rate each way, and what an unlimited port
+/// of the same tunnel moved meanwhile.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct LimitFigures {
+    pub(super) tunnel: Tunnel,
+    pub(super) limit_mbit: f64,
+    pub(super) seconds: f64,
+    /// Upload (visitor -> target), then download: the limited port's Mbit/s and the
+    /// unlimited port's Gbit/s at the same time.
+    pub(super) up: Option<(f64, f64)>,
+    pub(super) down: Option<(f64, f64)>,
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Report {
     pub(super) seconds: f64,
@@ -287,6 +300,7 @@ pub(super) struct Report {
     pub(super) rows: Vec<Row>,
     pub(super) plain: TunnelFigures,
     pub(super) tls: TunnelFigures,
+    pub(super) limit: Option<LimitFigures>,
     pub(super) notes: Vec<String>,
     pub(super) failed: bool,
 }

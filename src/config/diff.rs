@@ -14,7 +14,8 @@ pub struct MappingDiff {
     pub added: Vec<Mapping>,
     /// Ports only in the old list.
     pub removed: Vec<Mapping>,
-    /// Ports in both whose target, tag, allow-list or PROXY setting differ: `(old, new)`.
+    /// Ports in both whose target, tag, allow-list, PROXY setting or limit differ:
+    /// `(old, new)`.
     pub changed: Vec<(Mapping, Mapping)>,
 }
 
@@ -59,6 +60,7 @@ mod tests {
             tag: tag.to_string(),
             allow: None,
             proxy: None,
+            limit: None,
         }
     }
 

@@ -48,8 +48,8 @@ pub fn set_mapping(text: &str, port: u16, target: &str, tag: &str) -> String {
     file.join()
 }
 
-/// The mapping file's text without the `[MAPPER]`, `[TAG]`, `[ALLOW]` and `[PROXY]` lines of
-/// `port` (an allow-list or PROXY line of an unmapped port would not load); no other line
+/// The mapping file's text without the `[MAPPER]`, `[TAG]`, `[ALLOW]`, `[PROXY]` and `[LIMIT]`
+/// lines of `port` (such a line of an unmapped port would not load); no other line
 /// changes (comments above the removed lines stay).
 pub fn remove_mapping(text: &str, port: u16) -> String {
     let mut file = Lines::split(text);
@@ -57,6 +57,7 @@ pub fn remove_mapping(text: &str, port: u16) -> String {
     file.remove("TAG", port);
     file.remove("ALLOW", port);
     file.remove("PROXY", port);
+    file.remove("LIMIT", port);
     file.join()
 }
 

@@ -1,6 +1,7 @@
 //! The port mapping file and the values in it: [`Target`] (an inner `host:port`, with its
-//! [`Host`]), [`Mapping`] (a public port, its target, its tag and its source allow-list),
-//! [`load_mappings`] that reads `[MAPPER]`, `[TAG]`, `[ALLOW]` and `[PROXY]`, and the checks on public ports, hosts, names and tags (the
+//! [`Host`]), [`Mapping`] (a public port, its target, its tag, its source allow-list, its
+//! PROXY setting and its bandwidth limit), [`load_mappings`] that reads `[MAPPER]`, `[TAG]`,
+//! `[ALLOW]`, `[PROXY]` and `[LIMIT]`, and the checks on public ports, hosts, names and tags (the
 //! last three also serve the client's `SERVER_IP` and `TAG`). The types are re-exported as
 //! `crate::config::{Host, Target, Mapping}`.
 
@@ -12,6 +13,7 @@ use std::path::Path;
 use super::cidr::{Cidr, parse_cidr_list};
 use super::ini::{Doc, Entry, first_at};
 use super::range::PortRange;
+use super::rate::{Rate, parse_rate};
 use super::{ConfigError, DEFAULT_TAG, MAX_HOST_NAME_LEN, MAX_TAG_LEN, parse_port};
 use crate::protocol::proxy::ProxyVersion;
 
@@ -136,8 +138,9 @@ impl fmt::Display for Target {
 }
 
 /// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`), its source
-/// allow-list from `[ALLOW]` (`None`: every address may connect) and the PROXY header its
-/// targets get from `[PROXY]` (`None`: none).
+/// allow-list from `[ALLOW]` (`None`: every address may connect), the PROXY header its
+/// targets get from `[PROXY]` (`None`: none) and its bandwidth limit from `[LIMIT]` or,
+/// without a line there, `BANDWIDTH` (`None`: no limit).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub public_port: u16,
@@ -145,23 +148,28 @@ pub struct Mapping {
     pub tag: String,
     pub allow: Option<Vec<Cidr>>,
     pub proxy: Option<ProxyVersion>,
+    /// The limit in force: in each direction, all the port's streams together.
+    pub limit: Option<Rate>,
 }
 
-/// Read `[MAPPER]`, `[TAG]`, `[ALLOW]` and `[PROXY]` of the mapping file.
+/// Read `[MAPPER]`, `[TAG]`, `[ALLOW]`, `[PROXY]` and `[LIMIT]` of the mapping file; a port
+/// without a `[LIMIT]` line gets `default_limit` (`BANDWIDTH`).
 pub(super) fn load_mappings(
     file: &Path,
     inner_port: u16,
     cfg_file: &Path,
+    default_limit: Option<Rate>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Mapping>, ConfigError> {
     let doc = Doc::read(file, "port mapping file")?;
-    for head in doc
-        .sections
-        .iter()
-        .filter(|h| !matches!(h.name.as_str(), "MAPPER" | "TAG" | "ALLOW" | "PROXY"))
-    {
+    for head in doc.sections.iter().filter(|h| {
+        !matches!(
+            h.name.as_str(),
+            "MAPPER" | "TAG" | "ALLOW" | "PROXY" | "LIMIT"
+        )
+    }) {
         let what = format!(
-            "unknown section [{}], ignored (expected [MAPPER], [TAG], [ALLOW] and [PROXY])",
+            "unknown section [{}], ignored (expected [MAPPER], [TAG], [ALLOW], [PROXY] and [LIMIT])",
             head.raw
         );
         warnings.push(doc.note(Some(head.line), None, &what));
@@ -217,6 +225,13 @@ pub(super) fn load_mappings(
             )
         })
     })?;
+    let mut limits = per_port(&doc, "LIMIT", &targets, "has two limits", |e| {
+        if e.value.trim().eq_ignore_ascii_case("none") {
+            Ok(None)
+        } else {
+            parse_rate(&e.value).map(Some)
+        }
+    })?;
 
     if targets.is_empty() {
         warnings.push(format!(
@@ -234,6 +249,9 @@ pub(super) fn load_mappings(
                 .map_or_else(|| DEFAULT_TAG.to_string(), |(tag, _)| tag),
             allow: allows.remove(&public_port).map(|(list, _)| list),
             proxy: proxies.remove(&public_port).map(|(v, _)| v),
+            limit: limits
+                .remove(&public_port)
+                .map_or(default_limit, |(rate, _)| rate),
         })
         .collect())
 }

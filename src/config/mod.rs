@@ -9,6 +9,7 @@
 //! - `mappings`: [`Target`], [`Mapping`] and the port mapping file, with the host, name and
 //!   tag checks the client shares;
 //! - `cidr`: [`Cidr`], the address ranges of every allow-list;
+//! - `rate`: [`Rate`], the bandwidth limits of `[LIMIT]` and `BANDWIDTH`;
 //! - `allow`: [`AllowList`], the client's `--allow`: networks, names and ports;
 //! - `diff`: [`diff`] of two mapping lists, for a reload to apply only what changed;
 //! - `edit`: [`set_mapping`] and [`remove_mapping`] on the mapping file's text, and
@@ -31,6 +32,7 @@ mod edit;
 mod ini;
 mod mappings;
 mod range;
+mod rate;
 
 pub use self::allow::{AllowList, Verdict};
 pub use self::cidr::{Cidr, allows, parse_cidr, parse_cidr_list};
@@ -41,6 +43,7 @@ pub(crate) use self::mappings::check_tag;
 pub use self::mappings::{Host, Mapping, Target};
 use self::mappings::{load_mappings, server_host};
 pub use self::range::PortRange;
+pub use self::rate::{Rate, parse_bandwidth, parse_rate};
 
 /// Tag of a client (and of a mapping) when none is configured.
 pub const DEFAULT_TAG: &str = "default";
@@ -124,6 +127,8 @@ pub struct ServerConfig {
     pub client_allow: Option<Vec<Cidr>>,
     /// `MAX_PER_SOURCE`: concurrent visitors from one address on one public port (0: no cap).
     pub max_per_source: u32,
+    /// `BANDWIDTH`: the limit of every mapping without a `[LIMIT]` line (`None`: no limit).
+    pub default_limit: Option<Rate>,
     /// The mappings, sorted by public port (each port once).
     pub mappings: Vec<Mapping>,
     /// Problems that did not stop the load (ignored keys, nothing mapped): log them.
@@ -312,6 +317,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
     let mut fin_timeout = Some(DEFAULT_FIN_TIMEOUT);
     let mut client_allow = None;
     let mut max_per_source = None;
+    let mut bandwidth = None;
     let dir = path.parent().unwrap_or(Path::new(""));
     for e in doc.default_entries()? {
         match e.key.as_str() {
@@ -397,11 +403,8 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
                     })?;
                 max_per_source = Some(n);
             }
-            k if k == "BANDWIDTH"
-                || k == "USER_FILE"
-                || k.starts_with("REST")
-                || k.starts_with("API") =>
-            {
+            "BANDWIDTH" => bandwidth = Some(parse_bandwidth(&e.value).map_err(|m| doc.err(e, m))?),
+            k if k == "USER_FILE" || k.starts_with("REST") || k.starts_with("API") => {
                 warnings.push(doc.note(e.line, Some(e), "not supported, ignored"));
             }
             _ => warnings.push(doc.note(e.line, Some(e), "unknown key, ignored")),
@@ -452,7 +455,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         Some(p) => dir.join(p),
         None => dir.join(DEFAULT_MAPPER_FILE),
     };
-    let mappings = load_mappings(&mapper_file, inner_port, path, &mut warnings)?;
+    let mappings = load_mappings(&mapper_file, inner_port, path, bandwidth, &mut warnings)?;
     let admin = match (admin_addr, admin_token) {
         (None, None) => None,
         (None, Some((_, e))) => {
@@ -494,6 +497,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         fin_timeout,
         client_allow,
         max_per_source: max_per_source.unwrap_or(0),
+        default_limit: bandwidth,
         mappings,
         warnings,
     })

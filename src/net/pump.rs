@@ -9,11 +9,15 @@
 //!   read buffer or the pipe, buffering only what the socket refuses. Every write ends in
 //!   [`Core::after_write`]: credit returned, write half shut once the peer's FIN is
 //!   delivered, the stream reaped once both directions are over, or a reset on failure.
+//!
+//! On a limited public port both pumps move at most the port's tokens (`limit.rs`): the
+//! upward one reads no more, the downward one writes no more and keeps the rest.
 
 use std::io::{self, Read};
 
 use log::debug;
 
+use crate::net::limit::Dir;
 use crate::net::reactor::{Core, Endpoint, relay_and_tunnel};
 use crate::net::relay::RelayState;
 use crate::net::sys;
@@ -63,7 +67,20 @@ impl Core {
             block(t, rkey);
             return; // resumed by the tunnel's flush
         }
-        let want = credit.min(MAX_LONG_PAYLOAD);
+        let mut want = credit.min(MAX_LONG_PAYLOAD);
+        // A limited port's visitor reads within its port's tokens, and waits without any.
+        let port = r.port;
+        let limited = match self.limits.allowance(port, Dir::Up, now) {
+            None => false,
+            Some(0) => {
+                self.throttle(rkey, Dir::Up);
+                return; // resumed by the port's timer
+            }
+            Some(tokens) => {
+                want = want.min(tokens);
+                true
+            }
+        };
         // A stream whose last read filled its request has more waiting: splice it into a
         // pipe and let the session queue only its header; the tunnel splices the payload.
         if r.bulk
@@ -84,6 +101,9 @@ impl Core {
                         return;
                     }
                     t.out_pipe = Some(pipe);
+                    if limited {
+                        self.limits.spend(port, Dir::Up, n, now);
+                    }
                     r.bytes_read += n as u64;
                     r.active = self.sweeps;
                     r.bulk = n == want;
@@ -129,6 +149,9 @@ impl Core {
             }
             Ok(n) => {
                 room.commit(n);
+                if limited {
+                    self.limits.spend(port, Dir::Up, n, now);
+                }
                 r.bytes_read += n as u64;
                 r.active = self.sweeps;
                 r.bulk = n == want;
@@ -151,9 +174,11 @@ impl Core {
     /// tunnel `tkey`: written to its socket or queued, or kept while the target's name is
     /// resolved.
     pub fn deliver(&mut self, tkey: usize, rkey: usize, parts: &[&[u8]]) {
+        let now = self.now;
         match self.slab.get_mut(rkey).map(|e| &mut e.ep) {
             Some(Endpoint::Relay(r)) if r.tunnel == tkey => {
-                let written = r.write_or_queue(parts);
+                let max = self.limits.allowance(r.port, Dir::Down, now);
+                let written = r.write_or_queue(parts, max.unwrap_or(usize::MAX));
                 self.after_write(rkey, written);
             }
             Some(Endpoint::Resolving(p)) if p.tunnel == tkey => {
@@ -168,13 +193,15 @@ impl Core {
 
     /// Downward: a relay's socket can take bytes again.
     pub(crate) fn relay_writable(&mut self, rkey: usize) {
-        let Some(r) = self.relay_mut(rkey) else {
+        let now = self.now;
+        let Some(Endpoint::Relay(r)) = self.slab.get_mut(rkey).map(|e| &mut e.ep) else {
             return;
         };
         if r.drained() {
             return;
         }
-        let written = r.flush_pending();
+        let max = self.limits.allowance(r.port, Dir::Down, now);
+        let written = r.flush_pending(max.unwrap_or(usize::MAX));
         self.after_write(rkey, written);
     }
 
@@ -212,7 +239,8 @@ impl Core {
                 // The next read stops after a long header, so that its payload can follow
                 // this one through the pipe.
                 t.header_only = n == remaining;
-                let written = r.flush_pipe();
+                let max = self.limits.allowance(r.port, Dir::Down, now);
+                let written = r.flush_pipe(max.unwrap_or(usize::MAX));
                 self.after_write(rkey, written);
                 SpliceIn::Moved(n)
             }
@@ -258,6 +286,9 @@ impl Core {
         if n > 0 {
             r.active = self.sweeps;
         }
+        // A limited port's visitor with bytes left and no tokens waits for the port's timer
+        // (the bytes wait in `pending` or the pipe; credit follows only what was written).
+        let wait = self.limits.spend(r.port, Dir::Down, n, self.now) && !r.drained();
         // An emptied receive pipe goes back to the pool.
         if r.piped == 0
             && let Some(pipe) = r.pipe.take()
@@ -269,6 +300,9 @@ impl Core {
             // way the flush at the end of the turn acts on it.
             t.session.delivered(r.id, n);
             t.mark_dirty(r.tunnel, &mut self.dirty);
+        }
+        if wait {
+            self.throttle(rkey, Dir::Down);
         }
         self.shut_if_complete(rkey);
     }

@@ -16,7 +16,9 @@
 //!
 //! Backpressure: a relay reads only with stream credit and room in its tunnel's output
 //! queue; otherwise it keeps its `readable` flag and is queued again when credit arrives or
-//! the queue drains (edge-triggered readiness gives no second event).
+//! the queue drains (edge-triggered readiness gives no second event). A visitor on a
+//! limited port also reads and is written only within its port's tokens, and waits for the
+//! port's timer without them (`limit.rs`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -36,6 +38,7 @@ use slab::Slab;
 use crate::buffer::Buf;
 pub use crate::net::endpoint::{Dial, Endpoint, Entry, Listener, PendingOpen, Purpose};
 use crate::net::http::{Request, Response};
+use crate::net::limit::Limits;
 pub use crate::net::relay::ByteCount;
 use crate::net::relay::{Relay, RelayState, StreamInfo};
 use crate::net::resolve::{Resolver, Ticket};
@@ -88,6 +91,8 @@ pub enum TimerTarget {
     Role(u64),
     /// The once-a-second sweep for streams past their timeouts.
     Sweep,
+    /// The wake-up of the streams waiting for a limited public port's tokens.
+    Limit(u16),
 }
 
 /// How long a stream may move no byte: at all (`idle`), or once one side has finished
@@ -190,6 +195,8 @@ pub struct Core {
     /// (IPv4-mapped addresses as IPv4), for the server's `MAX_PER_SOURCE`: counted when the
     /// relay is made and when it is removed, never per frame. A source with none has no entry.
     pub visitors_by_source: HashMap<(u16, IpAddr), u32>,
+    /// The server's bandwidth limits, by public port (none on the client).
+    pub(crate) limits: Limits,
 }
 
 impl Core {
@@ -217,6 +224,7 @@ impl Core {
             sweep_scheduled: false,
             retired: HashMap::new(),
             visitors_by_source: HashMap::new(),
+            limits: Limits::default(),
         })
     }
 
@@ -431,6 +439,7 @@ impl Core {
             read_closed_hint: false,
             write_shut: false,
             queued: false,
+            throttled: 0,
             bytes_read: 0,
             bytes_written: 0,
             active: self.sweeps,
@@ -693,6 +702,7 @@ impl<R: Role> Reactor<R> {
                 }
                 TimerTarget::Role(token) => self.role.on_timer(&mut self.core, token),
                 TimerTarget::Sweep => self.core.sweep_streams(),
+                TimerTarget::Limit(port) => self.core.limit_tick(port, at),
             }
             self.settle();
         }

@@ -64,6 +64,8 @@ pub struct Relay {
     pub write_shut: bool,
     /// In the reactor's ready queue.
     pub queued: bool,
+    /// Waiting for its port's tokens, by direction (`limit::Dir::bit`).
+    pub throttled: u8,
     /// Bytes read from the socket (sent into the tunnel) and written to it.
     pub bytes_read: u64,
     pub bytes_written: u64,
@@ -98,13 +100,13 @@ impl Relay {
         self.piped == 0 && self.pending.is_empty()
     }
 
-    /// Splice what the pipe holds into the socket until it is empty or the socket refuses.
-    /// Returns the bytes written.
-    pub fn flush_pipe(&mut self) -> io::Result<usize> {
+    /// Splice what the pipe holds into the socket until it is empty, the socket refuses or
+    /// `max` bytes moved. Returns the bytes written.
+    pub fn flush_pipe(&mut self, max: usize) -> io::Result<usize> {
         let mut total = 0;
-        while self.piped > 0 {
+        while self.piped > 0 && total < max {
             let Some(pipe) = &self.pipe else { break };
-            match pipe.drain_to(&self.sock, self.piped) {
+            match pipe.drain_to(&self.sock, self.piped.min(max - total)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.piped -= n;
@@ -117,15 +119,16 @@ impl Relay {
         Ok(total)
     }
 
-    /// Write the pipe's bytes, then `pending`, until both are empty or the socket refuses.
-    /// Returns the bytes written.
-    pub fn flush_pending(&mut self) -> io::Result<usize> {
-        let mut total = self.flush_pipe()?;
+    /// Write the pipe's bytes, then `pending`, until both are empty, the socket refuses or
+    /// `max` bytes moved. Returns the bytes written.
+    pub fn flush_pending(&mut self, max: usize) -> io::Result<usize> {
+        let mut total = self.flush_pipe(max)?;
         if self.piped > 0 {
             return Ok(total);
         }
-        while !self.pending.is_empty() {
-            match self.sock.write(self.pending.data()) {
+        while !self.pending.is_empty() && total < max {
+            let data = self.pending.data();
+            match self.sock.write(&data[..data.len().min(max - total)]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.pending.consume(n);
@@ -142,16 +145,17 @@ impl Relay {
         Ok(total)
     }
 
-    /// Write `parts` straight to the socket (one vectored write) when it is connected and
-    /// nothing is queued ahead of them; keep what it refuses (or all, before the connect).
-    /// Returns the bytes the socket took.
-    pub fn write_or_queue(&mut self, parts: &[&[u8]]) -> io::Result<usize> {
+    /// Write `parts` straight to the socket (one vectored write), at most `max` bytes, when
+    /// it is connected and nothing is queued ahead of them; keep what it refuses or what is
+    /// beyond `max` (or all, before the connect). Returns the bytes the socket took.
+    pub fn write_or_queue(&mut self, parts: &[&[u8]], max: usize) -> io::Result<usize> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
+        let limit = total.min(max);
         let mut written = 0;
         if self.drained() && self.state == RelayState::Open {
-            while written < total {
+            while written < limit {
                 let mut iovs = [IoSlice::new(&[]); 16];
-                let n = fill_iovs(parts, written, &mut iovs);
+                let n = fill_iovs(parts, written, limit - written, &mut iovs);
                 match self.sock.write_vectored(&iovs[..n]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => written += n,
@@ -176,19 +180,27 @@ impl Relay {
     }
 }
 
-/// Point `iovs` at what remains of `parts` after the first `skip` bytes. Returns how many
-/// entries were filled.
-fn fill_iovs<'a>(parts: &[&'a [u8]], mut skip: usize, iovs: &mut [IoSlice<'a>]) -> usize {
+/// Point `iovs` at what remains of `parts` after the first `skip` bytes, `len` bytes at
+/// most. Returns how many entries were filled.
+fn fill_iovs<'a>(
+    parts: &[&'a [u8]],
+    mut skip: usize,
+    mut len: usize,
+    iovs: &mut [IoSlice<'a>],
+) -> usize {
     let mut n = 0;
     for p in parts {
         if skip >= p.len() {
             skip -= p.len();
             continue;
         }
-        if n == iovs.len() {
+        if n == iovs.len() || len == 0 {
             break;
         }
-        iovs[n] = IoSlice::new(&p[skip..]);
+        let rest = &p[skip..];
+        let take = rest.len().min(len);
+        iovs[n] = IoSlice::new(&rest[..take]);
+        len -= take;
         skip = 0;
         n += 1;
     }
@@ -203,10 +215,22 @@ mod tests {
     fn iovs_skip_what_was_written() {
         let parts: [&[u8]; 3] = [b"abc", b"de", b"fgh"];
         let mut iovs = [IoSlice::new(&[]); 4];
-        assert_eq!(fill_iovs(&parts, 0, &mut iovs), 3);
-        assert_eq!(fill_iovs(&parts, 4, &mut iovs), 2);
+        assert_eq!(fill_iovs(&parts, 0, usize::MAX, &mut iovs), 3);
+        assert_eq!(fill_iovs(&parts, 4, usize::MAX, &mut iovs), 2);
         assert_eq!(&*iovs[0], b"e");
         assert_eq!(&*iovs[1], b"fgh");
-        assert_eq!(fill_iovs(&parts, 8, &mut iovs), 0);
+        assert_eq!(fill_iovs(&parts, 8, usize::MAX, &mut iovs), 0);
+    }
+
+    #[test]
+    fn iovs_stop_at_their_length() {
+        let parts: [&[u8]; 3] = [b"abc", b"de", b"fgh"];
+        let mut iovs = [IoSlice::new(&[]); 4];
+        assert_eq!(fill_iovs(&parts, 1, 3, &mut iovs), 2);
+        assert_eq!(&*iovs[0], b"bc");
+        assert_eq!(&*iovs[1], b"d");
+        assert_eq!(fill_iovs(&parts, 0, 2, &mut iovs), 1);
+        assert_eq!(&*iovs[0], b"ab");
+        assert_eq!(fill_iovs(&parts, 0, 0, &mut iovs), 0);
     }
 }

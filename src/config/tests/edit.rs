@@ -28,8 +28,14 @@ fn load(text: &str) -> Vec<(u16, String, String)> {
     let s = Scratch::new("edit");
     let path = s.write("port_mapper.cfg", text);
     let mut warnings = Vec::new();
-    let got = load_mappings(&path, 1111, Path::new("forward_server.cfg"), &mut warnings)
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let got = load_mappings(
+        &path,
+        1111,
+        Path::new("forward_server.cfg"),
+        None,
+        &mut warnings,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{text}"));
     got.into_iter()
         .map(|m| (m.public_port, m.target.to_string(), m.tag))
         .collect()
@@ -343,9 +349,18 @@ fn write_atomically_names_the_path_on_failure() {
 }
 
 #[test]
-fn removing_a_mapping_removes_its_allow_list() {
+fn removing_a_mapping_removes_its_allow_list_and_limit() {
     let text = "[MAPPER]\n1=h:1\n2=h:2\n[ALLOW]\n1=10.0.0.0/8\n2=::1\n";
     assert_eq!(remove_mapping(text, 1), "[MAPPER]\n2=h:2\n[ALLOW]\n2=::1\n");
+    let limited = "[MAPPER]\n1=h:1\n2=h:2\n[LIMIT]\n1=10mbit\n2=1MB\n";
+    assert_eq!(
+        remove_mapping(limited, 1),
+        "[MAPPER]\n2=h:2\n[LIMIT]\n2=1MB\n"
+    );
+    assert_eq!(
+        set_mapping(limited, 1, "h:9", DEFAULT_TAG),
+        "[MAPPER]\n1=h:9\n2=h:2\n[LIMIT]\n1=10mbit\n2=1MB\n"
+    );
     // Setting a target or tag leaves the allow-list alone.
     assert_eq!(
         set_mapping(text, 1, "h:9", DEFAULT_TAG),

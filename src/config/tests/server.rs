@@ -107,11 +107,10 @@ fn server_warnings() {
     let f = path.display().to_string();
     let w = &cfg.warnings;
     let has = |needle: &str| w.iter().any(|l| l.contains(needle));
-    assert!(
-        has(&format!(
-            "{f}: line 3: [DEFAULT] key BANDWIDTH: not supported, ignored"
-        )),
-        "{w:?}"
+    assert!(!has("BANDWIDTH"), "{w:?}");
+    assert_eq!(
+        cfg.default_limit.map(|r| r.bits_per_sec()),
+        Some(10_000_000)
     );
     assert!(
         has(&format!(
@@ -804,5 +803,118 @@ fn proxy_lines_take_ranges() {
         &e,
         &s.0.join("port_mapper.cfg"),
         &["line 5: [PROXY] key 6002: port 6002 has two [PROXY] lines (first on line 4)"],
+    );
+}
+
+#[test]
+fn limits_and_the_bandwidth_default() {
+    let s = Scratch::new("limits");
+    let path = s.server(
+        "[DEFAULT]\nINNER_PORT=1111\nBANDWIDTH=2.5\n",
+        "[MAPPER]\n1234=10.0.0.1:22\n2000=10.0.0.2:80\n3000=10.0.0.3:80\n[limit]\n1234=10mbit\n3000 = None\n",
+    );
+    let cfg = load_server(&path).unwrap();
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    let bits: Vec<Option<u64>> = cfg
+        .mappings
+        .iter()
+        .map(|m| m.limit.map(|r| r.bits_per_sec()))
+        .collect();
+    assert_eq!(bits, [Some(10_000_000), Some(2_500_000), None]);
+
+    let s = Scratch::new("limits-no-default");
+    let path = s.server(
+        CFG,
+        "[MAPPER]\n1234=10.0.0.1:22\n2000=h:1\n[LIMIT]\n2000=2MB\n",
+    );
+    let cfg = load_server(&path).unwrap();
+    assert_eq!(cfg.default_limit, None);
+    assert_eq!(cfg.mappings[0].limit, None);
+    assert_eq!(
+        cfg.mappings[1].limit.map(|r| r.bytes_per_sec()),
+        Some(2_000_000)
+    );
+}
+
+#[test]
+fn limit_errors_name_the_line() {
+    let mapper = |limit: &str| format!("[MAPPER]\n1234=10.0.0.1:22\n[LIMIT]\n{limit}\n");
+    for (limit, parts) in [
+        ("1234=10", &[r#"[LIMIT] key 1234: "10": no unit"#][..]),
+        ("1234=10mb", &["[LIMIT] key 1234", "ambiguous"]),
+        ("1234=10furlongs", &["[LIMIT] key 1234", "unknown unit"]),
+        ("1234=0mbit", &["[LIMIT] key 1234", "a limit of 0"]),
+        ("1234=", &["[LIMIT] key 1234", "empty limit"]),
+        ("1234=10MiB", &["[LIMIT] key 1234", "binary units"]),
+        (
+            "999=1mbit",
+            &["[LIMIT] key 999: port 999 has no [MAPPER] entry"],
+        ),
+        ("x=1mbit", &["[LIMIT] key x", "not a port"]),
+    ] {
+        let (s, e) = server_err(CFG, &mapper(limit));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&s.0.join("port_mapper.cfg").display().to_string()),
+            "{text}"
+        );
+        assert_eq!(e.line(), Some(4), "{limit}: {text}");
+        for p in parts {
+            assert!(text.contains(p), "{limit}: {text}");
+        }
+    }
+    let (_s, e) = server_err(
+        CFG,
+        "[MAPPER]\n1234=10.0.0.1:22\n[LIMIT]\n1234=1mbit\n1234=2mbit\n",
+    );
+    assert_eq!(e.line(), Some(5));
+    assert!(e.to_string().contains("two limits"), "{e}");
+
+    for (bandwidth, want) in [
+        ("0", "a limit of 0"),
+        ("", "empty"),
+        ("fast", "not a rate"),
+        ("10mb", "ambiguous"),
+        ("1.2.3", "not a number of Mbit/s"),
+    ] {
+        let cfg = format!("[DEFAULT]\nINNER_PORT=1111\nBANDWIDTH={bandwidth}\n");
+        let (s, e) = server_err(&cfg, MAPPER);
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&s.0.join("forward_server.cfg").display().to_string()),
+            "{text}"
+        );
+        assert_eq!(e.line(), Some(3), "{bandwidth}: {text}");
+        assert!(text.contains("[DEFAULT] key BANDWIDTH"), "{text}");
+        assert!(text.contains(want), "{bandwidth}: {text}");
+    }
+}
+
+#[test]
+fn limit_lines_take_ranges_each_port_its_own() {
+    let s = Scratch::new("limit-range");
+    let cfg = load_server(&s.server(
+        CFG,
+        "[MAPPER]\n6000-6003=10.0.0.5\n[LIMIT]\n6000-6002=10mbit\n6002-6003=1MB\n",
+    ));
+    let e = cfg.expect_err("6002 has two limits");
+    assert!(
+        e.to_string()
+            .contains("line 5: [LIMIT] key 6002-6003: port 6002 has two limits (first on line 4)"),
+        "{e}"
+    );
+    let cfg = load_server(&s.server(
+        CFG,
+        "[MAPPER]\n6000-6003=10.0.0.5\n[LIMIT]\n6000-6001=10mbit\n6003=1MB\n",
+    ))
+    .unwrap();
+    let got: Vec<Option<u64>> = cfg
+        .mappings
+        .iter()
+        .map(|m| m.limit.map(|r| r.bits_per_sec()))
+        .collect();
+    assert_eq!(
+        got,
+        [Some(10_000_000), Some(10_000_000), None, Some(8_000_000)]
     );
 }

@@ -94,6 +94,9 @@ impl ServerRole {
         if let Some(proxy) = p.proxy {
             v["proxy"] = json!(proxy.to_string());
         }
+        if let Some(limit) = p.limit {
+            v["limit_bits_per_sec"] = json!(limit.bits_per_sec());
+        }
         v
     }
 
@@ -145,14 +148,15 @@ impl ServerRole {
             return Response::error(400, &format!("port {port} is the admin API's"));
         }
         let existing = self.ports.get(&port);
-        // The API sets a target and a tag; the port's `[ALLOW]` and `[PROXY]` lines stay as
-        // they are.
+        // The API sets a target and a tag; the port's `[ALLOW]`, `[PROXY]` and `[LIMIT]` lines
+        // stay as they are (a new port gets `BANDWIDTH`, as it would at a reload).
         let mapping = Mapping {
             public_port: port,
             target,
             tag,
             allow: existing.and_then(|p| p.allow.clone()),
             proxy: existing.and_then(|p| p.proxy),
+            limit: existing.map_or(self.default_limit, |p| p.limit),
         };
         if existing.is_some_and(|p| p.target == mapping.target && p.tag == mapping.tag) {
             let live = Live::of(core);
@@ -187,7 +191,7 @@ impl ServerRole {
             return Response::error(500, &e);
         }
         if !created {
-            self.retarget(&mapping);
+            self.retarget(core, &mapping);
         }
         info!(
             "admin API: public port {port} -> {} (tag {})",

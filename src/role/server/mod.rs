@@ -5,6 +5,9 @@
 //! `api.rs` answers the admin API; `reload.rs` applies a changed configuration;
 //! `refusals.rs` sums up the connections refused at accept for the log.
 //!
+//! Bandwidth limits are the core's (`net::limit`): the role tells it each port's limit when
+//! the port is published, retargeted or reloaded.
+//!
 //! Source policy runs right after accept, before anything else is made for the connection:
 //! a client outside `ALLOW`, a visitor outside its port's `[ALLOW]` list, or a visitor whose
 //! address already has `MAX_PER_SOURCE` streams open on the port is closed there and counted.
@@ -24,7 +27,7 @@ use mio::net::{TcpListener, TcpStream};
 
 use crate::admin::stats::{RateHistory, ServerCounters, Visit};
 use crate::cli::LogArgs;
-use crate::config::{self, Cidr, Mapping, Secret, ServerConfig, ServerTlsSetting, Target};
+use crate::config::{self, Cidr, Mapping, Rate, Secret, ServerConfig, ServerTlsSetting, Target};
 use crate::net::http::{Request, Response};
 use crate::net::reactor::{
     ClosedTunnel, Core, Endpoint, Listener, Purpose, Reactor, RelaySpec, Role, StreamTimeouts,
@@ -78,6 +81,9 @@ struct Published {
     allow: Option<Vec<Cidr>>,
     /// `[PROXY]`: the header the client writes to the target first (`None`: none).
     proxy: Option<ProxyVersion>,
+    /// `[LIMIT]` or `BANDWIDTH`: the port's bandwidth in each direction (`None`: no limit);
+    /// the core's bucket of the port enforces it.
+    limit: Option<Rate>,
     listener: usize,
 }
 
@@ -113,6 +119,9 @@ pub struct ServerRole {
     client_allow: Option<Vec<Cidr>>,
     /// `MAX_PER_SOURCE`: visitor streams per source address and public port (0: no cap).
     max_per_source: u32,
+    /// `BANDWIDTH`: the limit of a port without a `[LIMIT]` line, such as one the admin API
+    /// adds.
+    default_limit: Option<Rate>,
     refusals: RefusalLog,
 }
 
@@ -225,10 +234,11 @@ fn log_mappings(ms: &[Mapping], prefix: &str) {
     for run in runs(ms) {
         let (first, last) = (&run[0], &run[run.len() - 1]);
         let note = format!(
-            "(tag {}{}{})",
+            "(tag {}{}{}{})",
             first.tag,
             allow_note(first.allow.as_deref()),
-            proxy_note(first.proxy)
+            proxy_note(first.proxy),
+            limit_note(first.limit)
         );
         if run.len() == 1 {
             info!(
@@ -245,7 +255,7 @@ fn log_mappings(ms: &[Mapping], prefix: &str) {
 }
 
 /// `ms` (sorted by port) cut into runs: consecutive public ports to consecutive ports of
-/// one host, with one tag, allow-list and PROXY setting.
+/// one host, with one tag, allow-list, PROXY setting and limit.
 fn runs(ms: &[Mapping]) -> impl Iterator<Item = &[Mapping]> {
     ms.chunk_by(|a, b| {
         a.public_port.checked_add(1) == Some(b.public_port)
@@ -254,6 +264,7 @@ fn runs(ms: &[Mapping]) -> impl Iterator<Item = &[Mapping]> {
             && a.tag == b.tag
             && a.allow == b.allow
             && a.proxy == b.proxy
+            && a.limit == b.limit
     })
 }
 
@@ -274,6 +285,11 @@ fn log_closed(ports: &[u16], prefix: &str) {
 /// `, PROXY v1` for a mapping's log line, or nothing.
 fn proxy_note(proxy: Option<ProxyVersion>) -> String {
     proxy.map_or_else(String::new, |v| format!(", PROXY {v}"))
+}
+
+/// `, limit 10mbit` for a mapping's log line, or nothing without a limit.
+fn limit_note(limit: Option<Rate>) -> String {
+    limit.map_or_else(String::new, |r| format!(", limit {r}"))
 }
 
 /// Put a public port's bound listener in the loop; returns its key.
@@ -353,6 +369,7 @@ impl ServerRole {
         role.timeouts = timeouts_of(cfg);
         role.client_allow = cfg.client_allow.clone();
         role.max_per_source = cfg.max_per_source;
+        role.default_limit = cfg.default_limit;
         role
     }
 
@@ -379,6 +396,7 @@ impl ServerRole {
             last_reap: None,
             client_allow: None,
             max_per_source: 0,
+            default_limit: None,
             refusals: RefusalLog::default(),
         }
     }
@@ -386,14 +404,15 @@ impl ServerRole {
     /// Start serving mapping `m` on its bound listener.
     fn publish(&mut self, core: &mut Core, m: &Mapping, sock: TcpListener) -> io::Result<()> {
         let listener = listen(core, m.public_port, sock)?;
-        self.adopt(m, listener);
+        self.adopt(core, m, listener);
         Ok(())
     }
 
     /// Serve mapping `m` on `listener`, a listener of its port already in the loop.
-    fn adopt(&mut self, m: &Mapping, listener: usize) {
+    fn adopt(&mut self, core: &mut Core, m: &Mapping, listener: usize) {
         let port = m.public_port;
         debug!("public port {port} -> {} (tag {})", m.target, m.tag);
+        core.set_limit(port, m.limit);
         self.counters.mapped(port);
         self.ports.insert(
             port,
@@ -403,12 +422,14 @@ impl ServerRole {
                 tag: m.tag.clone(),
                 allow: m.allow.clone(),
                 proxy: m.proxy,
+                limit: m.limit,
                 listener,
             },
         );
     }
 
-    /// Stop serving a port: its listener closes, its open streams run on.
+    /// Stop serving a port: its listener closes, its open streams run on (under its limit,
+    /// which stays with them).
     fn unpublish(&mut self, core: &mut Core, port: u16) -> Option<Published> {
         let p = self.ports.remove(&port)?;
         core.remove(p.listener);
@@ -427,6 +448,7 @@ impl ServerRole {
                 tag: p.tag.clone(),
                 allow: p.allow.clone(),
                 proxy: p.proxy,
+                limit: p.limit,
             })
             .collect()
     }

@@ -3,7 +3,9 @@
 //! that cannot be bound (like a file that does not load) changes nothing; ports that did
 //! not change are not touched; settings apply to tunnels and streams made afterwards (a
 //! changed `ALLOW`, `[ALLOW]` list, `[PROXY]` line or `MAX_PER_SOURCE` to connections
-//! accepted afterwards: streams already open stay).
+//! accepted afterwards: streams already open stay). A changed `[LIMIT]` line or `BANDWIDTH`
+//! is the exception: it changes the rate of the port's buckets at once, for its open
+//! streams too.
 
 use std::sync::Arc;
 
@@ -63,10 +65,10 @@ impl ServerRole {
             self.unpublish(core, m.public_port);
         }
         for (_, m) in &diff.changed {
-            self.retarget(m);
+            self.retarget(core, m);
         }
         for &(m, key) in &opened {
-            self.adopt(m, key);
+            self.adopt(core, m, key);
         }
         let removed: Vec<u16> = diff.removed.iter().map(|m| m.public_port).collect();
         super::log_closed(&removed, "reload: ");
@@ -88,6 +90,11 @@ impl ServerRole {
         if cfg.client_allow != self.client_allow {
             settings.push("ALLOW");
             self.client_allow = cfg.client_allow.clone();
+        }
+        if cfg.default_limit != self.default_limit {
+            // Applied above, as a change to every port without a [LIMIT] line.
+            settings.push("BANDWIDTH");
+            self.default_limit = cfg.default_limit;
         }
         if cfg.max_per_source != self.max_per_source {
             settings.push("MAX_PER_SOURCE");
@@ -151,15 +158,18 @@ impl ServerRole {
         Ok(summary)
     }
 
-    /// A mapping's target, tag, allow-list or PROXY setting changed: new visitors go there,
-    /// under the new list and with the new header; open streams are untouched.
-    pub(super) fn retarget(&mut self, m: &Mapping) {
+    /// A mapping's target, tag, allow-list, PROXY setting or limit changed: new visitors go
+    /// there, under the new list and with the new header; open streams keep their target,
+    /// and move at the new limit at once.
+    pub(super) fn retarget(&mut self, core: &mut Core, m: &Mapping) {
         if let Some(p) = self.ports.get_mut(&m.public_port) {
             p.target = m.target.clone();
             p.target_text = m.target.to_string().into();
             p.tag = m.tag.clone();
             p.allow = m.allow.clone();
             p.proxy = m.proxy;
+            p.limit = m.limit;
+            core.set_limit(m.public_port, m.limit);
             debug!(
                 "public port {} -> {} (tag {})",
                 m.public_port, m.target, m.tag
