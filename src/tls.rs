@@ -154,6 +154,9 @@ pub struct ClientTls {
     pub server_name: ServerName<'static>,
     /// A CA or a pin authenticates the server, with or without a token.
     pub authenticates_server: bool,
+    /// SHA-256 of what decides which server is accepted (the CA bundle's bytes, the pin,
+    /// the name): a reload compares it to tell a changed trust from an unchanged one.
+    pub trust_digest: Fingerprint,
 }
 
 impl fmt::Debug for ClientTls {
@@ -168,9 +171,17 @@ impl fmt::Debug for ClientTls {
 impl ClientTls {
     pub fn new(trust: &Trust, server_name: ServerName<'static>) -> Result<ClientTls, TlsError> {
         let provider = provider();
+        let mut digest = Sha256::new();
+        digest.update(format!("{server_name:?}").as_bytes());
+        if let Some(pin) = &trust.pin {
+            digest.update(b"\0pin\0");
+            digest.update(pin);
+        }
         let ca = match &trust.ca_file {
             Some(file) => {
                 let pem = read_file(file)?;
+                digest.update(b"\0ca\0");
+                digest.update(&pem);
                 let mut roots = RootCertStore::empty();
                 let mut found = 0;
                 for cert in CertificateDer::pem_slice_iter(&pem) {
@@ -211,6 +222,7 @@ impl ClientTls {
             config: Arc::new(config),
             server_name,
             authenticates_server: trust.ca_file.is_some() || trust.pin.is_some(),
+            trust_digest: digest.finalize().into(),
         })
     }
 }

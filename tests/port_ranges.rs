@@ -4,7 +4,8 @@
 //!
 //! A range needs consecutive free ports, which `bind(0)` cannot hand out: the tests look for
 //! a free run below the kernel's ephemeral range (32768 and up on Linux), where no other
-//! test's connection takes a local port, and retry elsewhere if one is taken meanwhile.
+//! test's connection takes a local port, each test in a block of its own, and retry
+//! elsewhere in it if one is taken meanwhile.
 
 mod common;
 
@@ -16,16 +17,13 @@ use std::time::{Duration, Instant};
 use common::admin::start_with_admin;
 use common::*;
 
-/// `n` consecutive ports that are free on 127.0.0.1 and on the wildcard address, from a
-/// start that differs between processes; the listeners are returned still bound when
-/// `keep` (the targets of a range), else closed.
-fn free_run(n: u16, salt: u16, keep: bool) -> (u16, Vec<TcpListener>) {
-    let span = 32_000 - 10_000 - n;
-    let mut first = 10_000
-        + (std::process::id() as u16)
-            .wrapping_mul(7919)
-            .wrapping_add(salt)
-            % span;
+/// `n` consecutive ports in `block` that are free on 127.0.0.1 and on the wildcard address,
+/// from a start that differs between processes; the listeners are returned still bound when
+/// `keep` (the targets of a range), else closed. Each caller has a block of its own, so that
+/// tests running at once never look for the same ports.
+fn free_run(n: u16, block: std::ops::Range<u16>, keep: bool) -> (u16, Vec<TcpListener>) {
+    let span = block.end - block.start - n;
+    let mut first = block.start + (std::process::id() as u16).wrapping_mul(7919) % span;
     for _ in 0..50 {
         let listeners: Option<Vec<TcpListener>> = (first..first + n)
             .map(|p| {
@@ -36,9 +34,9 @@ fn free_run(n: u16, salt: u16, keep: bool) -> (u16, Vec<TcpListener>) {
         if let Some(l) = listeners {
             return (first, if keep { l } else { Vec::new() });
         }
-        first = 10_000 + (first - 10_000 + 1_337) % span;
+        first = block.start + (first - block.start + 1_337) % span;
     }
-    panic!("no run of {n} free ports below 32000");
+    panic!("no run of {n} free ports in {block:?}");
 }
 
 /// Read the 2-byte port a target listener answers with: the target port the client dialled.
@@ -82,10 +80,10 @@ fn answer_with_port(listeners: Vec<TcpListener>) {
 #[test]
 fn a_range_of_1000_ports_maps_and_serves() {
     const N: u16 = 1000;
-    let (target_first, targets) = free_run(N, 0, true);
+    let (target_first, targets) = free_run(N, 10_000..16_000, true);
     answer_with_port(targets);
     let dir = TempDir::new("range-1000");
-    let (public_first, _) = free_run(N, 500, false);
+    let (public_first, _) = free_run(N, 16_000..22_000, false);
     let public_last = public_first + N - 1;
     let mut setup = ServerSetup::new().tls_off();
     setup.mapper_extra = vec![
@@ -164,7 +162,7 @@ fn a_range_of_1000_ports_maps_and_serves() {
 fn the_api_changes_one_port_of_a_range() {
     let dir = TempDir::new("range-api");
     let echo = Target::echo();
-    let (first, _) = free_run(3, 900, false);
+    let (first, _) = free_run(3, 22_000..32_000, false);
     let mut setup = ServerSetup::new().tls_off();
     setup.mapper_extra = vec![format!("{first}-{}=127.0.0.9", first + 2)];
     let (server, admin) = start_with_admin(&dir, &setup, None);

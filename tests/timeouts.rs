@@ -122,10 +122,10 @@ fn timeouts_are_checked() {
     }
 }
 
-/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to
-/// it neither succeeds nor fails until its own timeout. Returned with the connections that
-/// fill the queue, which must live as long as it.
-fn black_hole() -> (std::net::TcpListener, Vec<TcpStream>) {
+/// A listener whose accept queue is full: Linux drops further SYNs, so a connect to it
+/// neither succeeds nor fails until its own timeout. Returned with the connections that
+/// fill the queue, which must live as long as it; `None` where the kernel answers anyway.
+fn black_hole() -> Option<(std::net::TcpListener, Vec<TcpStream>)> {
     use std::os::fd::AsRawFd;
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     // SAFETY: listen(2) on a descriptor the listener owns; it only shrinks the backlog.
@@ -134,17 +134,21 @@ fn black_hole() -> (std::net::TcpListener, Vec<TcpStream>) {
     let fill: Vec<TcpStream> = (0..4)
         .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
         .collect();
-    assert!(
-        TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
-        "the accept queue is not full: this host does not drop SYNs to such a listener"
-    );
-    (l, fill)
+    if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
+        return None;
+    }
+    Some((l, fill))
 }
 
 #[test]
 fn a_target_that_never_answers_fails_after_connect_timeout() {
     let dir = TempDir::new("connect-timeout");
-    let (hole, _fill) = black_hole();
+    let Some((hole, _fill)) = black_hole() else {
+        return eprintln!(
+            "SKIP: a_target_that_never_answers: this kernel answers SYNs to a listener \
+             whose accept queue is full"
+        );
+    };
     let mut setup = ServerSetup::new().tls_off();
     let port = setup.map(hole.local_addr().unwrap(), None);
     let server = setup.start(&dir);

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ini::strip_comment;
-use super::mappings::{check_tag, target_range};
+use super::mappings::{check_tag, split_target, target_range};
 use super::range::PortRange;
 use super::{DEFAULT_TAG, Target};
 
@@ -262,7 +262,8 @@ fn piece_value(section: &str, value: &str, keys: PortRange, piece: PortRange) ->
         return Some(value.to_string());
     }
     let (host, ports) = target_range(value, keys).ok()?;
-    if piece.size() > 1 && ports == keys && !value.ends_with(&format!(":{keys}")) {
+    let bare = split_target(value).is_ok_and(|(_, port)| port.is_none());
+    if piece.size() > 1 && bare {
         // `6000-6009=10.0.0.5`: the same ports, written as a bare host (a single port may
         // not be).
         return Some(value.to_string());

@@ -59,7 +59,7 @@ impl Target {
 
 /// The host of a target and its port text, if it has one: `[::1]:22`, `db:5432`, `10.0.0.5`.
 /// Errors quote the whole target.
-fn split_target(s: &str) -> Result<(Host, Option<&str>), String> {
+pub(super) fn split_target(s: &str) -> Result<(Host, Option<&str>), String> {
     if s.is_empty() {
         return Err("empty target (expected host:port)".to_string());
     }

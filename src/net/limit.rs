@@ -29,7 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::Rate;
-use crate::net::reactor::{Core, TimerTarget};
+use crate::net::reactor::{Core, Endpoint, TimerTarget};
 
 /// The burst: a bucket holds at most this fraction of a second of its rate (1/4).
 const BURST_DIVISOR: u64 = 4;
@@ -201,6 +201,12 @@ impl Limits {
         b.usable(now) == 0
     }
 
+    /// Whether `port` is limited.
+    #[inline]
+    pub fn is_limited(&self, port: u16) -> bool {
+        !self.ports.is_empty() && self.ports.contains_key(&port)
+    }
+
     /// The rate `port` is limited to.
     pub fn rate(&self, port: u16) -> Option<u64> {
         self.ports.get(&port).map(|l| l.buckets[0].rate())
@@ -282,10 +288,12 @@ impl Core {
         }
     }
 
-    /// The timer of `port`, set for `at`: wake the relays waiting for its tokens. Readers all
-    /// go to the ready queue, which takes them in turn; writers write now, oldest first,
-    /// while tokens last: one that wrote and must wait again goes behind those that did not
-    /// get to write.
+    /// The timer of `port`, set for `at`: wake the relays waiting for its tokens. The oldest
+    /// waiting reader goes to the ready queue when there are tokens upward (it reads what
+    /// they allow, and waits again behind the others if it used them up: a port with
+    /// thousands of waiting visitors costs one wake-up a tick, not thousands); writers write
+    /// now, oldest first, while tokens last: one that wrote and must wait again goes behind
+    /// those that did not get to write.
     pub(crate) fn limit_tick(&mut self, port: u16, at: Instant) {
         let now = self.now;
         let Some(l) = self.limits.ports.get_mut(&port) else {
@@ -295,9 +303,26 @@ impl Core {
             return; // a timer the rate change replaced
         }
         l.timer = None;
-        let readers = std::mem::take(&mut l.waiting[Dir::Up as usize]);
+        let mut reader = VecDeque::new();
+        if l.buckets[Dir::Up as usize].usable(now) > 0 {
+            // Stale entries (relays gone since) do not use up the turn.
+            while let Some((rkey, generation)) = l.waiting[Dir::Up as usize].pop_front() {
+                let live = self
+                    .slab
+                    .get(rkey)
+                    .filter(|e| !matches!(e.ep, Endpoint::Closed))
+                    .is_some_and(|e| e.generation == generation);
+                if live {
+                    reader.push_back((rkey, generation));
+                    break;
+                }
+            }
+        }
+        let Some(l) = self.limits.ports.get_mut(&port) else {
+            return;
+        };
         let mut turns = l.waiting[Dir::Down as usize].len();
-        self.wake([readers, VecDeque::new()]);
+        self.wake([reader, VecDeque::new()]);
         while turns > 0 {
             turns -= 1;
             let Some(l) = self.limits.ports.get_mut(&port) else {

@@ -212,7 +212,14 @@ impl Core {
         let Some((r, t)) = relay_and_tunnel(&mut self.slab, rkey) else {
             return SpliceIn::Copy; // not a connected relay: its bytes are read the plain way
         };
-        if r.tunnel != tkey || r.splice_off || !r.pending.is_empty() {
+        // A limited stream drains its pipe only as tokens come in: it would hold one of the
+        // few pipes for seconds, and the unlimited streams that need them would copy. Its
+        // bytes wait in `pending` instead, which its window bounds.
+        if r.tunnel != tkey
+            || r.splice_off
+            || !r.pending.is_empty()
+            || self.limits.is_limited(r.port)
+        {
             return SpliceIn::Copy;
         }
         let Some(sock) = t.transport.splice_socket() else {

@@ -753,7 +753,7 @@ impl ClientRole {
         }
         let old = &self.cfg;
         let secret = |t: &Option<Secret>| t.as_ref().map(|t| t.expose().to_vec());
-        let tls = |t: &Option<ClientTls>| t.as_ref().map(|t| format!("{t:?}"));
+        let tls = |t: &Option<ClientTls>| t.as_ref().map(|t| t.trust_digest);
         let admin = |a: &Option<AdminSettings>| a.as_ref().map(|a| (a.addr, secret(&a.token)));
         let restart: Vec<&str> = [
             ("SERVER_IP", cfg.server_host != old.server_host),

@@ -479,3 +479,14 @@ fn removing_a_mapping_removes_its_proxy_line() {
         "[MAPPER]\n1234=10.0.0.9:22\n2000=10.0.0.2:22\n[PROXY]\n1234=v1\n2000=V2\n\n[TAG]\n1234=web\n"
     );
 }
+
+#[test]
+fn a_range_target_written_with_leading_zeros_is_split_by_its_numbers() {
+    let text = "[MAPPER]\n6000-6002=10.0.0.5:06000-06002\n";
+    let got = set_mapping(text, 6001, "10.0.0.9:22", DEFAULT_TAG);
+    assert_eq!(
+        got,
+        "[MAPPER]\n6000=10.0.0.5:6000\n6001=10.0.0.9:22\n6002=10.0.0.5:6002\n"
+    );
+    assert_eq!(load(&got).len(), 3);
+}
