@@ -303,23 +303,6 @@ fn reload_changes_the_limit_of_open_streams() {
     );
 }
 
-/// `server <cfg>` exits 2 at once, naming `file`, `line N` and every string in `mentions`.
-fn expect_config_error(dir: &TempDir, file: &str, line: usize, mentions: &[&str]) {
-    let cfg = dir.path().join("server.cfg").to_string_lossy().into_owned();
-    let mut p = spawn("server", &["server", &cfg], &[]);
-    let status = p.wait_exit(Duration::from_secs(5));
-    let log = p.log_text();
-    let status = status.unwrap_or_else(|| panic!("still running with a bad config:\n{log}"));
-    assert_eq!(status.code(), Some(2), "exit status:\n{log}");
-    for m in [file, &format!("line {line}:")]
-        .into_iter()
-        .chain(mentions.iter().copied())
-    {
-        assert!(log.contains(m), "stderr should mention {m:?}:\n{log}");
-    }
-    assert!(!log.contains("listening for clients"), "{log}");
-}
-
 #[test]
 fn bad_limits_are_config_errors() {
     let inner = free_port();
@@ -394,6 +377,6 @@ fn bad_limits_are_config_errors() {
         let dir = TempDir::new(&format!("limit-err-{name}"));
         dir.write("port_mapper.cfg", &mapper_text);
         dir.write("server.cfg", &server_cfg);
-        expect_config_error(&dir, file, line, mentions);
+        expect_server_config_error(&dir, file, line, mentions);
     }
 }

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::FromRawFd;
 use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
@@ -19,37 +18,6 @@ use tcp_forward::protocol::handshake::{self, Hello, NONCE_LEN, PREAMBLE_LEN};
 const OTHER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const WAIT: Duration = Duration::from_secs(10);
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
-
-/// A connection to 127.0.0.1:`port` from `src` (a loopback address).
-fn connect_from(src: Ipv4Addr, port: u16) -> io::Result<TcpStream> {
-    let sin = |ip: Ipv4Addr, port: u16| {
-        // SAFETY: an all-zero sockaddr_in is a valid value; the fields are set below.
-        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sin.sin_family = libc::AF_INET as libc::sa_family_t;
-        sin.sin_addr.s_addr = u32::from(ip).to_be();
-        sin.sin_port = port.to_be();
-        sin
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor owned by the TcpStream from the start;
-    // every result is checked.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sin(src, 0);
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let remote = sin(Ipv4Addr::LOCALHOST, port);
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(with_timeouts(stream))
-    }
-}
 
 /// Read a PROXY header (v1 up to its CRLF, v2 by its length) if the stream starts with one;
 /// returns it and the first bytes read after it, if any.
@@ -439,23 +407,6 @@ fn a_client_that_cannot_write_the_header_gets_no_such_visitor() {
     assert!(rx.try_recv().is_err(), "the target was connected");
 }
 
-/// `server <cfg>` exits 2 at once, naming `file`, `line N:` and every string in `mentions`.
-fn expect_config_error(dir: &TempDir, line: usize, mentions: &[&str]) {
-    let cfg = dir.path().join("server.cfg").to_string_lossy().into_owned();
-    let mut p = spawn("server", &["server", &cfg], &[]);
-    let status = p.wait_exit(Duration::from_secs(5));
-    let log = p.log_text();
-    let status = status.unwrap_or_else(|| panic!("still running with a bad config:\n{log}"));
-    assert_eq!(status.code(), Some(2), "exit status:\n{log}");
-    for m in ["port_mapper.cfg", &format!("line {line}:")]
-        .into_iter()
-        .chain(mentions.iter().copied())
-    {
-        assert!(log.contains(m), "stderr should mention {m:?}:\n{log}");
-    }
-    assert!(!log.contains("listening for clients"), "{log}");
-}
-
 #[test]
 fn bad_proxy_values_are_config_errors() {
     let inner = free_port();
@@ -498,6 +449,6 @@ fn bad_proxy_values_are_config_errors() {
             "server.cfg",
             &format!("[DEFAULT]\nINNER_PORT={inner}\nBIND_ADDR=127.0.0.1\n"),
         );
-        expect_config_error(&dir, line, mentions);
+        expect_server_config_error(&dir, "port_mapper.cfg", line, mentions);
     }
 }

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,38 +13,6 @@ use common::*;
 
 /// How long a refused connection may stay open before the test fails.
 const CLOSED_WITHIN: Duration = Duration::from_secs(5);
-
-/// A connection to 127.0.0.1:`port` from `src` (a loopback address), with the standard
-/// timeouts.
-fn connect_from(src: Ipv4Addr, port: u16) -> io::Result<TcpStream> {
-    let sin = |ip: Ipv4Addr, port: u16| {
-        // SAFETY: an all-zero sockaddr_in is a valid value; the fields are set below.
-        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sin.sin_family = libc::AF_INET as libc::sa_family_t;
-        sin.sin_addr.s_addr = u32::from(ip).to_be();
-        sin.sin_port = port.to_be();
-        sin
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor owned by the TcpStream from the start;
-    // every result is checked.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sin(src, 0);
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let remote = sin(Ipv4Addr::LOCALHOST, port);
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(with_timeouts(stream))
-    }
-}
 
 fn visit_from(src: Ipv4Addr, port: u16) -> TcpStream {
     let s = connect_from(src, port)
@@ -230,23 +196,6 @@ fn reload_applies_a_new_allow_list_to_new_visitors_only() {
     assert_served(&mut held, "the held stream at the end");
 }
 
-/// `server <cfg>` exits 2 at once, naming `file`, `line N` and every string in `mentions`.
-fn expect_config_error(dir: &TempDir, file: &str, line: usize, mentions: &[&str]) {
-    let cfg = dir.path().join("server.cfg").to_string_lossy().into_owned();
-    let mut p = spawn("server", &["server", &cfg], &[]);
-    let status = p.wait_exit(Duration::from_secs(5));
-    let log = p.log_text();
-    let status = status.unwrap_or_else(|| panic!("still running with a bad config:\n{log}"));
-    assert_eq!(status.code(), Some(2), "exit status:\n{log}");
-    for m in [file, &format!("line {line}:")]
-        .into_iter()
-        .chain(mentions.iter().copied())
-    {
-        assert!(log.contains(m), "stderr should mention {m:?}:\n{log}");
-    }
-    assert!(!log.contains("listening for clients"), "{log}");
-}
-
 #[test]
 fn bad_allow_values_are_config_errors() {
     let inner = free_port();
@@ -289,7 +238,7 @@ fn bad_allow_values_are_config_errors() {
         let dir = TempDir::new(&format!("allow-err-{name}"));
         dir.write("port_mapper.cfg", &mapper_text);
         dir.write("server.cfg", &server_cfg);
-        expect_config_error(&dir, file, line, mentions);
+        expect_server_config_error(&dir, file, line, mentions);
     }
 }
 

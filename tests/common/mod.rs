@@ -16,8 +16,9 @@ pub mod admin;
 
 use std::fmt::Write as _;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::ops::{Deref, DerefMut};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -1030,4 +1031,57 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
 /// Throughput in MiB/s.
 pub fn mib_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64().max(1e-6)
+}
+
+// ---------------------------------------------------------------------------------------
+// Sources other than 127.0.0.1, and configuration errors
+// ---------------------------------------------------------------------------------------
+
+/// A connection to 127.0.0.1:`port` from `src` (a loopback address), with the standard
+/// timeouts.
+pub fn connect_from(src: Ipv4Addr, port: u16) -> io::Result<TcpStream> {
+    let sin = |ip: Ipv4Addr, port: u16| {
+        // SAFETY: an all-zero sockaddr_in is a valid value; the fields are set below.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from(ip).to_be();
+        sin.sin_port = port.to_be();
+        sin
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor owned by the TcpStream from the start;
+    // every result is checked.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sin(src, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let remote = sin(Ipv4Addr::LOCALHOST, port);
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(with_timeouts(stream))
+    }
+}
+
+/// `server <cfg>` exits 2 at once, naming `file`, `line N` and every string in `mentions`.
+pub fn expect_server_config_error(dir: &TempDir, file: &str, line: usize, mentions: &[&str]) {
+    let cfg = dir.path().join("server.cfg").to_string_lossy().into_owned();
+    let mut p = spawn("server", &["server", &cfg], &[]);
+    let status = p.wait_exit(Duration::from_secs(5));
+    let log = p.log_text();
+    let status = status.unwrap_or_else(|| panic!("still running with a bad config:\n{log}"));
+    assert_eq!(status.code(), Some(2), "exit status:\n{log}");
+    for m in [file, &format!("line {line}:")]
+        .into_iter()
+        .chain(mentions.iter().copied())
+    {
+        assert!(log.contains(m), "stderr should mention {m:?}:\n{log}");
+    }
+    assert!(!log.contains("listening for clients"), "{log}");
 }
