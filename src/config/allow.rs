@@ -18,36 +18,27 @@ use super::mappings::check_name;
 use super::range::PortRange;
 use super::{Host, Target};
 
-/// A range of ports, both ends included; `*` is 1 to 65535.
+/// The ports of an entry: a [`PortRange`], written `*` when it is all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ports {
-    first: u16,
-    last: u16,
-}
+pub struct Ports(PortRange);
 
 impl Ports {
-    pub const ALL: Ports = Ports {
+    pub const ALL: Ports = Ports(PortRange {
         first: 1,
         last: 65535,
-    };
+    });
 
     pub fn contains(&self, port: u16) -> bool {
-        (self.first..=self.last).contains(&port)
+        self.0.contains(port)
     }
 
     /// `22`, `8000-8099` or `*`.
     fn parse(s: &str) -> Result<Ports, String> {
-        if s == "*" {
-            return Ok(Ports::ALL);
+        match s {
+            "*" => Ok(Ports::ALL),
+            "" => Err("no port after ':' (a port, FIRST-LAST or *)".to_string()),
+            _ => PortRange::parse(s).map(Ports),
         }
-        if s.is_empty() {
-            return Err("no port after ':' (a port, FIRST-LAST or *)".to_string());
-        }
-        let r = PortRange::parse(s)?;
-        Ok(Ports {
-            first: r.first,
-            last: r.last,
-        })
     }
 }
 
@@ -55,10 +46,8 @@ impl fmt::Display for Ports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if *self == Ports::ALL {
             f.write_str("*")
-        } else if self.first == self.last {
-            write!(f, "{}", self.first)
         } else {
-            write!(f, "{}-{}", self.first, self.last)
+            self.0.fmt(f)
         }
     }
 }
