@@ -29,7 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::Rate;
-use crate::net::reactor::{Core, Endpoint, TimerTarget};
+use crate::net::reactor::{Core, TimerTarget};
 
 /// The burst: a bucket holds at most this fraction of a second of its rate (1/4).
 const BURST_DIVISOR: u64 = 4;
@@ -306,13 +306,13 @@ impl Core {
         let mut reader = VecDeque::new();
         if l.buckets[Dir::Up as usize].usable(now) > 0 {
             // Stale entries (relays gone since) do not use up the turn.
-            while let Some((rkey, generation)) = l.waiting[Dir::Up as usize].pop_front() {
-                let live = self
-                    .slab
-                    .get(rkey)
-                    .filter(|e| !matches!(e.ep, Endpoint::Closed))
-                    .is_some_and(|e| e.generation == generation);
-                if live {
+            while let Some((rkey, generation)) = self
+                .limits
+                .ports
+                .get_mut(&port)
+                .and_then(|l| l.waiting[Dir::Up as usize].pop_front())
+            {
+                if self.generation_of(rkey) == Some(generation) {
                     reader.push_back((rkey, generation));
                     break;
                 }
