@@ -54,8 +54,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tcp_forward::protocol::caps::CAPS_PING;
 use tcp_forward::protocol::handshake::{proof, server_proof};
-use tcp_forward::protocol::proxy::CAPS_PING;
 
 /// Bound of every wait for the binary, a visitor or a target.
 const WAIT: Duration = Duration::from_secs(10);

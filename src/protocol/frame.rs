@@ -9,8 +9,9 @@
 //! All integers are big-endian. `flags` must be zero, except that a DATA frame may set
 //! [`FLAG_LONG`]: its length field is then zero and a 4-byte length follows the header
 //! (a 12-byte header), for payloads up to [`MAX_LONG_PAYLOAD`]; and an OPEN frame may set
-//! [`FLAG_PROXY`]: its payload then starts with the visitor's addresses (see `proxy`). Decoding checks the header
-//! before looking at the payload, separates "need more bytes" from "malformed", and borrows
+//! [`FLAG_PROXY`] (its payload then starts with the visitor's addresses, see `proxy`) or
+//! [`FLAG_DGRAM`] (it opens a datagram stream), not both. Decoding checks the header before
+//! looking at the payload, separates "need more bytes" from "malformed", and borrows
 //! payloads from the caller's buffer (no copy, no allocation).
 
 use std::fmt;
@@ -26,8 +27,14 @@ pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD;
 /// DATA flag: a 4-byte payload length follows the header.
 pub const FLAG_LONG: u8 = 0x01;
 /// OPEN flag: the payload starts with the visitor's addresses for a PROXY header. Sent
-/// only to a client that announced it understands it ([`super::proxy::CAPS_PING`]).
+/// only to a client that announced it understands it ([`super::caps::CAP_PROXY`]).
 pub const FLAG_PROXY: u8 = 0x01;
+/// OPEN flag: the stream carries datagrams (a UDP mapping's flow): each DATA frame is one
+/// datagram of 1 to [`MAX_DATAGRAM`] bytes, and there is no FIN and no CREDIT. Sent only to
+/// a client that announced it understands it ([`super::caps::CAP_DGRAM`]).
+pub const FLAG_DGRAM: u8 = 0x02;
+/// Largest datagram a datagram stream carries: the most a UDP datagram over IPv4 can hold.
+pub const MAX_DATAGRAM: usize = 65_507;
 /// Size of a long DATA frame's header.
 pub const LONG_HEADER_LEN: usize = HEADER_LEN + 4;
 /// Largest payload of a long DATA frame (a stream's whole window).
@@ -64,11 +71,13 @@ pub enum Frame<'a> {
     Accept(&'a [u8]),
     Refuse(&'a str),
     /// Server asks the client to connect stream `id` to `target` (`host:port`), and with
-    /// `proxy` to write that PROXY header to it first.
+    /// `proxy` to write that PROXY header to it first; with `dgram`, a datagram stream to a
+    /// UDP target (never with `proxy`).
     Open {
         id: u32,
         target: &'a str,
         proxy: Option<ProxyAddrs>,
+        dgram: bool,
     },
     OpenOk {
         id: u32,
@@ -184,13 +193,15 @@ fn header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     let id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
     check_header(t, id, short)?;
     match buf[1] {
-        flags @ (0 | FLAG_PROXY) if flags == 0 || t == kind::OPEN => Ok(Some(Header {
-            kind: t,
-            flags,
-            id,
-            header_len: HEADER_LEN,
-            len: short,
-        })),
+        flags @ (0 | FLAG_PROXY | FLAG_DGRAM) if flags == 0 || t == kind::OPEN => {
+            Ok(Some(Header {
+                kind: t,
+                flags,
+                id,
+                header_len: HEADER_LEN,
+                len: short,
+            }))
+        }
         FLAG_LONG if t == kind::DATA => {
             if buf.len() < LONG_HEADER_LEN {
                 return Ok(None);
@@ -234,7 +245,9 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             id,
             target,
             proxy: Some(p),
+            dgram,
         } => {
+            debug_assert!(!dgram, "a datagram stream carries no PROXY header");
             let start = out.len();
             out.resize(start + HEADER_LEN, 0);
             p.encode(out);
@@ -248,7 +261,17 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             id,
             target,
             proxy: None,
-        } => (kind::OPEN, id, target.as_bytes(), &[]),
+            dgram,
+        } => {
+            let start = out.len();
+            out.resize(start + HEADER_LEN, 0);
+            put_header(&mut out[start..], kind::OPEN, id, target.len());
+            if dgram {
+                out[start + 1] = FLAG_DGRAM;
+            }
+            out.extend_from_slice(target.as_bytes());
+            return;
+        }
         Frame::OpenOk { id } => (kind::OPEN_OK, id, &[], &[]),
         Frame::OpenFail { id, reason } => (kind::OPEN_FAIL, id, clip(reason), &[]),
         Frame::Data { id, payload } => (kind::DATA, id, payload, &[]),
@@ -347,6 +370,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
                 id,
                 target: utf8(p).ok_or(bad("target is not UTF-8"))?,
                 proxy,
+                dgram: flags == FLAG_DGRAM,
             }
         }
         kind::OPEN_OK | kind::FIN => {
@@ -454,6 +478,13 @@ mod tests {
                 id: 7,
                 target: "[::1]:22",
                 proxy: None,
+                dgram: false,
+            },
+            Frame::Open {
+                id: 10,
+                target: "10.0.0.5:53",
+                proxy: None,
+                dgram: true,
             },
             Frame::Open {
                 id: 8,
@@ -463,6 +494,7 @@ mod tests {
                     "127.0.0.2:40000".parse().unwrap(),
                     "127.0.0.1:1234".parse().unwrap(),
                 )),
+                dgram: false,
             },
             Frame::Open {
                 id: 9,
@@ -472,6 +504,7 @@ mod tests {
                     "[2001:db8::7]:1".parse().unwrap(),
                     "[2001:db8::1]:443".parse().unwrap(),
                 )),
+                dgram: false,
             },
             Frame::OpenOk { id: 7 },
             Frame::OpenFail {
@@ -586,10 +619,21 @@ mod tests {
             "only OPEN may carry addresses"
         );
         assert_eq!(
-            decode(&hdr(kind::OPEN, 2, 10, 1)),
-            Err(FrameError::ReservedFlags(2))
+            decode(&hdr(kind::OPEN, FLAG_PROXY | FLAG_DGRAM, 10, 1)),
+            Err(FrameError::ReservedFlags(FLAG_PROXY | FLAG_DGRAM)),
+            "a datagram stream carries no PROXY header"
+        );
+        assert_eq!(
+            decode(&hdr(kind::OPEN, 4, 10, 1)),
+            Err(FrameError::ReservedFlags(4))
+        );
+        assert_eq!(
+            decode(&hdr(kind::DATA, FLAG_DGRAM, 10, 1)),
+            Err(FrameError::ReservedFlags(FLAG_DGRAM)),
+            "only OPEN says a stream carries datagrams"
         );
         assert_eq!(decode(&hdr(kind::OPEN, FLAG_PROXY, 10, 1)), Ok(None));
+        assert_eq!(decode(&hdr(kind::OPEN, FLAG_DGRAM, 10, 1)), Ok(None));
     }
 
     fn long_data(id: u32, len: usize) -> Vec<u8> {

@@ -6,10 +6,10 @@
 //!   version, then the visitor's address (the source) and the public address it connected
 //!   to (the destination), each as a family byte (4 or 6), 4 or 16 address bytes and a
 //!   big-endian port;
-//! - [`ProxyAddrs::header`]: the header itself, text (v1) or binary (v2);
-//! - [`CAPS_PING`]: the PING a client sends right after its HELLO to say it understands the
-//!   flag. An older server answers it like any PING (PONG), so announcing costs nothing,
-//!   and a server sends the flag only to a client that announced it.
+//! - [`ProxyAddrs::header`]: the header itself, text (v1) or binary (v2).
+//!
+//! A server sends the flag only to a client that announced it understands it
+//! (`caps::CAP_PROXY`).
 //!
 //! Addresses are canonical on the wire: an IPv4-mapped IPv6 address (a dual-stack socket's
 //! view of an IPv4 peer) is sent as IPv4, and the decoder refuses one sent as IPv6. When
@@ -18,20 +18,6 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-/// The 8 bytes of a client's capability PING: `TFCAPS` and the capability bits.
-pub const CAPS_PING: [u8; 8] = *b"TFCAPS\x00\x01";
-/// The first 6 bytes that make a PING a capability announcement. A heartbeat PING carries
-/// nanoseconds since its tunnel started, which stay below these bytes for 190 years.
-pub const CAPS_MAGIC: [u8; 6] = *b"TFCAPS";
-/// Capability bit: OPEN frames may carry the visitor's addresses (flag `PROXY`).
-pub const CAP_PROXY: u16 = 0x0001;
-
-/// Capability bits announced by a PING's 8 bytes, or `None` for a plain PING.
-pub fn caps_of_ping(v: u64) -> Option<u16> {
-    let b = v.to_be_bytes();
-    (b[..6] == CAPS_MAGIC).then(|| u16::from_be_bytes([b[6], b[7]]))
-}
 
 /// The longest header [`ProxyAddrs::header`] may write: the PROXY specification's bound
 /// for v1 (ours is 104 bytes, TCP6 with two full addresses; v2 takes at most 52).
@@ -320,16 +306,11 @@ mod tests {
     }
 
     #[test]
-    fn versions_parse_in_any_case_and_caps_pings_are_told_apart() {
+    fn versions_parse_in_any_case() {
         assert_eq!(ProxyVersion::parse("V1"), Some(ProxyVersion::V1));
         assert_eq!(ProxyVersion::parse("v2"), Some(ProxyVersion::V2));
         assert_eq!(ProxyVersion::parse("v3"), None);
         assert_eq!(ProxyVersion::parse(" v1"), None);
         assert_eq!(ProxyVersion::V2.to_string(), "v2");
-        assert_eq!(caps_of_ping(u64::from_be_bytes(CAPS_PING)), Some(CAP_PROXY));
-        assert_eq!(caps_of_ping(123_456_789), None);
-        // A heartbeat stamp after 190 years of uptime still is not one.
-        let ns_190_years = 190u64 * 365 * 24 * 3600 * 1_000_000_000;
-        assert_eq!(caps_of_ping(ns_190_years), None);
     }
 }

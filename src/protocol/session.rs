@@ -13,6 +13,13 @@
 //!   [`Input`]s of `handle_rx`; the next deadline, [`Session::poll_timeout`]; and, once the
 //!   tunnel must end, its [`CloseReason`] ([`Session::close_reason`]).
 //!
+//! A stream opened for a UDP flow is a *datagram stream* ([`Session::open_dgram_stream`]):
+//! each DATA frame is one datagram, handed out whole (consecutive ones of a stream as the
+//! parts of one input, boundaries kept); it has no window, no credit and no FIN, only
+//! RESET ends it. A datagram that finds the output queue over [`DGRAM_TX_LIMIT`] is
+//! refused ([`Session::send_datagram`]): the caller drops and counts it. So datagrams never
+//! queue without bound and never crowd out a stream's data or a control frame.
+//!
 //! Long DATA payloads may bypass the engine's memory: [`Session::queue_payload`] queues a
 //! header whose payload the caller moves itself (a splice from a pipe), and
 //! [`Session::payload_in_progress`] / [`Session::payload_spliced`] let the caller move an
@@ -26,11 +33,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::caps::{CAP_DGRAM, CAP_PROXY};
 use super::close::CloseReason;
 use super::flow::{Flow, Windows};
-use super::frame::{Frame, kind};
+use super::frame::{self, Frame, MAX_DATAGRAM, kind};
 use super::handshake::{self, BINDING_LEN, Challenge, NONCE_LEN};
-use super::proxy::{CAP_PROXY, ProxyAddrs};
+use super::proxy::ProxyAddrs;
 use super::streams::Streams;
 use crate::buffer::Buf;
 
@@ -45,6 +53,9 @@ pub use tx::{DataRoom, Transmit};
 pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// The application stops queueing data once this much waits for the socket.
 pub const TX_DATA_LIMIT: usize = 1024 * 1024;
+/// Datagrams are queued only while less than this waits for the socket: a UDP flood fills
+/// a quarter of what a stream's data may, and what it queues is soon sent.
+pub const DGRAM_TX_LIMIT: usize = 256 * 1024;
 /// Hard cap of what may wait for the socket. Data stays under `TX_DATA_LIMIT` plus one
 /// read; the rest is headroom for control frames, which are never held back behind data. A
 /// peer that stops reading until even that is full is cut off.
@@ -136,6 +147,8 @@ struct Stream<H> {
     handle: H,
     flow: Flow,
     stage: Stage,
+    /// A datagram stream: no window, no credit, no FIN.
+    dgram: bool,
 }
 
 /// Why a stream could not be opened.
@@ -144,8 +157,21 @@ pub enum OpenError {
     /// The tunnel is not established, or ending.
     NotOpen,
     StreamLimit,
-    /// A PROXY header was asked for and the client did not announce it can write one.
-    NoProxy,
+    /// The client did not announce it understands what the stream needs (a PROXY header,
+    /// datagrams): see [`Session::can_open`].
+    Unsupported,
+}
+
+/// Why [`Session::send_datagram`] did not queue a datagram: the caller drops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DgramRefused {
+    /// The output queue holds [`DGRAM_TX_LIMIT`] or more: the tunnel is busy.
+    TunnelFull,
+    /// Empty, or longer than [`MAX_DATAGRAM`].
+    BadSize,
+    /// No such datagram stream, not open yet (a client before its OPEN_OK), or the tunnel
+    /// is not established.
+    NotOpen,
 }
 
 pub struct Session<H> {
@@ -167,7 +193,7 @@ pub struct Session<H> {
     handshake_deadline: Instant,
     /// The TLS session's channel binding, which both proofs cover; `None` in clear.
     binding: Option<[u8; BINDING_LEN]>,
-    /// Server: the capability bits the client announced (`proxy::CAPS_PING`).
+    /// Server: the capability bits the client announced (`caps::CAPS_PING`).
     peer_caps: u16,
 }
 
@@ -236,10 +262,10 @@ impl<H: Copy> Session<H> {
         self.binding = Some(binding);
     }
 
-    /// Server: the client announced that it understands OPEN frames with the visitor's
-    /// addresses (its capability PING), so streams of PROXY mappings may go to it.
-    pub fn peer_can_proxy(&self) -> bool {
-        self.peer_caps & CAP_PROXY != 0
+    /// Server: the capability bits the client announced (`caps`): `CAP_PROXY` lets streams
+    /// of PROXY mappings go to it, `CAP_DGRAM` flows of UDP mappings.
+    pub fn peer_caps(&self) -> u16 {
+        self.peer_caps
     }
 
     // ---- queries ----
@@ -271,11 +297,17 @@ impl<H: Copy> Session<H> {
         self.streams.max()
     }
 
-    /// A stream can be opened now (`proxy`: one whose OPEN carries the visitor's addresses).
-    pub fn can_open(&self, proxy: bool) -> bool {
+    /// A stream can be opened now that needs the capabilities `needs` (`caps` bits: 0 for a
+    /// plain stream).
+    pub fn can_open(&self, needs: u16) -> bool {
         self.is_established()
             && self.streams.len() < self.streams.max()
-            && (!proxy || self.peer_can_proxy())
+            && self.peer_caps & needs == needs
+    }
+
+    /// Stream `id` is a datagram stream.
+    pub fn is_dgram(&self, id: u32) -> bool {
+        self.streams.get(id).is_some_and(|s| s.dgram)
     }
 
     pub fn stage(&self, id: u32) -> Option<Stage> {
@@ -331,28 +363,78 @@ impl<H: Copy> Session<H> {
         target: &str,
         proxy: Option<ProxyAddrs>,
     ) -> Result<u32, OpenError> {
+        let needs = if proxy.is_some() { CAP_PROXY } else { 0 };
+        self.open(handle, target, proxy, needs)
+    }
+
+    /// Server: open a datagram stream to the UDP target `target` for `handle`. Datagrams
+    /// may follow at once ([`Session::send_datagram`]). Returns its id.
+    pub fn open_dgram_stream(&mut self, handle: H, target: &str) -> Result<u32, OpenError> {
+        self.open(handle, target, None, CAP_DGRAM)
+    }
+
+    fn open(
+        &mut self,
+        handle: H,
+        target: &str,
+        proxy: Option<ProxyAddrs>,
+        needs: u16,
+    ) -> Result<u32, OpenError> {
         if !self.is_established() {
             return Err(OpenError::NotOpen);
         }
-        if proxy.is_some() && !self.peer_can_proxy() {
-            return Err(OpenError::NoProxy);
+        if self.peer_caps & needs != needs {
+            return Err(OpenError::Unsupported);
         }
-        let stream = self.new_stream(handle, Stage::Opening);
+        let dgram = needs & CAP_DGRAM != 0;
+        let stream = self.new_stream(handle, Stage::Opening, dgram);
         let id = self
             .streams
             .open(stream)
             .map_err(|_| OpenError::StreamLimit)?;
-        if !self.queue(&Frame::Open { id, target, proxy }) {
+        if !self.queue(&Frame::Open {
+            id,
+            target,
+            proxy,
+            dgram,
+        }) {
             self.streams.remove(id);
             return Err(OpenError::NotOpen);
         }
         Ok(id)
     }
 
-    /// Client: take the stream the server opened (after `Event::Open`). Data for it may
-    /// arrive before `stream_connected`; it is handed out to be kept.
-    pub fn accept_open(&mut self, id: u32, handle: H) -> Result<(), &'static str> {
-        let stream = self.new_stream(handle, Stage::Connecting);
+    /// Queue one datagram of datagram stream `id` as one DATA frame. The server may send
+    /// from the OPEN on; the client once it answered OPEN_OK.
+    pub fn send_datagram(&mut self, id: u32, datagram: &[u8]) -> Result<(), DgramRefused> {
+        if datagram.is_empty() || datagram.len() > MAX_DATAGRAM {
+            return Err(DgramRefused::BadSize);
+        }
+        let server = matches!(self.side, Side::Server(_));
+        let sendable = self.is_established()
+            && self
+                .streams
+                .get(id)
+                .is_some_and(|s| s.dgram && (server || s.stage == Stage::Open));
+        if !sendable {
+            return Err(DgramRefused::NotOpen);
+        }
+        if self.out.queued() >= DGRAM_TX_LIMIT {
+            return Err(DgramRefused::TunnelFull);
+        }
+        let mut header = [0u8; frame::HEADER_LEN];
+        frame::put_header(&mut header, kind::DATA, id, datagram.len());
+        if self.push(&header) && self.push(datagram) {
+            Ok(())
+        } else {
+            Err(DgramRefused::NotOpen)
+        }
+    }
+
+    /// Client: take the stream the server opened (after `Event::Open`; `dgram` as the event
+    /// says). Data for it may arrive before `stream_connected`; it is handed out to be kept.
+    pub fn accept_open(&mut self, id: u32, handle: H, dgram: bool) -> Result<(), &'static str> {
+        let stream = self.new_stream(handle, Stage::Connecting, dgram);
         self.streams
             .accept(id, stream)
             .map_err(|_| "stream limit reached")
@@ -384,6 +466,7 @@ impl<H: Copy> Session<H> {
     /// Our direction of stream `id` ends: FIN is queued.
     pub fn finish(&mut self, id: u32) {
         if let Some(s) = self.streams.get_mut(id)
+            && !s.dgram
             && s.flow.may_send()
         {
             s.flow.on_fin_sent();
@@ -398,6 +481,7 @@ impl<H: Copy> Session<H> {
         }
         let w = self.windows;
         if let Some(s) = self.streams.get_mut(id)
+            && !s.dgram
             && let Some(credit) = s.flow.on_delivered(n, w)
         {
             self.queue_small(kind::CREDIT, id, &credit.to_be_bytes());
@@ -475,11 +559,12 @@ impl<H: Copy> Session<H> {
 
     // ---- internals ----
 
-    fn new_stream(&self, handle: H, stage: Stage) -> Stream<H> {
+    fn new_stream(&self, handle: H, stage: Stage, dgram: bool) -> Stream<H> {
         Stream {
             handle,
             flow: Flow::new(self.windows),
             stage,
+            dgram,
         }
     }
 

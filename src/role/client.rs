@@ -310,7 +310,7 @@ impl ClientRole {
             Err(e) => Err(format!("bad target {target:?}: {e}")),
             Ok(tgt) => t
                 .session
-                .accept_open(id, placeholder)
+                .accept_open(id, placeholder, false)
                 .map(|()| tgt)
                 .map_err(str::to_string),
         };
@@ -459,7 +459,12 @@ impl Role for ClientRole {
             Event::TokenRequired => {
                 error!("the server requires a token: pass --token or set TCP_FORWARD_TOKEN");
             }
-            Event::Open { id, target, proxy } => self.open(core, tkey, id, target, proxy),
+            Event::Open {
+                id, target, dgram, ..
+            } if dgram => self.refuse(core, tkey, id, target, "UDP targets are not served yet"),
+            Event::Open {
+                id, target, proxy, ..
+            } => self.open(core, tkey, id, target, proxy),
             // A server's frames; the session has already refused them.
             Event::OpenOk { .. } | Event::OpenFail { .. } => {}
             Event::Credit { .. } | Event::Fin { .. } | Event::Reset { .. } => {}

@@ -10,9 +10,10 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use super::*;
+use crate::protocol::caps::{CAP_DGRAM, CAP_PROXY, CAPS_PING};
 use crate::protocol::frame::{self, Frame, LONG_HEADER_LEN, MAX_LONG_PAYLOAD};
 use crate::protocol::handshake::{self, Accept, Challenge, Hello};
-use crate::protocol::proxy::{CAPS_PING, ProxyAddrs, ProxyVersion};
+use crate::protocol::proxy::{ProxyAddrs, ProxyVersion};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const TOKEN: &[u8] = b"fuzz-token";
@@ -55,8 +56,8 @@ impl End {
                     let n = parts.total();
                     self.s.delivered(id, n);
                 }
-                Input::Event(Event::Open { id, .. }) => {
-                    if self.s.accept_open(id, id).is_ok() {
+                Input::Event(Event::Open { id, dgram, .. }) => {
+                    if self.s.accept_open(id, id, dgram).is_ok() {
                         self.s.stream_connected(id);
                     }
                 }
@@ -119,7 +120,8 @@ impl End {
     }
 }
 
-/// A server and a client, established, with two streams open from the server.
+/// A server and a client, established, with streams open from the server: two plain, one
+/// with a PROXY header, one of datagrams.
 fn established(now: Instant) -> (End, End) {
     let mut server = End {
         s: Session::server(server_params(), [1; handshake::NONCE_LEN], now),
@@ -134,14 +136,19 @@ fn established(now: Instant) -> (End, End) {
             for h in 1..=2 {
                 let _ = server.s.open_stream(h, "10.0.0.1:22", None);
             }
-            // The client announced it can write PROXY headers: a stream with one opens too.
-            assert!(server.s.peer_can_proxy());
+            // The client announced it can write PROXY headers and carry datagrams: streams
+            // that need them open too.
+            assert_eq!(
+                server.s.peer_caps() & (CAP_PROXY | CAP_DGRAM),
+                CAP_PROXY | CAP_DGRAM
+            );
             let proxy = ProxyAddrs::new(
                 ProxyVersion::V2,
                 "[::ffff:10.1.1.1]:4000".parse().unwrap(),
                 "[2001:db8::1]:80".parse().unwrap(),
             );
             let _ = server.s.open_stream(3, "10.0.0.1:80", Some(proxy));
+            let _ = server.s.open_dgram_stream(4, "10.0.0.1:53");
         }
         let to_client = server.output();
         client.inbox.extend_from_slice(&to_client);
@@ -183,7 +190,8 @@ enum Owned {
     Hello(Vec<u8>),
     Accept(Vec<u8>),
     Refuse(String),
-    Open(u32, String),
+    /// OPEN, of a datagram stream when the flag says so.
+    Open(u32, String, bool),
     /// OPEN with the visitor's addresses (flag PROXY).
     OpenProxy(u32, String, ProxyAddrs),
     /// An OPEN header with flag PROXY and a payload that may be anything.
@@ -230,15 +238,17 @@ impl Owned {
             Owned::Hello(b) => Frame::Hello(b),
             Owned::Accept(b) => Frame::Accept(b),
             Owned::Refuse(s) => Frame::Refuse(s),
-            Owned::Open(id, t) => Frame::Open {
+            Owned::Open(id, t, dgram) => Frame::Open {
                 id: *id,
                 target: t,
                 proxy: None,
+                dgram: *dgram,
             },
             Owned::OpenProxy(id, t, p) => Frame::Open {
                 id: *id,
                 target: t,
                 proxy: Some(*p),
+                dgram: false,
             },
             Owned::OpenOk(id) => Frame::OpenOk { id: *id },
             Owned::OpenFail(id, r) => Frame::OpenFail { id: *id, reason: r },
@@ -291,7 +301,7 @@ fn framed() -> impl Strategy<Value = Owned> {
         bytes(120).prop_map(Owned::Hello),
         bytes(80).prop_map(Owned::Accept),
         text().prop_map(Owned::Refuse),
-        (stream_id(), text()).prop_map(|(i, t)| Owned::Open(i, t)),
+        (stream_id(), text(), any::<bool>()).prop_map(|(i, t, d)| Owned::Open(i, t, d)),
         stream_id().prop_map(Owned::OpenOk),
         (stream_id(), text()).prop_map(|(i, t)| Owned::OpenFail(i, t)),
         (stream_id(), prop_oneof![bytes(64), payload(3000)]).prop_map(|(i, p)| Owned::Data(i, p)),
@@ -408,6 +418,71 @@ proptest! {
             }
             Ok(None) => prop_assert!(false, "a whole frame needs more bytes"),
             Err(e) => prop_assert!(matches!(e, frame::FrameError::BadPayload { .. }), "{e:?}"),
+        }
+    }
+
+    #[test]
+    fn datagrams_cross_whole_and_in_order_both_ways(
+        sizes in vec(prop_oneof![1usize..64, 1usize..2000, 1usize..=frame::MAX_DATAGRAM], 1..40),
+        cuts in vec(1usize..5000, 0..8),
+    ) {
+        let now = Instant::now();
+        let (mut server, mut client) = established(now);
+        let id = 4; // the datagram stream `established` opened (ids follow handles there)
+        prop_assert!(server.s.is_dgram(id) && client.s.is_dgram(id));
+        let datagrams: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 31 + j) as u8).collect())
+            .collect();
+        // Each end sends them all, emptying its queue whenever it refuses one as busy, and
+        // the other end must hand out exactly these datagrams, each whole, in order.
+        for from_server in [true, false] {
+            let (tx, rx) = if from_server {
+                (&mut server, &mut client)
+            } else {
+                (&mut client, &mut server)
+            };
+            let mut wire = Vec::new();
+            for d in &datagrams {
+                match tx.s.send_datagram(id, d) {
+                    Ok(()) => {}
+                    Err(DgramRefused::TunnelFull) => {
+                        wire.extend(tx.output());
+                        prop_assert_eq!(tx.s.send_datagram(id, d), Ok(()));
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("{e:?} (server: {from_server})"))),
+                }
+            }
+            wire.extend(tx.output());
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let mut at: usize = 0;
+            for &cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+                let end = at.saturating_add(cut).min(wire.len());
+                rx.inbox.extend_from_slice(&wire[at..end]);
+                at = end;
+                let inbox = std::mem::take(&mut rx.inbox);
+                let mut used_total = 0;
+                loop {
+                    let (used, input) = rx.s.handle_rx(&inbox[used_total..], now);
+                    used_total += used;
+                    match input {
+                        Input::NeedMore => break,
+                        Input::Data { id: got_id, parts, .. } => {
+                            prop_assert_eq!(got_id, id);
+                            got.extend(parts.as_slice().iter().map(|p| p.to_vec()));
+                        }
+                        Input::Event(e) => return Err(TestCaseError::fail(format!("{e:?}"))),
+                    }
+                }
+                rx.inbox = inbox[used_total..].to_vec();
+                if at == wire.len() {
+                    break;
+                }
+            }
+            prop_assert!(rx.s.close_reason().is_none(), "{:?}", rx.s.close_reason());
+            prop_assert_eq!(got.len(), datagrams.len());
+            prop_assert!(got == datagrams, "datagrams changed on the way (server sent: {from_server})");
         }
     }
 

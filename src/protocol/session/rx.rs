@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{MAX_COALESCE, Phase, Rx, STREAM_IN_MIN, Session, Side, Stage};
+use crate::protocol::caps;
 use crate::protocol::close::CloseReason;
-use crate::protocol::frame::{self, Frame, LONG_HEADER_LEN, kind};
+use crate::protocol::frame::{self, Frame, LONG_HEADER_LEN, MAX_DATAGRAM, kind};
 use crate::protocol::handshake::{self, Accept, Challenge, Hello, NONCE_LEN, PreambleCheck};
-use crate::protocol::proxy::{self, ProxyAddrs};
+use crate::protocol::proxy::ProxyAddrs;
 
 /// Up to [`MAX_COALESCE`] consecutive payloads of one stream.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +42,8 @@ pub enum Input<'a, H> {
     /// Nothing more can be done with these bytes: read more.
     NeedMore,
     /// Payload for stream `id`, already counted against its window: write it to the
-    /// destination (or keep it) and report what the destination took with `delivered`.
+    /// destination (or keep it) and report what the destination took with `delivered`. For
+    /// a datagram stream each part is one datagram, and nothing is reported.
     Data {
         handle: H,
         id: u32,
@@ -58,12 +60,13 @@ pub enum Event<'a, H> {
     /// Client: the server requires a token and we have none (it will refuse us).
     TokenRequired,
     /// Client: the server asks for stream `id` to `target`, and with `proxy` for that PROXY
-    /// header to be written to it first. Answer with `accept_open` or `refuse_open` before
-    /// the next input.
+    /// header to be written to it first; with `dgram`, for a datagram stream to a UDP
+    /// target. Answer with `accept_open` or `refuse_open` before the next input.
     Open {
         id: u32,
         target: &'a str,
         proxy: Option<ProxyAddrs>,
+        dgram: bool,
     },
     /// Server: the client connected the stream's target.
     OpenOk { handle: H, id: u32 },
@@ -198,7 +201,13 @@ impl<H: Copy> Session<H> {
         if s.stage == Stage::Opening {
             return self.violation(format!("stream {id}: data before OPEN_OK"));
         }
-        if let Err(v) = s.flow.on_received(parts.total(), w) {
+        if s.dgram {
+            if parts.as_slice().iter().any(|p| p.len() > MAX_DATAGRAM) {
+                return self.violation(format!(
+                    "stream {id}: a datagram longer than {MAX_DATAGRAM} bytes"
+                ));
+            }
+        } else if let Err(v) = s.flow.on_received(parts.total(), w) {
             return self.violation(format!("stream {id}: {v}"));
         }
         let handle = s.handle;
@@ -220,7 +229,7 @@ impl<H: Copy> Session<H> {
         let Some(s) = self.streams.get_mut(id) else {
             return (0, Input::NeedMore);
         };
-        if s.stage != Stage::Open {
+        if s.stage != Stage::Open || s.dgram {
             return (0, Input::NeedMore); // decoded whole, with the usual checks
         }
         if let Err(v) = s.flow.on_received(len, w) {
@@ -258,6 +267,9 @@ impl<H: Copy> Session<H> {
             Frame::Credit { id, bytes } => {
                 let w = self.windows;
                 let s = self.streams.get_mut(id)?;
+                if s.dgram {
+                    return self.violation(format!("stream {id}: CREDIT on a datagram stream"));
+                }
                 if let Err(v) = s.flow.on_credit(bytes, w) {
                     return self.violation(format!("stream {id}: {v}"));
                 }
@@ -268,6 +280,9 @@ impl<H: Copy> Session<H> {
                 let s = self.streams.get_mut(id)?;
                 if s.stage == Stage::Opening {
                     return self.violation(format!("stream {id}: FIN before OPEN_OK"));
+                }
+                if s.dgram {
+                    return self.violation(format!("stream {id}: FIN on a datagram stream"));
                 }
                 if let Err(v) = s.flow.on_fin_received() {
                     return self.violation(format!("stream {id}: {v}"));
@@ -284,7 +299,7 @@ impl<H: Copy> Session<H> {
                 })
             }
             Frame::Ping(v) => {
-                if server && let Some(caps) = proxy::caps_of_ping(v) {
+                if server && let Some(caps) = caps::caps_of_ping(v) {
                     self.peer_caps = caps;
                 }
                 self.queue_small(kind::PONG, 0, &v.to_be_bytes());
@@ -296,11 +311,21 @@ impl<H: Copy> Session<H> {
                 None
             }
             Frame::Open { .. } if server => self.violation("client sent OPEN".into()),
-            Frame::Open { id, target, proxy } => {
+            Frame::Open {
+                id,
+                target,
+                proxy,
+                dgram,
+            } => {
                 if self.streams.contains(id) {
                     return self.violation(format!("protocol violation: stream {id} opened twice"));
                 }
-                Some(Event::Open { id, target, proxy })
+                Some(Event::Open {
+                    id,
+                    target,
+                    proxy,
+                    dgram,
+                })
             }
             Frame::OpenOk { .. } if !server => self.violation("server sent OPEN_OK".into()),
             Frame::OpenOk { id } => {
@@ -421,7 +446,7 @@ impl<H: Copy> Session<H> {
                 // What this client understands beyond version 2, in the same write as the
                 // HELLO: a server of this version reads it before any visitor can come, an
                 // older one answers it as the PING it is.
-                self.queue_small(kind::PING, 0, &proxy::CAPS_PING);
+                self.queue_small(kind::PING, 0, &caps::CAPS_PING);
                 self.phase = Phase::AwaitAccept {
                     client_nonce: nonce,
                     server_nonce: ch.nonce,

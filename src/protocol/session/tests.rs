@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
-use crate::protocol::frame::{self, HEADER_LEN, LONG_HEADER_LEN};
+use crate::protocol::frame::{self, HEADER_LEN, LONG_HEADER_LEN, MAX_DATAGRAM};
 use crate::protocol::handshake::{Accept, BINDING_LEN};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -33,6 +33,8 @@ struct App {
     inbox: Vec<u8>,
     /// Per stream id: bytes handed out, in order.
     got: HashMap<u32, Vec<u8>>,
+    /// Per datagram stream id: the datagrams handed out, in order.
+    datagrams: HashMap<u32, Vec<Vec<u8>>>,
     /// Per stream id: bytes handed out but not yet taken by the (slow) destination.
     held: HashMap<u32, usize>,
     /// Deliver every byte at once (a fast destination) rather than holding it.
@@ -56,6 +58,7 @@ impl App {
             s,
             inbox: Vec::new(),
             got: HashMap::new(),
+            datagrams: HashMap::new(),
             held: HashMap::new(),
             deliver_at_once: true,
             connect_at_once: true,
@@ -99,6 +102,11 @@ impl App {
                 Input::NeedMore => break,
                 Input::Data { handle, id, parts } => {
                     assert_eq!(handle, id, "handles are stream ids in these tests");
+                    if self.s.is_dgram(id) {
+                        let got = self.datagrams.entry(id).or_default();
+                        got.extend(parts.as_slice().iter().map(|p| p.to_vec()));
+                        continue;
+                    }
                     let n = parts.total();
                     let got = self.got.entry(id).or_default();
                     for p in parts.as_slice() {
@@ -150,9 +158,11 @@ impl App {
     fn on_event(&mut self, e: Event<'_, u32>) {
         self.events.push(format!("{e:?}"));
         match e {
-            Event::Open { id, target, .. } => {
+            Event::Open {
+                id, target, dgram, ..
+            } => {
                 assert!(!target.is_empty());
-                if self.s.accept_open(id, id).is_err() {
+                if self.s.accept_open(id, id, dgram).is_err() {
                     self.s.refuse_open(id, "stream limit reached");
                 } else if self.connect_at_once {
                     self.s.stream_connected(id);
@@ -262,6 +272,12 @@ impl Pair {
         assert_eq!(id, expected);
         id
     }
+}
+
+fn frame_bytes(f: Frame<'_>) -> Vec<u8> {
+    let mut v = Vec::new();
+    frame::encode(&f, &mut v);
+    v
 }
 
 fn pattern(seed: u32, n: usize) -> Vec<u8> {
@@ -525,11 +541,6 @@ fn the_handshake_has_a_deadline() {
 #[test]
 fn frames_out_of_order_or_malformed_close_the_tunnel() {
     // Each case: bytes the client sends to an established server, and the reason.
-    let frame_bytes = |f: Frame<'_>| {
-        let mut v = Vec::new();
-        frame::encode(&f, &mut v);
-        v
-    };
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
             vec![0x7f, 0, 0, 0, 0, 0, 0, 0],
@@ -551,6 +562,7 @@ fn frames_out_of_order_or_malformed_close_the_tunnel() {
                 id: 9,
                 target: "a:1",
                 proxy: None,
+                dgram: false,
             }),
             "client sent OPEN",
         ),
@@ -637,11 +649,13 @@ fn frames_out_of_order_or_malformed_close_the_tunnel() {
                     id: 5,
                     target: "a:1",
                     proxy: None,
+                    dgram: false,
                 }),
                 frame_bytes(Frame::Open {
                     id: 5,
                     target: "a:1",
                     proxy: None,
+                    dgram: false,
                 }),
             ]
             .concat(),
@@ -802,6 +816,169 @@ fn resets_both_ways() {
     assert!(p.client.s.is_established());
 }
 
+impl Pair {
+    /// Server: open a datagram stream whose handle is its id.
+    fn open_dgram(&mut self) -> u32 {
+        let expected = self.server.s.stream_count() as u32 + 1;
+        let id = self
+            .server
+            .s
+            .open_dgram_stream(expected, "127.0.0.1:53")
+            .unwrap();
+        assert_eq!(id, expected);
+        id
+    }
+}
+
+#[test]
+fn datagrams_keep_their_boundaries_and_follow_the_open_at_once() {
+    let mut p = Pair::established(1024);
+    p.client.connect_at_once = false;
+    let id = p.open_dgram();
+    assert!(p.server.s.is_dgram(id));
+    // The visitor's first datagrams leave with the OPEN; a window of 1 KiB does not apply.
+    let sent = [vec![1u8; 1], vec![2; 3000], vec![3; MAX_DATAGRAM]];
+    for d in &sent {
+        assert_eq!(p.server.s.send_datagram(id, d), Ok(()));
+    }
+    p.drive();
+    assert_eq!(p.client.s.stage(id), Some(Stage::Connecting));
+    assert_eq!(p.client.datagrams[&id], sent, "handed out whole, in order");
+    // The client sends nothing before its OPEN_OK.
+    assert_eq!(
+        p.client.s.send_datagram(id, b"early"),
+        Err(DgramRefused::NotOpen)
+    );
+    p.client.s.stream_connected(id);
+    p.client.s.send_datagram(id, b"reply").unwrap();
+    p.client.s.send_datagram(id, b"two").unwrap();
+    p.drive();
+    assert_eq!(p.server.s.stage(id), Some(Stage::Open));
+    assert_eq!(
+        p.server.datagrams[&id],
+        [b"reply".to_vec(), b"two".to_vec()]
+    );
+    // No FIN and no credit: a datagram stream ends by RESET only.
+    p.server.s.finish(id);
+    p.server.s.delivered(id, 5);
+    assert!(p.server.drain_output().is_empty());
+    p.server.s.reset(id, "UDP_TIMEOUT");
+    p.drive();
+    assert_eq!(p.client.resets[&id], "UDP_TIMEOUT");
+    assert_eq!(p.client.s.stream_count(), 0);
+    assert_eq!(
+        p.server.s.send_datagram(id, b"late"),
+        Err(DgramRefused::NotOpen)
+    );
+    assert_eq!(
+        p.server.s.send_datagram(9, b"x"),
+        Err(DgramRefused::NotOpen),
+        "no such stream"
+    );
+}
+
+#[test]
+fn datagrams_of_a_bad_size_are_refused() {
+    let mut p = Pair::established(1024);
+    let id = p.open_dgram();
+    assert_eq!(
+        p.server.s.send_datagram(id, b""),
+        Err(DgramRefused::BadSize)
+    );
+    let big = vec![0; MAX_DATAGRAM + 1];
+    assert_eq!(
+        p.server.s.send_datagram(id, &big),
+        Err(DgramRefused::BadSize)
+    );
+    // A plain stream carries no datagrams.
+    let plain = p.open();
+    assert_eq!(
+        p.server.s.send_datagram(plain, b"x"),
+        Err(DgramRefused::NotOpen)
+    );
+}
+
+#[test]
+fn a_busy_tunnel_refuses_datagrams_but_not_stream_data() {
+    let mut p = Pair::established(STREAM_WINDOW);
+    let flow = p.open_dgram();
+    let stream = p.open();
+    p.drive();
+    let d = vec![7u8; 1200];
+    let mut queued = 0;
+    while p.server.s.send_datagram(flow, &d).is_ok() {
+        queued += 1;
+        assert!(queued < 10_000, "the queue is bounded");
+    }
+    assert_eq!(
+        p.server.s.send_datagram(flow, &d),
+        Err(DgramRefused::TunnelFull)
+    );
+    assert!(p.server.s.queued() < DGRAM_TX_LIMIT + d.len() + HEADER_LEN);
+    assert_eq!(queued, DGRAM_TX_LIMIT.div_ceil(d.len() + HEADER_LEN));
+    // A stream's data still has room behind them, and control frames always do.
+    assert!(p.server.s.tx_has_room());
+    assert_eq!(p.server.write(stream, b"interactive"), 11);
+    p.drive();
+    assert_eq!(p.client.datagrams[&flow].len(), queued);
+    assert_eq!(p.client.got[&stream], b"interactive");
+    assert_eq!(
+        p.server.s.send_datagram(flow, &d),
+        Ok(()),
+        "drained: room again"
+    );
+}
+
+#[test]
+fn datagram_streams_need_the_capability_and_keep_their_rules() {
+    // A client that announced only PROXY headers (an older one) gets no datagram stream.
+    let mut p = Pair::new(server_params(None, 1024), client_params(None, 1024));
+    p.step();
+    let mut hello = p.client.drain_output();
+    let at = hello
+        .windows(8)
+        .position(|w| w == crate::protocol::caps::CAPS_PING)
+        .expect("the capability PING follows the HELLO");
+    hello[at + 7] = 0x01;
+    p.server.inbox = hello;
+    p.server.process(p.now);
+    p.drive();
+    assert!(p.server.s.is_established());
+    assert_eq!(
+        p.server.s.open_dgram_stream(1, "127.0.0.1:53"),
+        Err(OpenError::Unsupported)
+    );
+    assert!(!p.server.s.can_open(crate::protocol::caps::CAP_DGRAM));
+    assert!(p.server.s.can_open(crate::protocol::caps::CAP_PROXY));
+
+    // FIN, CREDIT or an oversized datagram on a datagram stream close the tunnel.
+    let mut long = vec![0u8; LONG_HEADER_LEN];
+    frame::put_long_header(&mut long, 1, MAX_DATAGRAM + 1);
+    long.resize(LONG_HEADER_LEN + MAX_DATAGRAM + 1, 0);
+    for (wire, why) in [
+        (
+            frame_bytes(Frame::Fin { id: 1 }),
+            "stream 1: FIN on a datagram stream",
+        ),
+        (
+            frame_bytes(Frame::Credit { id: 1, bytes: 10 }),
+            "stream 1: CREDIT on a datagram stream",
+        ),
+        (long, "stream 1: a datagram longer than 65507 bytes"),
+    ] {
+        let mut p = Pair::established(1024);
+        let id = p.open_dgram();
+        p.drive();
+        p.server.inbox = wire.clone();
+        p.server.process(p.now);
+        assert_eq!(p.server.closed().as_deref(), Some(why), "at the server");
+        p.client.inbox = wire;
+        p.client.process(p.now);
+        assert_eq!(p.client.closed().as_deref(), Some(why), "at the client");
+        assert_eq!(id, 1);
+    }
+}
+
 #[test]
 fn early_data_waits_for_the_connect_and_the_reply_for_open_ok() {
     let mut p = Pair::established(1024);
@@ -848,7 +1025,7 @@ fn the_stream_limit_holds_on_both_sides() {
     for _ in 0..8 {
         p.open();
     }
-    assert!(!p.server.s.can_open(false));
+    assert!(!p.server.s.can_open(0));
     assert_eq!(
         p.server.s.open_stream(99, "a:1", None),
         Err(OpenError::StreamLimit)
@@ -862,6 +1039,7 @@ fn the_stream_limit_holds_on_both_sides() {
             id: 77,
             target: "a:1",
             proxy: None,
+            dgram: false,
         },
         &mut wire,
     );
@@ -1219,6 +1397,7 @@ fn random_input_never_panics_either_role() {
                     id,
                     target: text,
                     proxy: None,
+                    dgram: false,
                 },
                 5 => Frame::OpenOk { id },
                 6 => Frame::OpenFail { id, reason: text },

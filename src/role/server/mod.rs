@@ -39,6 +39,7 @@ use crate::net::tls::TlsStream;
 use crate::net::transport::Transport;
 use crate::net::tunnel::Tunnel;
 use crate::protocol::CloseReason;
+use crate::protocol::caps;
 use crate::protocol::handshake::NONCE_LEN;
 use crate::protocol::proxy::{ProxyAddrs, ProxyVersion};
 use crate::protocol::session::{Event, OpenError, STREAM_WINDOW, ServerParams, Session};
@@ -550,13 +551,13 @@ impl ServerRole {
         }
     }
 
-    /// Pick a tunnel of `tag` with room for one more stream, round-robin; with `proxy`, one
-    /// whose client can write a PROXY header.
+    /// Pick a tunnel of `tag` with room for one more stream, round-robin, whose client
+    /// announced the capabilities `needs` (`caps` bits: a PROXY header, datagrams).
     fn pick_tunnel(
         &mut self,
         core: &mut Core,
         tag: &str,
-        proxy: bool,
+        needs: u16,
     ) -> Result<usize, &'static str> {
         let Some(pool) = self.pools.get_mut(tag).filter(|p| !p.tunnels.is_empty()) else {
             return Err("no client");
@@ -564,19 +565,19 @@ impl ServerRole {
         let n = pool.tunnels.len();
         let start = pool.next % n;
         pool.next = pool.next.wrapping_add(1);
-        let mut capable = !proxy;
+        let mut capable = false;
         (0..n)
             .map(|i| pool.tunnels[(start + i) % n])
             .find(|&k| {
                 core.tunnel_mut(k).is_some_and(|t| {
-                    capable |= t.session.peer_can_proxy();
-                    t.session.can_open(proxy)
+                    capable |= t.session.peer_caps() & needs == needs;
+                    t.session.can_open(needs)
                 })
             })
             .ok_or(if capable {
                 "stream limit reached"
             } else {
-                "no PROXY"
+                "unsupported"
             })
     }
 
@@ -629,14 +630,15 @@ impl ServerRole {
                 }
             },
         };
-        let tkey = match self.pick_tunnel(core, &tag, proxy.is_some()) {
+        let needs = if proxy.is_some() { caps::CAP_PROXY } else { 0 };
+        let tkey = match self.pick_tunnel(core, &tag, needs) {
             Ok(k) => k,
             Err("no client") => {
                 warn!("no client for tag {tag}: closing visitor {peer} on port {port}");
                 self.counters.visit(port, Visit::NoClient);
                 return;
             }
-            Err("no PROXY") => {
+            Err("unsupported") => {
                 warn!(
                     "no client of tag {tag} can write a PROXY header (port {port} has \
                      [PROXY]; its clients run an older version): closing visitor {peer}"
@@ -666,7 +668,7 @@ impl ServerRole {
         let id = match opened {
             Ok(id) => id,
             // Checked by `pick_tunnel`; a session that just ended closes at the flush.
-            Err(OpenError::StreamLimit | OpenError::NotOpen | OpenError::NoProxy) => {
+            Err(OpenError::StreamLimit | OpenError::NotOpen | OpenError::Unsupported) => {
                 self.counters.visit(port, Visit::Refused);
                 return;
             }
