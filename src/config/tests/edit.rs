@@ -23,8 +23,13 @@ const FILE: &str = "\
 2000=office  # moved in May
 ";
 
-/// The mappings the loader reads from `text`, as (port, target, tag).
+/// The TCP mappings the loader reads from `text`, as (port, target, tag).
 fn load(text: &str) -> Vec<(u16, String, String)> {
+    load_proto(text, Proto::Tcp)
+}
+
+/// The `proto` mappings the loader reads from `text`, as (port, target, tag).
+fn load_proto(text: &str, proto: Proto) -> Vec<(u16, String, String)> {
     let s = Scratch::new("edit");
     let path = s.write("port_mapper.cfg", text);
     let mut warnings = Vec::new();
@@ -36,7 +41,11 @@ fn load(text: &str) -> Vec<(u16, String, String)> {
         &mut warnings,
     )
     .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    got.into_iter()
+    let list = match proto {
+        Proto::Tcp => got.tcp,
+        Proto::Udp => got.udp,
+    };
+    list.into_iter()
         .map(|m| (m.public_port, m.target.to_string(), m.tag))
         .collect()
 }

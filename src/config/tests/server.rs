@@ -363,7 +363,7 @@ fn mapper_errors() {
         (
             "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n4321=office\n",
             4,
-            &["[TAG] key 4321: port 4321 has no [MAPPER] entry"],
+            &["[TAG] key 4321: port 4321 has no [MAPPER] or [UDP] entry"],
         ),
         (
             "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234=\n",
@@ -552,7 +552,7 @@ fn allow_errors_name_the_line() {
         ("1234=nobody", &["[ALLOW] key 1234", "is not an IP address"]),
         (
             "999=10.0.0.0/8",
-            &["[ALLOW] key 999: port 999 has no [MAPPER] entry"],
+            &["[ALLOW] key 999: port 999 has no [MAPPER] or [UDP] entry"],
         ),
         ("x=10.0.0.0/8", &["[ALLOW] key x", "not a port"]),
     ] {
@@ -716,7 +716,7 @@ fn port_range_errors_name_the_line() {
         (
             "[MAPPER]\n6000-6009=10.0.0.5\n[TAG]\n6005-6010=x\n",
             4,
-            &["[TAG] key 6005-6010: port 6010 has no [MAPPER] entry"],
+            &["[TAG] key 6005-6010: port 6010 has no [MAPPER] or [UDP] entry"],
         ),
         (
             "[MAPPER]\n6000-6009=10.0.0.5\n[TAG]\n6000-6004=x\n6004-6009=y\n",
@@ -755,7 +755,10 @@ fn proxy_lines_are_read_and_their_errors_name_the_line() {
         ),
         ("1234=", "expected v1 or v2"),
         ("1234=1", "expected v1 or v2"),
-        ("999=v1", "[PROXY] key 999: port 999 has no [MAPPER] entry"),
+        (
+            "999=v1",
+            "[PROXY] key 999: port 999 has no [MAPPER] or [UDP] entry",
+        ),
         ("x=v1", "[PROXY] key x"),
     ] {
         let (s, e) = server_err(CFG, &mapper(line));
@@ -848,7 +851,7 @@ fn limit_errors_name_the_line() {
         ("1234=10MiB", &["[LIMIT] key 1234", "binary units"]),
         (
             "999=1mbit",
-            &["[LIMIT] key 999: port 999 has no [MAPPER] entry"],
+            &["[LIMIT] key 999: port 999 has no [MAPPER] or [UDP] entry"],
         ),
         ("x=1mbit", &["[LIMIT] key x", "not a port"]),
     ] {
