@@ -187,6 +187,13 @@ impl Proto {
             _ => None,
         }
     }
+
+    /// The protocol whose mappings `section` (upper case) holds, if it holds any.
+    pub(super) fn of_section(section: &str) -> Option<Proto> {
+        [Proto::Tcp, Proto::Udp]
+            .into_iter()
+            .find(|p| p.section() == section)
+    }
 }
 
 /// `tcp` or `udp`.

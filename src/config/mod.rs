@@ -13,7 +13,8 @@
 //! - `allow`: [`AllowList`], the client's `--allow`: networks, names and ports;
 //! - `diff`: [`diff`] of two mapping lists (the TCP ones or the UDP ones), for a reload to
 //!   apply only what changed;
-//! - `edit`: [`set_mapping`] and [`remove_mapping`] on the mapping file's text, and
+//! - `edit`: [`set_mapping`] and [`remove_mapping`] (TCP), [`set_proto_mapping`] and
+//!   [`remove_proto_mapping`] (either protocol) on the mapping file's text, and
 //!   [`write_atomically`] to put it in place;
 //! - here: the typed configs, [`load_server`] and [`client_from_args`], which give the keys
 //!   their meaning.
@@ -38,7 +39,9 @@ mod rate;
 pub use self::allow::{AllowList, Verdict};
 pub use self::cidr::{Cidr, allows, parse_cidr, parse_cidr_list};
 pub use self::diff::{MappingDiff, diff};
-pub use self::edit::{remove_mapping, set_mapping, write_atomically};
+pub use self::edit::{
+    remove_mapping, remove_proto_mapping, set_mapping, set_proto_mapping, write_atomically,
+};
 use self::ini::{Doc, Entry};
 pub(crate) use self::mappings::check_tag;
 pub use self::mappings::{Host, Mapping, Proto, Target};
