@@ -1228,3 +1228,26 @@ fn udp_timeout_and_max_udp_flows() {
         assert_eq!(e.line(), Some(3), "{e}");
     }
 }
+
+#[test]
+fn a_reload_diffs_the_udp_list_on_its_own() {
+    let s = Scratch::new("udp-diff");
+    let old = load_server(&s.server(
+        CFG,
+        "[MAPPER]\n53=10.0.0.5:53\n[UDP]\n53=10.0.0.5:53\n5353=10.0.0.7:53\n",
+    ))
+    .unwrap();
+    let new = load_server(&s.server(
+        CFG,
+        "[MAPPER]\n53=10.0.0.5:53\n[UDP]\n53=10.0.0.6:53\n6000=10.0.0.8:53\n",
+    ))
+    .unwrap();
+    assert!(diff(&old.mappings, &new.mappings).is_empty());
+    let d = diff(&old.udp_mappings, &new.udp_mappings);
+    let ports = |l: &[Mapping]| l.iter().map(|m| m.public_port).collect::<Vec<_>>();
+    assert_eq!(ports(&d.added), [6000]);
+    assert_eq!(ports(&d.removed), [5353]);
+    assert_eq!(d.changed.len(), 1);
+    assert_eq!(d.changed[0].0.target.to_string(), "10.0.0.5:53");
+    assert_eq!(d.changed[0].1.target.to_string(), "10.0.0.6:53");
+}
