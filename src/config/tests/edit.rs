@@ -41,19 +41,10 @@ fn load_proto(text: &str, proto: Proto) -> Vec<(u16, String, String)> {
         &mut warnings,
     )
     .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let list = match proto {
-        Proto::Tcp => got.tcp,
-        Proto::Udp => got.udp,
-    };
-    list.into_iter()
-        .map(|m| (m.public_port, m.target.to_string(), m.tag))
-        .collect()
-}
-
-fn want(list: &[(u16, &str, &str)]) -> Vec<(u16, String, String)> {
-    list.iter()
-        .map(|&(p, t, g)| (p, t.to_string(), g.to_string()))
-        .collect()
+    triples(match proto {
+        Proto::Tcp => &got.tcp,
+        Proto::Udp => &got.udp,
+    })
 }
 
 #[test]

@@ -292,6 +292,14 @@ fn server_cfg_errors() {
     }
 }
 
+/// Check that `mapper` fails to load, on line `line` of the mapping file, with each of `parts`.
+fn mapper_err_at(mapper: &str, line: usize, parts: &[&str]) {
+    let (s, e) = server_err(CFG, mapper);
+    assert_err(&e, &s.0.join("port_mapper.cfg"), parts);
+    assert_eq!(e.line(), Some(line), "{e}");
+    assert!(e.to_string().contains(&format!("line {line}: ")), "{e}");
+}
+
 #[test]
 fn mapper_errors() {
     for (mapper, line, parts) in [
@@ -392,10 +400,7 @@ fn mapper_errors() {
         ),
         ("[MAPPER]\n1234 10.0.0.1\n", 2, &["expected key=value"]),
     ] {
-        let (s, e) = server_err(CFG, mapper);
-        assert_err(&e, &s.0.join("port_mapper.cfg"), parts);
-        assert_eq!(e.line(), Some(line), "{e}");
-        assert!(e.to_string().contains(&format!("line {line}: ")), "{e}");
+        mapper_err_at(mapper, line, parts);
     }
     let long = format!(
         "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234={}\n",
@@ -729,9 +734,7 @@ fn port_range_errors_name_the_line() {
             &["[ALLOW] key 6000-6009"],
         ),
     ] {
-        let (s, e) = server_err(CFG, mapper);
-        assert_err(&e, &s.0.join("port_mapper.cfg"), parts);
-        assert_eq!(e.line(), Some(line), "{e}");
+        mapper_err_at(mapper, line, parts);
     }
 }
 
@@ -922,20 +925,6 @@ fn limit_lines_take_ranges_each_port_its_own() {
     );
 }
 
-/// The UDP mappings of `cfg`, as (port, target, tag).
-fn udp_list(cfg: &ServerConfig) -> Vec<(u16, String, String)> {
-    cfg.udp_mappings
-        .iter()
-        .map(|m| (m.public_port, m.target.to_string(), m.tag.clone()))
-        .collect()
-}
-
-fn owned(list: &[(u16, &str, &str)]) -> Vec<(u16, String, String)> {
-    list.iter()
-        .map(|&(p, t, g)| (p, t.to_string(), g.to_string()))
-        .collect()
-}
-
 #[test]
 fn udp_mappings_take_every_target_form() {
     let s = Scratch::new("udp");
@@ -948,8 +937,8 @@ fn udp_mappings_take_every_target_form() {
     assert!(cfg.mappings.is_empty(), "{:?}", cfg.mappings);
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     assert_eq!(
-        udp_list(&cfg),
-        owned(&[
+        triples(&cfg.udp_mappings),
+        want(&[
             (5353, "10.0.0.5:53", "default"),
             (6000, "10.0.0.5:7000", "default"),
             (6001, "10.0.0.5:7001", "default"),
@@ -985,20 +974,26 @@ fn one_port_mapped_for_tcp_and_udp_shares_tag_allow_and_limit() {
     ))
     .unwrap();
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
-    let tcp: Vec<_> = cfg
-        .mappings
-        .iter()
-        .map(|m| {
-            (
-                m.public_port,
-                m.target.to_string(),
-                m.tag.as_str(),
-                m.allow.as_ref().map(|l| l[0].to_string()),
-                m.proxy,
-                m.limit.map(|r| r.bits_per_sec()),
-            )
-        })
-        .collect();
+    type Seen<'m> = (
+        u16,
+        String,
+        &'m str,
+        Option<String>,
+        Option<ProxyVersion>,
+        Option<u64>,
+    );
+    /// Port, target, tag, first allowed range, PROXY, limit.
+    fn seen(m: &Mapping) -> Seen<'_> {
+        (
+            m.public_port,
+            m.target.to_string(),
+            m.tag.as_str(),
+            m.allow.as_ref().map(|l| l[0].to_string()),
+            m.proxy,
+            m.limit.map(|r| r.bits_per_sec()),
+        )
+    }
+    let tcp: Vec<_> = cfg.mappings.iter().map(seen).collect();
     assert_eq!(
         tcp,
         [
@@ -1020,20 +1015,7 @@ fn one_port_mapped_for_tcp_and_udp_shares_tag_allow_and_limit() {
             ),
         ]
     );
-    let udp: Vec<_> = cfg
-        .udp_mappings
-        .iter()
-        .map(|m| {
-            (
-                m.public_port,
-                m.target.to_string(),
-                m.tag.as_str(),
-                m.allow.as_ref().map(|l| l[0].to_string()),
-                m.proxy,
-                m.limit.map(|r| r.bits_per_sec()),
-            )
-        })
-        .collect();
+    let udp: Vec<_> = cfg.udp_mappings.iter().map(seen).collect();
     assert_eq!(
         udp,
         [
@@ -1064,7 +1046,10 @@ fn a_udp_port_may_be_the_inner_port() {
     let e = cfg.expect_err("1111 is mapped twice");
     assert_eq!(e.line(), Some(3), "{e}");
     let cfg = load_server(&s.server(CFG, "[UDP]\n1111=10.0.0.5:53\n")).unwrap();
-    assert_eq!(udp_list(&cfg), owned(&[(1111, "10.0.0.5:53", "default")]));
+    assert_eq!(
+        triples(&cfg.udp_mappings),
+        want(&[(1111, "10.0.0.5:53", "default")])
+    );
     let cfg = load_server(&s.server(CFG, "[UDP]\n1100-1200=10.0.0.6\n")).unwrap();
     assert_eq!(cfg.udp_mappings.len(), 101);
     assert_eq!(cfg.udp_mappings[11].public_port, 1111);
@@ -1147,9 +1132,7 @@ fn udp_errors_name_the_line() {
             &[r#"[LIMIT] key 5353: "10": no unit"#],
         ),
     ] {
-        let (s, e) = server_err(CFG, mapper);
-        assert_err(&e, &s.0.join("port_mapper.cfg"), parts);
-        assert_eq!(e.line(), Some(line), "{e}");
+        mapper_err_at(mapper, line, parts);
     }
 }
 
