@@ -347,7 +347,7 @@ fn bad_limits_are_config_errors() {
             format!("{mapper}4002=1mbit\n"),
             "port_mapper.cfg",
             4,
-            &["[LIMIT] key 4002", "no [MAPPER] entry"],
+            &["[LIMIT] key 4002", "no [MAPPER] or [UDP] entry"],
         ),
         (
             "twice",

@@ -428,7 +428,7 @@ fn bad_proxy_values_are_config_errors() {
             "unmapped",
             format!("{mapper}4002=v1\n"),
             4,
-            &["[PROXY] key 4002", "no [MAPPER] entry"],
+            &["[PROXY] key 4002", "no [MAPPER] or [UDP] entry"],
         ),
         (
             "twice",

@@ -216,7 +216,7 @@ fn bad_allow_values_are_config_errors() {
             format!("{mapper}4002=127.0.0.1\n"),
             "port_mapper.cfg",
             4,
-            &["[ALLOW] key 4002", "no [MAPPER] entry"],
+            &["[ALLOW] key 4002", "no [MAPPER] or [UDP] entry"],
         ),
         (
             "bad-allow",

@@ -1,7 +1,9 @@
 //! What a reload changes: [`diff`] compares the mappings in force with the ones just read
 //! and sorts them into added, removed and changed ports, so the server can open, close and
-//! retarget only those and leave every other public port (and its streams) alone. The types
-//! are re-exported as `crate::config::{diff, MappingDiff}`.
+//! retarget only those and leave every other public port (and its streams) alone. It works on
+//! any list of mappings: the TCP ones (`ServerConfig::mappings`) and the UDP ones
+//! (`ServerConfig::udp_mappings`) are diffed each on its own, since a port number may be in
+//! both. The types are re-exported as `crate::config::{diff, MappingDiff}`.
 
 use std::collections::BTreeMap;
 
@@ -27,8 +29,9 @@ impl MappingDiff {
 }
 
 /// The difference from `old` to `new`, keyed by public port; ports mapped alike in both
-/// appear nowhere. Each list should name a port once (as `load_mappings` gives them); if
-/// one does not, its last mapping of the port counts.
+/// appear nowhere. Both lists should be of one protocol (TCP with TCP, UDP with UDP), and
+/// each should name a port once (as `load_mappings` gives them); if one does not, its last
+/// mapping of the port counts.
 pub fn diff(old: &[Mapping], new: &[Mapping]) -> MappingDiff {
     let old: BTreeMap<u16, &Mapping> = old.iter().map(|m| (m.public_port, m)).collect();
     let new: BTreeMap<u16, &Mapping> = new.iter().map(|m| (m.public_port, m)).collect();

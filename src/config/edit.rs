@@ -1,9 +1,12 @@
-//! Changes to the port mapping file made while the server runs: [`set_mapping`] and
-//! [`remove_mapping`] rewrite the lines of one port in the file's text and leave every other
-//! byte as it was (comments, blank lines, the order and spelling of the other lines, the line
-//! endings, a UTF-8 BOM, a missing final newline); [`write_atomically`] puts the new text in
-//! place, so a reader sees the old file or the new one, never a mix. The functions are
-//! re-exported as `crate::config::{set_mapping, remove_mapping, write_atomically}`.
+//! Changes to the port mapping file made while the server runs: [`set_proto_mapping`] and
+//! [`remove_proto_mapping`] rewrite the lines of one port's TCP (`[MAPPER]`) or UDP (`[UDP]`)
+//! mapping in the file's text and leave every other byte as it was (comments, blank lines,
+//! the order and spelling of the other lines, the other protocol's mapping of the same port,
+//! the line endings, a UTF-8 BOM, a missing final newline); [`set_mapping`] and
+//! [`remove_mapping`] are the same for TCP. [`write_atomically`] puts the new text in place,
+//! so a reader sees the old file or the new one, never a mix. The functions are re-exported
+//! as `crate::config::{set_mapping, remove_mapping, set_proto_mapping, remove_proto_mapping,
+//! write_atomically}`.
 //!
 //! Lines are read as `ini` reads them: section names compare without case, a port key by its
 //! number as `load_mappings` parses it (`01234` is port 1234), and text after a `#`/`;` that
@@ -18,28 +21,37 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::ini::strip_comment;
-use super::mappings::{check_tag, split_target, target_range};
+use super::mappings::{Proto, check_tag, split_target, target_range};
 use super::range::PortRange;
 use super::{DEFAULT_TAG, Target};
 
-/// The mapping file's text with `port` mapped to `target` and tagged `tag`.
+/// [`set_proto_mapping`] for TCP: the mapping file's text with `port`'s `[MAPPER]` line
+/// mapping it to `target`, and the port tagged `tag`.
+pub fn set_mapping(text: &str, port: u16, target: &str, tag: &str) -> String {
+    set_proto_mapping(text, Proto::Tcp, port, target, tag)
+}
+
+/// The mapping file's text with `port` mapped for `proto` to `target` (in `[MAPPER]` for TCP,
+/// `[UDP]` for UDP) and tagged `tag`.
 ///
-/// An existing `[MAPPER]` (or `[TAG]`) line of the port keeps its key as written, its
+/// An existing line of the port in that section (or in `[TAG]`) keeps its key as written, its
 /// separator, its spacing and its trailing comment: only the value changes. A new line
 /// `port=target` (or `port=tag`) goes right after the last entry of the last such section,
 /// or in a new section at the end of the file. Tag [`DEFAULT_TAG`] removes the port's `[TAG]`
-/// line instead. No other line changes.
+/// line instead. The other protocol's section is not touched, but `[TAG]` is the port
+/// number's: a TCP and a UDP mapping of one port share its tag, so pass the other mapping's
+/// tag to keep it. No other line changes.
 ///
 /// `target` must be a target [`Target::parse`] accepts and `tag` a valid tag that does not
 /// end with `\` (a line may not), or the file will not load.
-pub fn set_mapping(text: &str, port: u16, target: &str, tag: &str) -> String {
+pub fn set_proto_mapping(text: &str, proto: Proto, port: u16, target: &str, tag: &str) -> String {
     debug_assert!(Target::parse(target).is_ok(), "target {target:?}");
     debug_assert!(
         check_tag(tag).is_ok() && !tag.ends_with('\\'),
         "tag {tag:?}"
     );
     let mut file = Lines::split(text);
-    file.set("MAPPER", port, target);
+    file.set(proto.section(), port, target);
     if tag == DEFAULT_TAG {
         file.remove("TAG", port);
     } else {
@@ -48,16 +60,31 @@ pub fn set_mapping(text: &str, port: u16, target: &str, tag: &str) -> String {
     file.join()
 }
 
-/// The mapping file's text without the `[MAPPER]`, `[TAG]`, `[ALLOW]`, `[PROXY]` and `[LIMIT]`
-/// lines of `port` (such a line of an unmapped port would not load); no other line
-/// changes (comments above the removed lines stay).
+/// [`remove_proto_mapping`] for TCP: the mapping file's text without `port`'s `[MAPPER]` and
+/// `[PROXY]` lines, nor, unless `[UDP]` maps the port, its `[TAG]`, `[ALLOW]` and `[LIMIT]`
+/// lines.
 pub fn remove_mapping(text: &str, port: u16) -> String {
+    remove_proto_mapping(text, Proto::Tcp, port)
+}
+
+/// The mapping file's text without `port`'s mapping for `proto` (its `[MAPPER]` or `[UDP]`
+/// line; a range line holding it is split). The port's `[TAG]`, `[ALLOW]` and `[LIMIT]` lines
+/// serve both protocols: they go too when the other protocol does not map the port either
+/// (such a line of an unmapped port would not load), and stay otherwise. Its `[PROXY]` line
+/// is for TCP only and goes with the TCP mapping (or with the last mapping). No other line
+/// changes (comments above the removed lines stay).
+pub fn remove_proto_mapping(text: &str, proto: Proto, port: u16) -> String {
     let mut file = Lines::split(text);
-    file.remove("MAPPER", port);
-    file.remove("TAG", port);
-    file.remove("ALLOW", port);
-    file.remove("PROXY", port);
-    file.remove("LIMIT", port);
+    file.remove(proto.section(), port);
+    let last = file.find(proto.other().section(), port).is_empty();
+    if last || proto == Proto::Tcp {
+        file.remove("PROXY", port);
+    }
+    if last {
+        for section in ["TAG", "ALLOW", "LIMIT"] {
+            file.remove(section, port);
+        }
+    }
     file.join()
 }
 
@@ -256,9 +283,10 @@ fn with_key(line: &str, key: &str) -> String {
 }
 
 /// What the ports `piece` of a line `keys=value` of `section` get: the value itself, or in
-/// `[MAPPER]` the targets of those ports (`None` if the value is not a valid target).
+/// `[MAPPER]` and `[UDP]` the targets of those ports (`None` if the value is not a valid
+/// target).
 fn piece_value(section: &str, value: &str, keys: PortRange, piece: PortRange) -> Option<String> {
-    if section != "MAPPER" {
+    if Proto::of_section(section).is_none() {
         return Some(value.to_string());
     }
     let (host, ports) = target_range(value, keys).ok()?;

@@ -1,9 +1,10 @@
 //! The port mapping file and the values in it: [`Target`] (an inner `host:port`, with its
 //! [`Host`]), [`Mapping`] (a public port, its target, its tag, its source allow-list, its
-//! PROXY setting and its bandwidth limit), [`load_mappings`] that reads `[MAPPER]`, `[TAG]`,
-//! `[ALLOW]`, `[PROXY]` and `[LIMIT]`, and the checks on public ports, hosts, names and tags (the
-//! last three also serve the client's `SERVER_IP` and `TAG`). The types are re-exported as
-//! `crate::config::{Host, Target, Mapping}`.
+//! PROXY setting and its bandwidth limit), [`Proto`] (TCP or UDP, and the section of each),
+//! [`load_mappings`] that reads the TCP mappings of `[MAPPER]` and the UDP ones of `[UDP]`
+//! with what `[TAG]`, `[ALLOW]`, `[PROXY]` and `[LIMIT]` give them, and the checks on public
+//! ports, hosts, names and tags (the last three also serve the client's `SERVER_IP` and
+//! `TAG`). The types are re-exported as `crate::config::{Host, Target, Mapping, Proto}`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -98,7 +99,7 @@ pub(super) fn split_target(s: &str) -> Result<(Host, Option<&str>), String> {
     Ok((host, port))
 }
 
-/// The targets of the `[MAPPER]` line `public=s`: a port maps to `host:port`; a range
+/// The targets of the `[MAPPER]` (or `[UDP]`) line `public=s`: a port maps to `host:port`; a range
 /// `6000-6009` maps to `host:7000-7009` (a range as long) or to bare `host` (the same ports).
 /// Returns the host and the target ports, as many as `public` has.
 pub(super) fn target_range(s: &str, public: PortRange) -> Result<(Host, PortRange), String> {
@@ -137,10 +138,11 @@ impl fmt::Display for Target {
     }
 }
 
-/// One line of `[MAPPER]`, with its tag from `[TAG]` (default `"default"`), its source
-/// allow-list from `[ALLOW]` (`None`: every address may connect), the PROXY header its
-/// targets get from `[PROXY]` (`None`: none) and its bandwidth limit from `[LIMIT]` or,
-/// without a line there, `BANDWIDTH` (`None`: no limit).
+/// One port of a `[MAPPER]` (TCP) or `[UDP]` line, with its tag from `[TAG]` (default
+/// `"default"`), its source allow-list from `[ALLOW]` (`None`: every address may connect),
+/// the PROXY header its targets get from `[PROXY]` (`None`: none; always `None` for UDP) and
+/// its bandwidth limit from `[LIMIT]` or, without a line there, `BANDWIDTH` (`None`: no
+/// limit). Which protocol it is for is the list it is in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
     pub public_port: u16,
@@ -152,24 +154,87 @@ pub struct Mapping {
     pub limit: Option<Rate>,
 }
 
-/// Read `[MAPPER]`, `[TAG]`, `[ALLOW]`, `[PROXY]` and `[LIMIT]` of the mapping file; a port
-/// without a `[LIMIT]` line gets `default_limit` (`BANDWIDTH`).
+/// The two protocols a public port can be mapped for, each with its section of the mapping
+/// file: TCP in `[MAPPER]`, UDP in `[UDP]`. One port number may be mapped for both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// The mapping file's section of the protocol's mappings, as `ini` names it (upper case).
+    pub fn section(self) -> &'static str {
+        match self {
+            Proto::Tcp => "MAPPER",
+            Proto::Udp => "UDP",
+        }
+    }
+
+    /// The other protocol.
+    pub fn other(self) -> Proto {
+        match self {
+            Proto::Tcp => Proto::Udp,
+            Proto::Udp => Proto::Tcp,
+        }
+    }
+
+    /// `tcp` or `udp`, any case (the admin API's `proto`).
+    pub fn parse(s: &str) -> Option<Proto> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tcp" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+
+    /// The protocol whose mappings `section` (upper case) holds, if it holds any.
+    pub(super) fn of_section(section: &str) -> Option<Proto> {
+        [Proto::Tcp, Proto::Udp]
+            .into_iter()
+            .find(|p| p.section() == section)
+    }
+}
+
+/// `tcp` or `udp`.
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// The mappings of a mapping file: `[MAPPER]`'s and `[UDP]`'s, each sorted by public port.
+#[derive(Debug)]
+pub(super) struct Mappings {
+    pub tcp: Vec<Mapping>,
+    pub udp: Vec<Mapping>,
+}
+
+/// The targets of one section's lines, by public port, with the line of each.
+type Targets<'d> = BTreeMap<u16, (Target, &'d Entry)>;
+
+/// Read `[MAPPER]`, `[UDP]`, `[TAG]`, `[ALLOW]`, `[PROXY]` and `[LIMIT]` of the mapping file; a
+/// port without a `[LIMIT]` line gets `default_limit` (`BANDWIDTH`). `[TAG]`, `[ALLOW]` and
+/// `[LIMIT]` give a port number's TCP and UDP mappings alike; `[PROXY]` is for TCP only.
 pub(super) fn load_mappings(
     file: &Path,
     inner_port: u16,
     cfg_file: &Path,
     default_limit: Option<Rate>,
     warnings: &mut Vec<String>,
-) -> Result<Vec<Mapping>, ConfigError> {
+) -> Result<Mappings, ConfigError> {
     let doc = Doc::read(file, "port mapping file")?;
     for head in doc.sections.iter().filter(|h| {
         !matches!(
             h.name.as_str(),
-            "MAPPER" | "TAG" | "ALLOW" | "PROXY" | "LIMIT"
+            "MAPPER" | "UDP" | "TAG" | "ALLOW" | "PROXY" | "LIMIT"
         )
     }) {
         let what = format!(
-            "unknown section [{}], ignored (expected [MAPPER], [TAG], [ALLOW], [PROXY] and [LIMIT])",
+            "unknown section [{}], ignored (expected [MAPPER], [UDP], [TAG], [ALLOW], [PROXY] and [LIMIT])",
             head.raw
         );
         warnings.push(doc.note(Some(head.line), None, &what));
@@ -178,13 +243,90 @@ pub(super) fn load_mappings(
         warnings.push(doc.note(
             e.line,
             Some(e),
-            "key outside a section, ignored (mappings go under [MAPPER])",
+            "key outside a section, ignored (mappings go under [MAPPER] or [UDP])",
         ));
     }
 
-    let mut targets: BTreeMap<u16, (Target, &Entry)> = BTreeMap::new();
-    for e in doc.entries_in("MAPPER") {
-        let public = port_key(&doc, e)?;
+    // A UDP port may be the INNER_PORT: that one is a TCP listener.
+    let tcp = section_targets(&doc, Proto::Tcp, Some((inner_port, cfg_file)))?;
+    let udp = section_targets(&doc, Proto::Udp, None)?;
+    let unmapped = |port: u16| {
+        (!tcp.contains_key(&port) && !udp.contains_key(&port))
+            .then(|| format!("port {port} has no [MAPPER] or [UDP] entry"))
+    };
+
+    let tags = per_port(&doc, "TAG", unmapped, "is tagged twice", |e| {
+        check_tag(&e.value).map(|()| e.value.clone())
+    })?;
+    let allows = per_port(&doc, "ALLOW", unmapped, "has two allow-lists", |e| {
+        parse_cidr_list(&e.value)
+    })?;
+    let tcp_only = |port: u16| {
+        unmapped(port).or_else(|| {
+            (!tcp.contains_key(&port)).then(|| {
+                format!("PROXY headers are for TCP mappings; port {port} has only a [UDP] mapping")
+            })
+        })
+    };
+    let proxies = per_port(&doc, "PROXY", tcp_only, "has two [PROXY] lines", |e| {
+        ProxyVersion::parse(&e.value).ok_or_else(|| {
+            format!(
+                "{:?} is not a PROXY protocol version (expected v1 or v2)",
+                e.value
+            )
+        })
+    })?;
+    let limits = per_port(&doc, "LIMIT", unmapped, "has two limits", |e| {
+        if e.value.trim().eq_ignore_ascii_case("none") {
+            Ok(None)
+        } else {
+            parse_rate(&e.value).map(Some)
+        }
+    })?;
+
+    if tcp.is_empty() && udp.is_empty() {
+        warnings.push(format!(
+            "{}: no port mappings: nothing will be published",
+            file.display()
+        ));
+    }
+    let mappings = |targets: Targets<'_>, proto: Proto| -> Vec<Mapping> {
+        targets
+            .into_iter()
+            .map(|(public_port, (target, _))| Mapping {
+                public_port,
+                target,
+                tag: tags
+                    .get(&public_port)
+                    .map_or_else(|| DEFAULT_TAG.to_string(), |(tag, _)| tag.clone()),
+                allow: allows.get(&public_port).map(|(list, _)| list.clone()),
+                proxy: match proto {
+                    Proto::Tcp => proxies.get(&public_port).map(|&(v, _)| v),
+                    Proto::Udp => None,
+                },
+                limit: limits
+                    .get(&public_port)
+                    .map_or(default_limit, |&(rate, _)| rate),
+            })
+            .collect()
+    };
+    Ok(Mappings {
+        tcp: mappings(tcp, Proto::Tcp),
+        udp: mappings(udp, Proto::Udp),
+    })
+}
+
+/// The targets of the lines of `proto`'s section, each port of a range its own: a port
+/// mapped twice is an error, and with `inner` (the INNER_PORT and the file that sets it) so is
+/// a port that is the INNER_PORT.
+fn section_targets<'d>(
+    doc: &'d Doc,
+    proto: Proto,
+    inner: Option<(u16, &Path)>,
+) -> Result<Targets<'d>, ConfigError> {
+    let mut targets = Targets::new();
+    for e in doc.entries_in(proto.section()) {
+        let public = port_key(doc, e)?;
         let (host, ports) = target_range(&e.value, public).map_err(|m| doc.err(e, m))?;
         for (i, port) in public.ports().enumerate() {
             if let Some((_, first)) = targets.get(&port) {
@@ -193,7 +335,9 @@ pub(super) fn load_mappings(
                     format!("public port {port} is mapped twice{}", first_at(first)),
                 ));
             }
-            if port == inner_port {
+            if let Some((inner_port, cfg_file)) = inner
+                && port == inner_port
+            {
                 return Err(doc.err(
                     e,
                     format!(
@@ -209,51 +353,7 @@ pub(super) fn load_mappings(
             targets.insert(port, (target, e));
         }
     }
-
-    let mut tags = per_port(&doc, "TAG", &targets, "is tagged twice", |e| {
-        check_tag(&e.value).map(|()| e.value.clone())
-    })?;
-    let mut allows = per_port(&doc, "ALLOW", &targets, "has two allow-lists", |e| {
-        parse_cidr_list(&e.value)
-    })?;
-
-    let mut proxies = per_port(&doc, "PROXY", &targets, "has two [PROXY] lines", |e| {
-        ProxyVersion::parse(&e.value).ok_or_else(|| {
-            format!(
-                "{:?} is not a PROXY protocol version (expected v1 or v2)",
-                e.value
-            )
-        })
-    })?;
-    let mut limits = per_port(&doc, "LIMIT", &targets, "has two limits", |e| {
-        if e.value.trim().eq_ignore_ascii_case("none") {
-            Ok(None)
-        } else {
-            parse_rate(&e.value).map(Some)
-        }
-    })?;
-
-    if targets.is_empty() {
-        warnings.push(format!(
-            "{}: no port mappings: nothing will be published",
-            file.display()
-        ));
-    }
-    Ok(targets
-        .into_iter()
-        .map(|(public_port, (target, _))| Mapping {
-            public_port,
-            target,
-            tag: tags
-                .remove(&public_port)
-                .map_or_else(|| DEFAULT_TAG.to_string(), |(tag, _)| tag),
-            allow: allows.remove(&public_port).map(|(list, _)| list),
-            proxy: proxies.remove(&public_port).map(|(v, _)| v),
-            limit: limits
-                .remove(&public_port)
-                .map_or(default_limit, |(rate, _)| rate),
-        })
-        .collect())
+    Ok(targets)
 }
 
 /// The key of a mapping file line: a public port or a range of them.
@@ -268,19 +368,20 @@ fn port_key(doc: &Doc, e: &Entry) -> Result<PortRange, ConfigError> {
 }
 
 /// The values a section gives its ports (each port of a range the same one), checked with
-/// `parse`: every port must be mapped, and given a value once (else "port N `twice`").
+/// `parse`: `refused` says why a port may not have a line here (`None`: it may), and each port
+/// is given a value once (else "port N `twice`").
 fn per_port<'d, T: Clone>(
     doc: &'d Doc,
     section: &'static str,
-    mapped: &BTreeMap<u16, (Target, &Entry)>,
+    refused: impl Fn(u16) -> Option<String>,
     twice: &str,
     mut parse: impl FnMut(&Entry) -> Result<T, String>,
 ) -> Result<HashMap<u16, (T, &'d Entry)>, ConfigError> {
     let mut values: HashMap<u16, (T, &Entry)> = HashMap::new();
     for e in doc.entries_in(section) {
         let ports = port_key(doc, e)?;
-        if let Some(port) = ports.ports().find(|p| !mapped.contains_key(p)) {
-            return Err(doc.err(e, format!("port {port} has no [MAPPER] entry")));
+        if let Some(why) = ports.ports().find_map(&refused) {
+            return Err(doc.err(e, why));
         }
         let value = parse(e).map_err(|m| doc.err(e, m))?;
         for port in ports.ports() {

@@ -6,13 +6,15 @@
 //! the caller can print it and exit with status 2 before anything listens.
 //!
 //! - `ini`: the INI reader that knows lines, and the dialect every file is written in;
-//! - `mappings`: [`Target`], [`Mapping`] and the port mapping file, with the host, name and
-//!   tag checks the client shares;
+//! - `mappings`: [`Target`], [`Mapping`], [`Proto`] and the port mapping file (TCP mappings
+//!   in `[MAPPER]`, UDP ones in `[UDP]`), with the host, name and tag checks the client shares;
 //! - `cidr`: [`Cidr`], the address ranges of every allow-list;
 //! - `rate`: [`Rate`], the bandwidth limits of `[LIMIT]` and `BANDWIDTH`;
 //! - `allow`: [`AllowList`], the client's `--allow`: networks, names and ports;
-//! - `diff`: [`diff`] of two mapping lists, for a reload to apply only what changed;
-//! - `edit`: [`set_mapping`] and [`remove_mapping`] on the mapping file's text, and
+//! - `diff`: [`diff`] of two mapping lists (the TCP ones or the UDP ones), for a reload to
+//!   apply only what changed;
+//! - `edit`: [`set_mapping`] and [`remove_mapping`] (TCP), [`set_proto_mapping`] and
+//!   [`remove_proto_mapping`] (either protocol) on the mapping file's text, and
 //!   [`write_atomically`] to put it in place;
 //! - here: the typed configs, [`load_server`] and [`client_from_args`], which give the keys
 //!   their meaning.
@@ -37,10 +39,12 @@ mod rate;
 pub use self::allow::{AllowList, Verdict};
 pub use self::cidr::{Cidr, allows, parse_cidr, parse_cidr_list};
 pub use self::diff::{MappingDiff, diff};
-pub use self::edit::{remove_mapping, set_mapping, write_atomically};
+pub use self::edit::{
+    remove_mapping, remove_proto_mapping, set_mapping, set_proto_mapping, write_atomically,
+};
 use self::ini::{Doc, Entry};
 pub(crate) use self::mappings::check_tag;
-pub use self::mappings::{Host, Mapping, Target};
+pub use self::mappings::{Host, Mapping, Proto, Target};
 use self::mappings::{load_mappings, server_host};
 pub use self::range::PortRange;
 pub use self::rate::{Rate, parse_bandwidth, parse_rate};
@@ -57,6 +61,12 @@ pub const MAX_MAX_STREAMS: usize = 1_000_000;
 pub const DEFAULT_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
 /// `FIN_TIMEOUT` when not set.
 pub const DEFAULT_FIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// `UDP_TIMEOUT` when not set: a UDP flow that moved no datagram this long is closed.
+pub const DEFAULT_UDP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// `MAX_UDP_FLOWS` when not set: flows at once per UDP mapping.
+pub const DEFAULT_MAX_UDP_FLOWS: usize = 1024;
+/// Largest accepted `MAX_UDP_FLOWS`.
+pub const MAX_MAX_UDP_FLOWS: usize = 1_000_000;
 /// `CONNECT_TIMEOUT` when not set.
 pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Largest timeout in seconds (a day).
@@ -129,8 +139,15 @@ pub struct ServerConfig {
     pub max_per_source: u32,
     /// `BANDWIDTH`: the limit of every mapping without a `[LIMIT]` line (`None`: no limit).
     pub default_limit: Option<Rate>,
-    /// The mappings, sorted by public port (each port once).
+    /// The TCP mappings (`[MAPPER]`), sorted by public port (each port once).
     pub mappings: Vec<Mapping>,
+    /// The UDP mappings (`[UDP]`), sorted by public port (each port once); `proxy` is always
+    /// `None`. A port number may be in both lists.
+    pub udp_mappings: Vec<Mapping>,
+    /// `UDP_TIMEOUT` (default 60 s): a UDP flow that moved no datagram this long is closed.
+    pub udp_timeout: std::time::Duration,
+    /// `MAX_UDP_FLOWS` (default 1024): flows at once per UDP mapping.
+    pub max_udp_flows: usize,
     /// Problems that did not stop the load (ignored keys, nothing mapped): log them.
     pub warnings: Vec<String>,
 }
@@ -290,7 +307,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
     let doc = Doc::read(path, "config file")?;
     let mut warnings = Vec::new();
     for head in doc.sections.iter().filter(|h| h.name != "DEFAULT") {
-        let what = if matches!(head.name.as_str(), "MAPPER" | "TAG" | "ALLOW") {
+        let what = if matches!(head.name.as_str(), "MAPPER" | "UDP" | "TAG" | "ALLOW") {
             format!(
                 "section [{}] belongs in the port mapping file (OUTER_PORTS_FILE), ignored here",
                 head.name
@@ -318,6 +335,8 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
     let mut client_allow = None;
     let mut max_per_source = None;
     let mut bandwidth = None;
+    let mut udp_timeout = DEFAULT_UDP_TIMEOUT;
+    let mut max_udp_flows = DEFAULT_MAX_UDP_FLOWS;
     let dir = path.parent().unwrap_or(Path::new(""));
     for e in doc.default_entries()? {
         match e.key.as_str() {
@@ -351,17 +370,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
                     )
                 })?);
             }
-            "MAX_STREAMS" => {
-                let n = parse_number(&e.value)
-                    .filter(|n| (1..=MAX_MAX_STREAMS as u64).contains(n))
-                    .ok_or_else(|| {
-                        doc.err(
-                            e,
-                            format!("{:?} is not a number from 1 to {MAX_MAX_STREAMS}", e.value),
-                        )
-                    })?;
-                max_streams = Some(n as usize);
-            }
+            "MAX_STREAMS" => max_streams = Some(count_value(&doc, e, MAX_MAX_STREAMS)?),
             "HEARTBEAT" => {
                 let secs = e
                     .value
@@ -404,6 +413,12 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
                 max_per_source = Some(n);
             }
             "BANDWIDTH" => bandwidth = Some(parse_bandwidth(&e.value).map_err(|m| doc.err(e, m))?),
+            "UDP_TIMEOUT" => {
+                udp_timeout = timeout_secs(&e.value, false)
+                    .map_err(|m| doc.err(e, m))?
+                    .unwrap_or(DEFAULT_UDP_TIMEOUT)
+            }
+            "MAX_UDP_FLOWS" => max_udp_flows = count_value(&doc, e, MAX_MAX_UDP_FLOWS)?,
             k if k == "USER_FILE" || k.starts_with("REST") || k.starts_with("API") => {
                 warnings.push(doc.note(e.line, Some(e), "not supported, ignored"));
             }
@@ -456,6 +471,7 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         None => dir.join(DEFAULT_MAPPER_FILE),
     };
     let mappings = load_mappings(&mapper_file, inner_port, path, bandwidth, &mut warnings)?;
+    let (udp_mappings, mappings) = (mappings.udp, mappings.tcp);
     let admin = match (admin_addr, admin_token) {
         (None, None) => None,
         (None, Some((_, e))) => {
@@ -499,8 +515,19 @@ pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
         max_per_source: max_per_source.unwrap_or(0),
         default_limit: bandwidth,
         mappings,
+        udp_mappings,
+        udp_timeout,
+        max_udp_flows,
         warnings,
     })
+}
+
+/// A count from 1 to `max`, such as `MAX_STREAMS`.
+fn count_value(doc: &Doc, e: &Entry, max: usize) -> Result<usize, ConfigError> {
+    parse_number(&e.value)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| doc.err(e, format!("{:?} is not a number from 1 to {max}", e.value)))
 }
 
 /// A timeout in whole seconds, 1 to a day; with `zero_is_none`, 0 means none.

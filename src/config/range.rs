@@ -1,6 +1,6 @@
 //! Port ranges, as the mapping file writes them: a port (`6000`) or an inclusive range
-//! (`6000-6009`). Every section of the mapping file takes one as its key, and `[MAPPER]` also
-//! as the port of its target (`6000-6009=10.0.0.5:7000-7009`).
+//! (`6000-6009`). Every section of the mapping file takes one as its key, and `[MAPPER]` and
+//! `[UDP]` also as the port of their targets (`6000-6009=10.0.0.5:7000-7009`).
 
 use std::fmt;
 use std::ops::RangeInclusive;

@@ -23,8 +23,13 @@ const FILE: &str = "\
 2000=office  # moved in May
 ";
 
-/// The mappings the loader reads from `text`, as (port, target, tag).
+/// The TCP mappings the loader reads from `text`, as (port, target, tag).
 fn load(text: &str) -> Vec<(u16, String, String)> {
+    load_proto(text, Proto::Tcp)
+}
+
+/// The `proto` mappings the loader reads from `text`, as (port, target, tag).
+fn load_proto(text: &str, proto: Proto) -> Vec<(u16, String, String)> {
     let s = Scratch::new("edit");
     let path = s.write("port_mapper.cfg", text);
     let mut warnings = Vec::new();
@@ -36,15 +41,10 @@ fn load(text: &str) -> Vec<(u16, String, String)> {
         &mut warnings,
     )
     .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    got.into_iter()
-        .map(|m| (m.public_port, m.target.to_string(), m.tag))
-        .collect()
-}
-
-fn want(list: &[(u16, &str, &str)]) -> Vec<(u16, String, String)> {
-    list.iter()
-        .map(|&(p, t, g)| (p, t.to_string(), g.to_string()))
-        .collect()
+    triples(match proto {
+        Proto::Tcp => &got.tcp,
+        Proto::Udp => &got.udp,
+    })
 }
 
 #[test]
@@ -489,4 +489,187 @@ fn a_range_target_written_with_leading_zeros_is_split_by_its_numbers() {
         "[MAPPER]\n6000=10.0.0.5:6000\n6001=10.0.0.9:22\n6002=10.0.0.5:6002\n"
     );
     assert_eq!(load(&got).len(), 3);
+}
+
+/// A file that maps port 53 for TCP and UDP, 5353 for UDP only, 22 for TCP only.
+const BOTH: &str = "\
+[MAPPER]
+53=10.0.0.5:53   # dns over tcp
+22=10.0.0.5:22
+[UDP]
+53 = 10.0.0.6:53 ; dns
+5353=10.0.0.7:5353
+[TAG]
+53=dns
+[ALLOW]
+53=10.0.0.0/8
+[PROXY]
+53=v1
+[LIMIT]
+53=1mbit
+";
+
+#[test]
+fn udp_edits_leave_mapper_alone() {
+    // Replace: the [UDP] value only.
+    let got = set_proto_mapping(BOTH, Proto::Udp, 53, "10.0.0.9:53", "dns");
+    assert_eq!(
+        got,
+        BOTH.replace("53 = 10.0.0.6:53 ; dns", "53 = 10.0.0.9:53 ; dns")
+    );
+    assert_eq!(load(&got), load(BOTH));
+    // Add: after the last [UDP] entry; the tag is the port number's.
+    let got = set_proto_mapping(BOTH, Proto::Udp, 22, "10.0.0.9:22", "ssh");
+    assert_eq!(
+        got,
+        BOTH.replace(
+            "5353=10.0.0.7:5353\n",
+            "5353=10.0.0.7:5353\n22=10.0.0.9:22\n"
+        )
+        .replace("53=dns\n", "53=dns\n22=ssh\n")
+    );
+    assert_eq!(
+        load_proto(&got, Proto::Udp),
+        want(&[
+            (22, "10.0.0.9:22", "ssh"),
+            (53, "10.0.0.6:53", "dns"),
+            (5353, "10.0.0.7:5353", "default")
+        ])
+    );
+    assert_eq!(
+        load(&got),
+        want(&[(22, "10.0.0.5:22", "ssh"), (53, "10.0.0.5:53", "dns")])
+    );
+    // And the other way round: a TCP edit leaves [UDP] alone.
+    let got = set_proto_mapping(BOTH, Proto::Tcp, 53, "10.0.0.9:53", "dns");
+    assert_eq!(got, set_mapping(BOTH, 53, "10.0.0.9:53", "dns"));
+    assert_eq!(
+        got,
+        BOTH.replace("53=10.0.0.5:53   # dns", "53=10.0.0.9:53   # dns")
+    );
+    assert_eq!(load_proto(&got, Proto::Udp), load_proto(BOTH, Proto::Udp));
+    let got = set_mapping(BOTH, 5353, "10.0.0.9:80", DEFAULT_TAG);
+    assert_eq!(
+        got,
+        BOTH.replace("22=10.0.0.5:22\n", "22=10.0.0.5:22\n5353=10.0.0.9:80\n")
+    );
+}
+
+#[test]
+fn a_udp_section_is_created_when_missing() {
+    let text = "[MAPPER]\n22=10.0.0.5:22\n";
+    let got = set_proto_mapping(text, Proto::Udp, 22, "10.0.0.5:53", DEFAULT_TAG);
+    assert_eq!(got, "[MAPPER]\n22=10.0.0.5:22\n\n[UDP]\n22=10.0.0.5:53\n");
+    assert_eq!(
+        load_proto(&got, Proto::Udp),
+        want(&[(22, "10.0.0.5:53", "default")])
+    );
+    assert_eq!(load(&got), want(&[(22, "10.0.0.5:22", "default")]));
+    assert_eq!(
+        set_proto_mapping("", Proto::Udp, 53, "[::1]:53", "dns"),
+        "[UDP]\n53=[::1]:53\n\n[TAG]\n53=dns\n"
+    );
+}
+
+#[test]
+fn deleting_one_protocol_keeps_the_ports_shared_lines() {
+    // UDP 53 goes: TCP 53 still uses its tag, allow-list, limit and PROXY line.
+    let got = remove_proto_mapping(BOTH, Proto::Udp, 53);
+    assert_eq!(got, BOTH.replace("53 = 10.0.0.6:53 ; dns\n", ""));
+    assert_eq!(load(&got), load(BOTH));
+    assert_eq!(
+        load_proto(&got, Proto::Udp),
+        want(&[(5353, "10.0.0.7:5353", "default")])
+    );
+    // TCP 53 goes: UDP 53 keeps the shared lines, the PROXY line goes with TCP.
+    let got = remove_proto_mapping(BOTH, Proto::Tcp, 53);
+    assert_eq!(got, remove_mapping(BOTH, 53));
+    assert_eq!(
+        got,
+        BOTH.replace("53=10.0.0.5:53   # dns over tcp\n", "")
+            .replace("[PROXY]\n53=v1\n", "[PROXY]\n")
+    );
+    assert_eq!(load_proto(&got, Proto::Udp), load_proto(BOTH, Proto::Udp));
+    assert_eq!(load(&got), want(&[(22, "10.0.0.5:22", "default")]));
+    // Both go: nothing of port 53 is left.
+    let none = remove_proto_mapping(&got, Proto::Udp, 53);
+    assert_eq!(
+        none,
+        "[MAPPER]\n22=10.0.0.5:22\n[UDP]\n5353=10.0.0.7:5353\n[TAG]\n[ALLOW]\n[PROXY]\n[LIMIT]\n"
+    );
+    assert_eq!(
+        remove_proto_mapping(&remove_mapping(BOTH, 53), Proto::Udp, 53),
+        none
+    );
+    assert_eq!(
+        remove_mapping(&remove_proto_mapping(BOTH, Proto::Udp, 53), 53),
+        none
+    );
+    // A port the protocol does not map: nothing changes, not even the shared lines.
+    assert_eq!(remove_proto_mapping(BOTH, Proto::Udp, 22), BOTH);
+    assert_eq!(remove_mapping(BOTH, 5353), BOTH);
+}
+
+#[test]
+fn one_port_of_a_udp_range_split_and_removed() {
+    let text = "\
+[MAPPER]
+6002=10.0.0.5:22
+[UDP]
+6000-6004 = 10.0.0.5:7000-7004   # game servers
+[TAG]
+6000-6004=game
+";
+    let got = set_proto_mapping(text, Proto::Udp, 6002, "10.0.0.9:53", "game");
+    assert_eq!(
+        got,
+        "\
+[MAPPER]
+6002=10.0.0.5:22
+[UDP]
+6000-6001 = 10.0.0.5:7000-7001   # game servers
+6002=10.0.0.9:53
+6003-6004=10.0.0.5:7003-7004
+[TAG]
+6000-6004=game
+"
+    );
+    let mut all = load_proto(text, Proto::Udp);
+    all[2].1 = "10.0.0.9:53".to_string();
+    assert_eq!(load_proto(&got, Proto::Udp), all);
+    // Removing UDP 6002: TCP 6002 still uses the tag, so that range stays whole.
+    let got = remove_proto_mapping(text, Proto::Udp, 6002);
+    assert!(
+        got.contains(
+            "[UDP]\n6000-6001 = 10.0.0.5:7000-7001   # game servers\n6003-6004=10.0.0.5:7003-7004\n"
+        ),
+        "{got}"
+    );
+    assert!(got.contains("[TAG]\n6000-6004=game\n"), "{got}");
+    assert_eq!(load(&got), want(&[(6002, "10.0.0.5:22", "game")]));
+    assert_eq!(load_proto(&got, Proto::Udp).len(), 4);
+    // Removing UDP 6001 (no TCP mapping): the tag range is split too.
+    let got = remove_proto_mapping(text, Proto::Udp, 6001);
+    assert!(got.contains("[TAG]\n6000=game\n6002-6004=game\n"), "{got}");
+    // A range in [MAPPER] is not split by a UDP edit of one of its ports.
+    let tcp = "[MAPPER]\n6000-6004=10.0.0.5\n";
+    let got = set_proto_mapping(tcp, Proto::Udp, 6002, "10.0.0.5:53", DEFAULT_TAG);
+    assert_eq!(
+        got,
+        "[MAPPER]\n6000-6004=10.0.0.5\n\n[UDP]\n6002=10.0.0.5:53\n"
+    );
+    assert_eq!(remove_proto_mapping(tcp, Proto::Udp, 6002), tcp);
+}
+
+#[test]
+fn protos_parse_and_name_their_sections() {
+    assert_eq!(Proto::parse("tcp"), Some(Proto::Tcp));
+    assert_eq!(Proto::parse(" UDP "), Some(Proto::Udp));
+    assert_eq!(Proto::parse("sctp"), None);
+    assert_eq!(Proto::parse(""), None);
+    assert_eq!(Proto::Tcp.section(), "MAPPER");
+    assert_eq!(Proto::Udp.section(), "UDP");
+    assert_eq!(Proto::Udp.other(), Proto::Tcp);
+    assert_eq!(Proto::Tcp.to_string(), "tcp");
+    assert_eq!(Proto::Udp.to_string(), "udp");
 }

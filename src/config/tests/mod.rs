@@ -58,6 +58,20 @@ fn server_err(cfg: &str, mapper: &str) -> (Scratch, ConfigError) {
     (s, e)
 }
 
+/// Mappings as (port, target, tag), to compare with [`want`].
+fn triples(list: &[Mapping]) -> Vec<(u16, String, String)> {
+    list.iter()
+        .map(|m| (m.public_port, m.target.to_string(), m.tag.clone()))
+        .collect()
+}
+
+/// The (port, target, tag) triples `list` writes with `&str`.
+fn want(list: &[(u16, &str, &str)]) -> Vec<(u16, String, String)> {
+    list.iter()
+        .map(|&(p, t, g)| (p, t.to_string(), g.to_string()))
+        .collect()
+}
+
 fn client_args(config: Option<PathBuf>, ip: Option<&str>, port: Option<&str>) -> ClientInput {
     ClientInput {
         server_ip: ip.map(str::to_string),

@@ -292,6 +292,14 @@ fn server_cfg_errors() {
     }
 }
 
+/// Check that `mapper` fails to load, on line `line` of the mapping file, with each of `parts`.
+fn mapper_err_at(mapper: &str, line: usize, parts: &[&str]) {
+    let (s, e) = server_err(CFG, mapper);
+    assert_err(&e, &s.0.join("port_mapper.cfg"), parts);
+    assert_eq!(e.line(), Some(line), "{e}");
+    assert!(e.to_string().contains(&format!("line {line}: ")), "{e}");
+}
+
 #[test]
 fn mapper_errors() {
     for (mapper, line, parts) in [
@@ -363,7 +371,7 @@ fn mapper_errors() {
         (
             "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n4321=office\n",
             4,
-            &["[TAG] key 4321: port 4321 has no [MAPPER] entry"],
+            &["[TAG] key 4321: port 4321 has no [MAPPER] or [UDP] entry"],
         ),
         (
             "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234=\n",
@@ -392,10 +400,7 @@ fn mapper_errors() {
         ),
         ("[MAPPER]\n1234 10.0.0.1\n", 2, &["expected key=value"]),
     ] {
-        let (s, e) = server_err(CFG, mapper);
-        assert_err(&e, &s.0.join("port_mapper.cfg"), parts);
-        assert_eq!(e.line(), Some(line), "{e}");
-        assert!(e.to_string().contains(&format!("line {line}: ")), "{e}");
+        mapper_err_at(mapper, line, parts);
     }
     let long = format!(
         "[MAPPER]\n1234=10.0.0.1:22\n[TAG]\n1234={}\n",
@@ -552,7 +557,7 @@ fn allow_errors_name_the_line() {
         ("1234=nobody", &["[ALLOW] key 1234", "is not an IP address"]),
         (
             "999=10.0.0.0/8",
-            &["[ALLOW] key 999: port 999 has no [MAPPER] entry"],
+            &["[ALLOW] key 999: port 999 has no [MAPPER] or [UDP] entry"],
         ),
         ("x=10.0.0.0/8", &["[ALLOW] key x", "not a port"]),
     ] {
@@ -716,7 +721,7 @@ fn port_range_errors_name_the_line() {
         (
             "[MAPPER]\n6000-6009=10.0.0.5\n[TAG]\n6005-6010=x\n",
             4,
-            &["[TAG] key 6005-6010: port 6010 has no [MAPPER] entry"],
+            &["[TAG] key 6005-6010: port 6010 has no [MAPPER] or [UDP] entry"],
         ),
         (
             "[MAPPER]\n6000-6009=10.0.0.5\n[TAG]\n6000-6004=x\n6004-6009=y\n",
@@ -729,9 +734,7 @@ fn port_range_errors_name_the_line() {
             &["[ALLOW] key 6000-6009"],
         ),
     ] {
-        let (s, e) = server_err(CFG, mapper);
-        assert_err(&e, &s.0.join("port_mapper.cfg"), parts);
-        assert_eq!(e.line(), Some(line), "{e}");
+        mapper_err_at(mapper, line, parts);
     }
 }
 
@@ -755,7 +758,10 @@ fn proxy_lines_are_read_and_their_errors_name_the_line() {
         ),
         ("1234=", "expected v1 or v2"),
         ("1234=1", "expected v1 or v2"),
-        ("999=v1", "[PROXY] key 999: port 999 has no [MAPPER] entry"),
+        (
+            "999=v1",
+            "[PROXY] key 999: port 999 has no [MAPPER] or [UDP] entry",
+        ),
         ("x=v1", "[PROXY] key x"),
     ] {
         let (s, e) = server_err(CFG, &mapper(line));
@@ -848,7 +854,7 @@ fn limit_errors_name_the_line() {
         ("1234=10MiB", &["[LIMIT] key 1234", "binary units"]),
         (
             "999=1mbit",
-            &["[LIMIT] key 999: port 999 has no [MAPPER] entry"],
+            &["[LIMIT] key 999: port 999 has no [MAPPER] or [UDP] entry"],
         ),
         ("x=1mbit", &["[LIMIT] key x", "not a port"]),
     ] {
@@ -917,4 +923,314 @@ fn limit_lines_take_ranges_each_port_its_own() {
         got,
         [Some(10_000_000), Some(10_000_000), None, Some(8_000_000)]
     );
+}
+
+#[test]
+fn udp_mappings_take_every_target_form() {
+    let s = Scratch::new("udp");
+    let cfg = load_server(&s.server(
+        CFG,
+        "[udp]\n5353=10.0.0.5:53\n6000-6002=10.0.0.5:7000-7002\n6100-6101=10.0.0.6\n\
+         6200=[2001:db8::5]:53\n6300-6301=[::1]\n6400=dns.internal:53\n",
+    ))
+    .unwrap();
+    assert!(cfg.mappings.is_empty(), "{:?}", cfg.mappings);
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    assert_eq!(
+        triples(&cfg.udp_mappings),
+        want(&[
+            (5353, "10.0.0.5:53", "default"),
+            (6000, "10.0.0.5:7000", "default"),
+            (6001, "10.0.0.5:7001", "default"),
+            (6002, "10.0.0.5:7002", "default"),
+            (6100, "10.0.0.6:6100", "default"),
+            (6101, "10.0.0.6:6101", "default"),
+            (6200, "[2001:db8::5]:53", "default"),
+            (6300, "[::1]:6300", "default"),
+            (6301, "[::1]:6301", "default"),
+            (6400, "dns.internal:53", "default"),
+        ])
+    );
+    assert_eq!(
+        cfg.udp_mappings[6].target.host,
+        Host::Ip("2001:db8::5".parse().unwrap())
+    );
+    assert_eq!(
+        cfg.udp_mappings[9].target.host,
+        Host::Name("dns.internal".into())
+    );
+    assert!(cfg.udp_mappings.iter().all(|m| m.proxy.is_none()));
+}
+
+#[test]
+fn one_port_mapped_for_tcp_and_udp_shares_tag_allow_and_limit() {
+    use crate::protocol::proxy::ProxyVersion;
+    let s = Scratch::new("udp-both");
+    let cfg = load_server(&s.server(
+        "[DEFAULT]\nINNER_PORT=1111\nBANDWIDTH=5\n",
+        "[MAPPER]\n53=10.0.0.5:53\n80=10.0.0.5:80\n[UDP]\n53=10.0.0.6:5353\n5353=10.0.0.7:53\n\
+         [TAG]\n53=dns\n5353=mdns\n[ALLOW]\n53=10.0.0.0/8\n5353=192.0.2.1\n\
+         [LIMIT]\n53=1mbit\n5353=none\n[PROXY]\n53=v2\n",
+    ))
+    .unwrap();
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    type Seen<'m> = (
+        u16,
+        String,
+        &'m str,
+        Option<String>,
+        Option<ProxyVersion>,
+        Option<u64>,
+    );
+    /// Port, target, tag, first allowed range, PROXY, limit.
+    fn seen(m: &Mapping) -> Seen<'_> {
+        (
+            m.public_port,
+            m.target.to_string(),
+            m.tag.as_str(),
+            m.allow.as_ref().map(|l| l[0].to_string()),
+            m.proxy,
+            m.limit.map(|r| r.bits_per_sec()),
+        )
+    }
+    let tcp: Vec<_> = cfg.mappings.iter().map(seen).collect();
+    assert_eq!(
+        tcp,
+        [
+            (
+                53,
+                "10.0.0.5:53".to_string(),
+                "dns",
+                Some("10.0.0.0/8".to_string()),
+                Some(ProxyVersion::V2),
+                Some(1_000_000)
+            ),
+            (
+                80,
+                "10.0.0.5:80".to_string(),
+                "default",
+                None,
+                None,
+                Some(5_000_000)
+            ),
+        ]
+    );
+    let udp: Vec<_> = cfg.udp_mappings.iter().map(seen).collect();
+    assert_eq!(
+        udp,
+        [
+            (
+                53,
+                "10.0.0.6:5353".to_string(),
+                "dns",
+                Some("10.0.0.0/8".to_string()),
+                None,
+                Some(1_000_000)
+            ),
+            (
+                5353,
+                "10.0.0.7:53".to_string(),
+                "mdns",
+                Some("192.0.2.1/32".to_string()),
+                None,
+                None
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_udp_port_may_be_the_inner_port() {
+    let s = Scratch::new("udp-inner");
+    let cfg = load_server(&s.server(CFG, "[UDP]\n1111=10.0.0.5:53\n1100-1200=10.0.0.6\n"));
+    let e = cfg.expect_err("1111 is mapped twice");
+    assert_eq!(e.line(), Some(3), "{e}");
+    let cfg = load_server(&s.server(CFG, "[UDP]\n1111=10.0.0.5:53\n")).unwrap();
+    assert_eq!(
+        triples(&cfg.udp_mappings),
+        want(&[(1111, "10.0.0.5:53", "default")])
+    );
+    let cfg = load_server(&s.server(CFG, "[UDP]\n1100-1200=10.0.0.6\n")).unwrap();
+    assert_eq!(cfg.udp_mappings.len(), 101);
+    assert_eq!(cfg.udp_mappings[11].public_port, 1111);
+    // Still not for TCP.
+    let (s, e) = server_err(CFG, "[UDP]\n1111=10.0.0.5:53\n[MAPPER]\n1111=10.0.0.5:22\n");
+    assert_err(
+        &e,
+        &s.0.join("port_mapper.cfg"),
+        &["line 4: [MAPPER] key 1111: public port 1111 is the INNER_PORT of"],
+    );
+}
+
+#[test]
+fn udp_errors_name_the_line() {
+    for (mapper, line, parts) in [
+        (
+            "[UDP]\n5353=10.0.0.5:53\n\n5353=10.0.0.6:53\n",
+            4,
+            &["[UDP] key 5353: public port 5353 is mapped twice (first on line 2)"][..],
+        ),
+        (
+            "[UDP]\n6000-6009=10.0.0.5\n[MAPPER]\n6005=10.0.0.5:22\n[UDP]\n6004-6005=h\n",
+            6,
+            &["[UDP] key 6004-6005: public port 6004 is mapped twice (first on line 2)"],
+        ),
+        (
+            "[UDP]\n6000-6009=10.0.0.5:7000-7008\n",
+            2,
+            &[
+                "[UDP] key 6000-6009",
+                "both ranges must have the same length",
+            ],
+        ),
+        (
+            "[UDP]\n5353=10.0.0.5\n",
+            2,
+            &[r#"[UDP] key 5353: target "10.0.0.5" has no port"#],
+        ),
+        (
+            "[UDP]\ndns=10.0.0.5:53\n",
+            2,
+            &[r#"[UDP] key dns: public port "dns" is not a port"#],
+        ),
+        ("[UDP]\n5353=::1:53\n", 2, &["[UDP] key 5353", "brackets"]),
+        (
+            "[UDP]\n5353=10.0.0.5:53\n[PROXY]\n5353=v1\n",
+            4,
+            &[
+                "[PROXY] key 5353: PROXY headers are for TCP mappings; port 5353 has only a [UDP] mapping",
+            ],
+        ),
+        (
+            "[UDP]\n6000-6009=10.0.0.5\n[MAPPER]\n6000=10.0.0.5:22\n[PROXY]\n6000-6001=v2\n",
+            6,
+            &["[PROXY] key 6000-6001: PROXY headers are for TCP mappings; port 6001 has only"],
+        ),
+        (
+            "[UDP]\n5353=10.0.0.5:53\n[MAPPER]\n22=10.0.0.5:22\n[TAG]\n53=x\n",
+            6,
+            &["[TAG] key 53: port 53 has no [MAPPER] or [UDP] entry"],
+        ),
+        (
+            "[UDP]\n5353=10.0.0.5:53\n[ALLOW]\n5353-5354=10.0.0.0/8\n",
+            4,
+            &["[ALLOW] key 5353-5354: port 5354 has no [MAPPER] or [UDP] entry"],
+        ),
+        (
+            "[UDP]\n5353=10.0.0.5:53\n[LIMIT]\n999=1mbit\n",
+            4,
+            &["[LIMIT] key 999: port 999 has no [MAPPER] or [UDP] entry"],
+        ),
+        (
+            "[UDP]\n5353=10.0.0.5:53\n[PROXY]\n999=v1\n",
+            4,
+            &["[PROXY] key 999: port 999 has no [MAPPER] or [UDP] entry"],
+        ),
+        (
+            "[UDP]\n5353=10.0.0.5:53\n[LIMIT]\n5353=10\n",
+            4,
+            &[r#"[LIMIT] key 5353: "10": no unit"#],
+        ),
+    ] {
+        mapper_err_at(mapper, line, parts);
+    }
+}
+
+#[test]
+fn udp_sections_in_the_warnings() {
+    let s = Scratch::new("udp-warn");
+    let path = s.server(
+        "[DEFAULT]\nINNER_PORT=1111\n[UDP]\n53=h:53\n",
+        "[UDP]\n53=h:53\n[OTHER]\n",
+    );
+    let cfg = load_server(&path).unwrap();
+    let w = &cfg.warnings;
+    let f = path.display();
+    let m = s.0.join("port_mapper.cfg");
+    let m = m.display();
+    assert_eq!(
+        w,
+        &[
+            format!(
+                "{f}: line 3: section [UDP] belongs in the port mapping file (OUTER_PORTS_FILE), ignored here"
+            ),
+            format!(
+                "{m}: line 3: unknown section [OTHER], ignored (expected [MAPPER], [UDP], [TAG], [ALLOW], [PROXY] and [LIMIT])"
+            ),
+        ]
+    );
+    // A file with UDP mappings only publishes something: no "nothing mapped" warning.
+    assert_eq!(cfg.udp_mappings.len(), 1);
+    assert!(cfg.mappings.is_empty());
+}
+
+#[test]
+fn udp_timeout_and_max_udp_flows() {
+    let s = Scratch::new("udp-keys");
+    let cfg = load_server(&s.server(CFG, MAPPER)).unwrap();
+    assert_eq!(cfg.udp_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(cfg.udp_timeout, DEFAULT_UDP_TIMEOUT);
+    assert_eq!(cfg.max_udp_flows, 1024);
+    assert!(cfg.udp_mappings.is_empty());
+    let cfg = load_server(&s.server(
+        "[DEFAULT]\nINNER_PORT=1111\nudp_timeout = 5\nMAX_UDP_FLOWS=1\n",
+        MAPPER,
+    ))
+    .unwrap();
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    assert_eq!(cfg.udp_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(cfg.max_udp_flows, 1);
+    let cfg = load_server(&s.server(
+        "[DEFAULT]\nINNER_PORT=1111\nUDP_TIMEOUT=86400\nMAX_UDP_FLOWS=1000000\n",
+        MAPPER,
+    ))
+    .unwrap();
+    assert_eq!(cfg.udp_timeout, std::time::Duration::from_secs(86_400));
+    assert_eq!(cfg.max_udp_flows, 1_000_000);
+
+    for (line, want) in [
+        (
+            "UDP_TIMEOUT=0",
+            r#"[DEFAULT] key UDP_TIMEOUT: "0" is not a number of seconds from 1 to 86400"#,
+        ),
+        ("UDP_TIMEOUT=soon", r#"key UDP_TIMEOUT: "soon" is not"#),
+        ("UDP_TIMEOUT=1.5", r#"key UDP_TIMEOUT: "1.5" is not"#),
+        ("UDP_TIMEOUT=-1", "key UDP_TIMEOUT"),
+        ("UDP_TIMEOUT=86401", "key UDP_TIMEOUT"),
+        ("UDP_TIMEOUT=", "key UDP_TIMEOUT"),
+        (
+            "MAX_UDP_FLOWS=0",
+            r#"[DEFAULT] key MAX_UDP_FLOWS: "0" is not a number from 1 to 1000000"#,
+        ),
+        ("MAX_UDP_FLOWS=lots", r#"key MAX_UDP_FLOWS: "lots""#),
+        ("MAX_UDP_FLOWS=1000001", "key MAX_UDP_FLOWS"),
+        ("MAX_UDP_FLOWS=99999999999999999999", "key MAX_UDP_FLOWS"),
+    ] {
+        let (s, e) = server_err(&format!("[DEFAULT]\nINNER_PORT=1111\n{line}\n"), MAPPER);
+        assert_err(&e, &s.0.join("forward_server.cfg"), &["line 3: ", want]);
+        assert_eq!(e.line(), Some(3), "{e}");
+    }
+}
+
+#[test]
+fn a_reload_diffs_the_udp_list_on_its_own() {
+    let s = Scratch::new("udp-diff");
+    let old = load_server(&s.server(
+        CFG,
+        "[MAPPER]\n53=10.0.0.5:53\n[UDP]\n53=10.0.0.5:53\n5353=10.0.0.7:53\n",
+    ))
+    .unwrap();
+    let new = load_server(&s.server(
+        CFG,
+        "[MAPPER]\n53=10.0.0.5:53\n[UDP]\n53=10.0.0.6:53\n6000=10.0.0.8:53\n",
+    ))
+    .unwrap();
+    assert!(diff(&old.mappings, &new.mappings).is_empty());
+    let d = diff(&old.udp_mappings, &new.udp_mappings);
+    let ports = |l: &[Mapping]| l.iter().map(|m| m.public_port).collect::<Vec<_>>();
+    assert_eq!(ports(&d.added), [6000]);
+    assert_eq!(ports(&d.removed), [5353]);
+    assert_eq!(d.changed.len(), 1);
+    assert_eq!(d.changed[0].0.target.to_string(), "10.0.0.5:53");
+    assert_eq!(d.changed[0].1.target.to_string(), "10.0.0.6:53");
 }
