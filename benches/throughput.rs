@@ -95,7 +95,8 @@ fn receive(s: &mut Session<u32>, inbox: &mut Vec<u8>, now: Instant) -> usize {
                 s.delivered(id, n);
             }
             Input::Event(Event::Open { id, .. }) => {
-                s.accept_open(id, id, false).expect("within the stream limit");
+                s.accept_open(id, id, false)
+                    .expect("within the stream limit");
                 s.stream_connected(id);
             }
             Input::Event(_) => {}

@@ -250,6 +250,9 @@ impl Core {
                 Some(Endpoint::Resolving(p)) if p.tunnel == key => {
                     self.remove(rkey);
                 }
+                Some(Endpoint::UdpFlow(f)) if f.tunnel == key => {
+                    self.remove(rkey);
+                }
                 _ => {}
             }
         }

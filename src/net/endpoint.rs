@@ -9,6 +9,7 @@ use crate::buffer::Buf;
 use crate::net::http::AdminConn;
 use crate::net::relay::Relay;
 use crate::net::tunnel::Tunnel;
+use crate::net::udp::{UdpFlow, UdpPort};
 
 pub enum Endpoint {
     Listener(Listener),
@@ -21,6 +22,10 @@ pub enum Endpoint {
     Resolving(PendingOpen),
     /// A connection to the admin HTTP API.
     Admin(Box<AdminConn>),
+    /// Server: the socket of a public UDP port, with its flows by visitor.
+    UdpPort(Box<UdpPort>),
+    /// A UDP flow: one datagram stream (on the client, with its socket to the target).
+    UdpFlow(Box<UdpFlow>),
     /// Removed in this turn of the loop; the key is freed when the turn ends (see
     /// [`crate::net::reactor::Core::remove`]).
     Closed,

@@ -201,6 +201,25 @@ impl Limits {
         b.usable(now) == 0
     }
 
+    /// A datagram of `n` bytes may move `dir` on `port` (always, when the port is not
+    /// limited): its tokens are spent. Policing, not shaping: one that does not fit the
+    /// bucket now is the caller's to drop.
+    #[inline]
+    pub fn take_datagram(&mut self, port: u16, dir: Dir, n: usize, now: Instant) -> bool {
+        if self.ports.is_empty() {
+            return true;
+        }
+        let Some(l) = self.ports.get_mut(&port) else {
+            return true;
+        };
+        let b = &mut l.buckets[dir as usize];
+        if b.available(now) < n as u64 {
+            return false;
+        }
+        b.take(n as u64);
+        true
+    }
+
     /// Whether `port` is limited.
     #[inline]
     pub fn is_limited(&self, port: u16) -> bool {

@@ -187,6 +187,7 @@ impl Core {
                     p.pending.push(part);
                 }
             }
+            Some(Endpoint::UdpFlow(_)) => self.deliver_datagrams(tkey, rkey, parts),
             _ => {}
         }
     }
@@ -367,7 +368,7 @@ impl Core {
     pub fn drop_relay(&mut self, rkey: usize, abort: bool) {
         if !matches!(
             self.slab.get(rkey).map(|e| &e.ep),
-            Some(Endpoint::Relay(_) | Endpoint::Resolving(_))
+            Some(Endpoint::Relay(_) | Endpoint::Resolving(_) | Endpoint::UdpFlow(_))
         ) {
             return;
         }

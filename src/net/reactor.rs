@@ -27,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{error, info};
+use log::{debug, error, info};
 use mio::event::Event as Readiness;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -44,6 +44,7 @@ use crate::net::relay::{Relay, RelayState, StreamInfo};
 use crate::net::resolve::{Resolver, Ticket};
 use crate::net::splice::PipePool;
 use crate::net::tunnel::Tunnel;
+use crate::net::udp::{UdpDrop, UdpStats};
 use crate::protocol::CloseReason;
 use crate::protocol::session::{Event, STREAM_WINDOW};
 
@@ -74,6 +75,17 @@ pub trait Role {
     }
     /// SIGHUP: read the configuration again and apply what changed.
     fn on_reload(&mut self, _core: &mut Core);
+    /// Server: a datagram from `visitor`, which has no flow yet, reached the public UDP port
+    /// whose socket is endpoint `key`. Open a flow for it (its slab key), or say why the
+    /// datagram is dropped.
+    fn on_new_flow(
+        &mut self,
+        _core: &mut Core,
+        _key: usize,
+        _visitor: SocketAddr,
+    ) -> Result<usize, UdpDrop> {
+        Err(UdpDrop::NoClient)
+    }
     /// A name the role asked the resolver for.
     fn on_resolved(
         &mut self,
@@ -197,6 +209,12 @@ pub struct Core {
     pub visitors_by_source: HashMap<(u16, IpAddr), u32>,
     /// The server's bandwidth limits, by public port (none on the client).
     pub(crate) limits: Limits,
+    /// Datagrams moved and dropped, by public UDP port (0 on the client).
+    pub udp_stats: HashMap<u16, UdpStats>,
+    /// `UDP_TIMEOUT`: a flow that moved no datagram for this long is closed (server).
+    udp_timeout: Option<Duration>,
+    /// Where UDP sockets receive their batches; taken while one is read.
+    pub(crate) udp_batch: Option<crate::net::dgram::RecvBatch>,
 }
 
 impl Core {
@@ -225,6 +243,9 @@ impl Core {
             retired: HashMap::new(),
             visitors_by_source: HashMap::new(),
             limits: Limits::default(),
+            udp_stats: HashMap::new(),
+            udp_timeout: None,
+            udp_batch: None,
         })
     }
 
@@ -244,6 +265,12 @@ impl Core {
             Endpoint::Dial(d) => registry.register(&mut d.sock, token, both)?,
             Endpoint::Relay(r) => registry.register(&mut r.sock, token, both)?,
             Endpoint::Admin(a) => registry.register(&mut a.sock, token, both)?,
+            Endpoint::UdpPort(p) => registry.register(&mut p.sock, token, both)?,
+            Endpoint::UdpFlow(f) => {
+                if let Some(sock) = &mut f.sock {
+                    registry.register(sock, token, both)?;
+                }
+            }
             Endpoint::Resolving(_) | Endpoint::Closed => {}
         }
         entry.insert(Entry { generation, ep });
@@ -262,9 +289,13 @@ impl Core {
         }
         self.removed.push(key);
         let ep = std::mem::replace(&mut entry.ep, Endpoint::Closed);
-        if let Endpoint::Relay(r) = &ep {
-            self.retire(r);
-            self.visitor_gone(r);
+        match &ep {
+            Endpoint::Relay(r) => {
+                self.retire(r);
+                self.visitor_gone(r);
+            }
+            Endpoint::UdpFlow(f) => self.flow_gone(key, f),
+            _ => {}
         }
         Some(ep)
     }
@@ -464,8 +495,22 @@ impl Core {
     /// Set the streams' timeouts (at start-up, on reload); the sweep runs while one is set.
     pub fn set_stream_timeouts(&mut self, timeouts: StreamTimeouts) {
         self.stream_timeouts = timeouts;
-        let on = timeouts.idle.is_some() || timeouts.fin.is_some();
-        if on && !self.sweep_scheduled {
+        self.start_sweep();
+    }
+
+    /// Set `UDP_TIMEOUT` (at start-up, on reload), for flows.
+    pub fn set_udp_timeout(&mut self, timeout: Option<Duration>) {
+        self.udp_timeout = timeout;
+        self.start_sweep();
+    }
+
+    fn sweeping(&self) -> bool {
+        let StreamTimeouts { idle, fin } = self.stream_timeouts;
+        idle.is_some() || fin.is_some() || self.udp_timeout.is_some()
+    }
+
+    fn start_sweep(&mut self) {
+        if self.sweeping() && !self.sweep_scheduled {
             self.sweep_scheduled = true;
             self.schedule(self.now + SWEEP_EVERY, TimerTarget::Sweep);
         }
@@ -475,7 +520,7 @@ impl Core {
     fn sweep_streams(&mut self) {
         self.sweeps = self.sweeps.wrapping_add(1);
         let StreamTimeouts { idle, fin } = self.stream_timeouts;
-        if idle.is_none() && fin.is_none() {
+        if !self.sweeping() {
             self.sweep_scheduled = false;
             return;
         }
@@ -485,7 +530,13 @@ impl Core {
             limit.is_some_and(|l| u64::from(quiet) > l.as_secs().max(1))
         };
         let mut expired = Vec::new();
+        let mut quiet_flows = Vec::new();
         for (key, entry) in self.slab.iter() {
+            if let Endpoint::UdpFlow(f) = &entry.ep
+                && past(self.udp_timeout, self.sweeps.wrapping_sub(f.active))
+            {
+                quiet_flows.push(key);
+            }
             let Endpoint::Relay(r) = &entry.ep else {
                 continue;
             };
@@ -513,6 +564,15 @@ impl Core {
                 );
             }
             self.reset_stream(key, &format!("no byte moved within {which}"));
+        }
+        for key in quiet_flows {
+            if let Some(f) = self.udp_flow_mut(key) {
+                debug!(
+                    "UDP flow {} ({}): no datagram within UDP_TIMEOUT: closed",
+                    f.id, f.label
+                );
+            }
+            self.close_flow(key, "no datagram moved within UDP_TIMEOUT");
         }
         self.schedule(self.now + SWEEP_EVERY, TimerTarget::Sweep);
     }
@@ -665,6 +725,25 @@ impl<R: Role> Reactor<R> {
                     }
                 }
             }
+            Endpoint::UdpPort(p) => {
+                if event.is_readable() || event.is_error() {
+                    p.readable = true;
+                    core.udp_port_read(key, &mut self.role);
+                }
+                if event.is_writable() {
+                    core.udp_writable(key);
+                }
+            }
+            Endpoint::UdpFlow(f) => {
+                // An ICMP error (port unreachable) shows as an error event: the read says it.
+                if event.is_readable() || event.is_error() {
+                    f.readable = true;
+                    core.udp_flow_read(key);
+                }
+                if event.is_writable() {
+                    core.udp_writable(key);
+                }
+            }
             Endpoint::Resolving(_) | Endpoint::Closed => {}
         }
     }
@@ -723,6 +802,10 @@ impl<R: Role> Reactor<R> {
                     self.core.tunnel_read(key, &mut self.role)
                 }
                 Some(Endpoint::Admin(a)) if a.queued => self.admin_drive(key),
+                Some(Endpoint::UdpPort(p)) if p.queued => {
+                    self.core.udp_port_read(key, &mut self.role)
+                }
+                Some(Endpoint::UdpFlow(f)) if f.queued => self.core.udp_flow_read(key),
                 _ => {}
             }
             self.settle();

@@ -52,12 +52,32 @@ pub fn tune_allocator() {
 /// default), as `TcpListener::bind` does otherwise: non-blocking, close-on-exec,
 /// `SO_REUSEADDR`, a backlog of 1024.
 pub fn listen_dual_stack(port: u16) -> io::Result<mio::net::TcpListener> {
+    let fd = bind_dual_stack(libc::SOCK_STREAM, port)?;
+    // SAFETY: a bound socket this function owns.
+    if unsafe { libc::listen(fd.as_raw_fd(), 1024) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(mio::net::TcpListener::from_std(
+        std::net::TcpListener::from(fd),
+    ))
+}
+
+/// A UDP socket on `[::]:port` for IPv6 and IPv4 alike, non-blocking. IPv4 peers appear as
+/// IPv4-mapped addresses, and replies to those addresses reach them.
+pub fn udp_dual_stack(port: u16) -> io::Result<mio::net::UdpSocket> {
+    let fd = bind_dual_stack(libc::SOCK_DGRAM, port)?;
+    Ok(mio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd)))
+}
+
+/// A socket of `kind` bound to `[::]:port` with `IPV6_V6ONLY` off and `SO_REUSEADDR` on
+/// (which lets a TCP listener rebind a port in TIME_WAIT; UDP sockets still cannot share).
+fn bind_dual_stack(kind: libc::c_int, port: u16) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: plain socket calls on a descriptor this function owns; results are checked.
     let fd = unsafe {
         let raw = libc::socket(
             libc::AF_INET6,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             0,
         );
         if raw < 0 {
@@ -91,13 +111,16 @@ pub fn listen_dual_stack(port: u16) -> io::Result<mio::net::TcpListener> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: a bound socket this function owns.
-    if unsafe { libc::listen(fd.as_raw_fd(), 1024) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(mio::net::TcpListener::from_std(
-        std::net::TcpListener::from(fd),
-    ))
+    Ok(fd)
+}
+
+/// Ask for socket buffers of `bytes` each way (the kernel caps them at its
+/// `net.core.rmem_max` / `wmem_max`): a burst of datagrams then waits in the kernel rather
+/// than being dropped there while the loop serves other sockets.
+pub fn set_socket_buffers(sock: &impl AsRawFd, bytes: usize) {
+    let n = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let _ = setsockopt(sock, libc::SOL_SOCKET, libc::SO_RCVBUF, &n);
+    let _ = setsockopt(sock, libc::SOL_SOCKET, libc::SO_SNDBUF, &n);
 }
 
 /// The host cannot open an IPv6 socket on `::` (no IPv6, or it is disabled).

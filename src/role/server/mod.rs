@@ -27,7 +27,9 @@ use mio::net::{TcpListener, TcpStream};
 
 use crate::admin::stats::{RateHistory, ServerCounters, Visit};
 use crate::cli::LogArgs;
-use crate::config::{self, Cidr, Mapping, Rate, Secret, ServerConfig, ServerTlsSetting, Target};
+use crate::config::{
+    self, Cidr, Mapping, Proto, Rate, Secret, ServerConfig, ServerTlsSetting, Target,
+};
 use crate::net::http::{Request, Response};
 use crate::net::reactor::{
     ClosedTunnel, Core, Endpoint, Listener, Purpose, Reactor, RelaySpec, Role, StreamTimeouts,
@@ -38,6 +40,7 @@ use crate::net::sys;
 use crate::net::tls::TlsStream;
 use crate::net::transport::Transport;
 use crate::net::tunnel::Tunnel;
+use crate::net::udp::UdpDrop;
 use crate::protocol::CloseReason;
 use crate::protocol::caps;
 use crate::protocol::handshake::NONCE_LEN;
@@ -48,8 +51,10 @@ use crate::tls::{self, ServerTls};
 mod api;
 mod refusals;
 mod reload;
+mod udp;
 
 use self::refusals::RefusalLog;
+use self::udp::{PublishedUdp, bind_udp};
 
 /// Handshakes in progress beyond this number evict the oldest, so idle or garbage
 /// connections cannot keep a real client out.
@@ -64,6 +69,8 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const SAMPLER: u64 = 0;
 /// The role timer of the summary of refused connections.
 const REFUSALS: u64 = 1;
+/// The role timer of the summary of datagrams dropped before they had a flow.
+const UDP_DROPS: u64 = 2;
 
 /// The established tunnels of one tag; new visitors go round-robin over them.
 #[derive(Default)]
@@ -124,6 +131,14 @@ pub struct ServerRole {
     /// adds.
     default_limit: Option<Rate>,
     refusals: RefusalLog,
+    /// The published UDP ports (`[UDP]`), by port.
+    udp_ports: BTreeMap<u16, PublishedUdp>,
+    /// `MAX_UDP_FLOWS`: flows per UDP mapping.
+    max_udp_flows: usize,
+    /// `UDP_TIMEOUT`, as the core applies it.
+    udp_timeout: Duration,
+    /// The INFO summary of datagrams dropped before they had a flow.
+    udp_drops: RefusalLog,
 }
 
 /// Bind every port, then serve until SIGINT or SIGTERM.
@@ -193,7 +208,13 @@ pub fn run(cfg: ServerConfig, log_args: LogArgs) -> io::Result<()> {
         let sock = bind_public(bind, m.public_port)?;
         reactor.role.publish(&mut reactor.core, m, sock)?;
     }
-    log_mappings(&cfg.mappings, "");
+    log_mappings(&cfg.mappings, Proto::Tcp, "");
+    reactor.core.set_udp_timeout(Some(cfg.udp_timeout));
+    for m in &cfg.udp_mappings {
+        let sock = bind_udp(bind, m.public_port)?;
+        reactor.role.publish_udp(&mut reactor.core, m, sock)?;
+    }
+    log_mappings(&cfg.udp_mappings, Proto::Udp, "");
     // Last: a supervisor (or a test) that sees this line finds every public port open.
     info!("listening for clients on {}", bind.describe(cfg.inner_port));
     if let Some(admin) = &cfg.admin {
@@ -231,7 +252,8 @@ fn allow_note(allow: Option<&[Cidr]>) -> String {
 
 /// Log mappings at INFO, a line per run of them that a port range could write
 /// (`public ports 6000-6009 -> 10.0.0.5:7000-7009 (tag web)`), each line after `prefix`.
-fn log_mappings(ms: &[Mapping], prefix: &str) {
+fn log_mappings(ms: &[Mapping], proto: Proto, prefix: &str) {
+    let what = port_noun(proto);
     for run in runs(ms) {
         let (first, last) = (&run[0], &run[run.len() - 1]);
         let note = format!(
@@ -243,12 +265,12 @@ fn log_mappings(ms: &[Mapping], prefix: &str) {
         );
         if run.len() == 1 {
             info!(
-                "{prefix}public port {} -> {} {note}",
+                "{prefix}public {what} {} -> {} {note}",
                 first.public_port, first.target
             );
         } else {
             info!(
-                "{prefix}public ports {}-{} -> {}-{} {note}",
+                "{prefix}public {what}s {}-{} -> {}-{} {note}",
                 first.public_port, last.public_port, first.target, last.target.port
             );
         }
@@ -270,16 +292,25 @@ fn runs(ms: &[Mapping]) -> impl Iterator<Item = &[Mapping]> {
 }
 
 /// Log ports closing at INFO, a line per run of consecutive ones.
-fn log_closed(ports: &[u16], prefix: &str) {
+fn log_closed(ports: &[u16], proto: Proto, prefix: &str) {
+    let what = port_noun(proto);
     for run in ports.chunk_by(|a, b| a.checked_add(1) == Some(*b)) {
         match run {
-            [one] => info!("{prefix}public port {one} closed"),
+            [one] => info!("{prefix}public {what} {one} closed"),
             _ => info!(
-                "{prefix}public ports {}-{} closed",
+                "{prefix}public {what}s {}-{} closed",
                 run[0],
                 run[run.len() - 1]
             ),
         }
+    }
+}
+
+/// What the log calls a public port of `proto`.
+fn port_noun(proto: Proto) -> &'static str {
+    match proto {
+        Proto::Tcp => "port",
+        Proto::Udp => "UDP port",
     }
 }
 
@@ -371,6 +402,8 @@ impl ServerRole {
         role.client_allow = cfg.client_allow.clone();
         role.max_per_source = cfg.max_per_source;
         role.default_limit = cfg.default_limit;
+        role.max_udp_flows = cfg.max_udp_flows;
+        role.udp_timeout = cfg.udp_timeout;
         role
     }
 
@@ -399,6 +432,10 @@ impl ServerRole {
             max_per_source: 0,
             default_limit: None,
             refusals: RefusalLog::default(),
+            udp_ports: BTreeMap::new(),
+            max_udp_flows: config::DEFAULT_MAX_UDP_FLOWS,
+            udp_timeout: config::DEFAULT_UDP_TIMEOUT,
+            udp_drops: RefusalLog::default(),
         }
     }
 
@@ -839,15 +876,31 @@ impl Role for ServerRole {
             self.sample_rates(core);
             core.schedule(core.now + SAMPLE_EVERY, TimerTarget::Role(SAMPLER));
         } else if token == REFUSALS
-            && let Some((line, next)) = self.refusals.summary(core.now)
+            && let Some((line, next)) = self.refusals.summary(core.now, "connection", "at accept")
         {
             info!("{line}");
             core.schedule(next, TimerTarget::Role(REFUSALS));
+        } else if token == UDP_DROPS
+            && let Some((line, next)) =
+                self.udp_drops
+                    .summary(core.now, "datagram", "from sources without a flow")
+        {
+            info!("{line}");
+            core.schedule(next, TimerTarget::Role(UDP_DROPS));
         }
     }
 
     fn on_admin_request(&mut self, core: &mut Core, req: &Request<'_>) -> Response {
         self.answer(core, req)
+    }
+
+    fn on_new_flow(
+        &mut self,
+        core: &mut Core,
+        key: usize,
+        visitor: SocketAddr,
+    ) -> Result<usize, UdpDrop> {
+        self.new_flow(core, key, visitor)
     }
 
     fn on_reload(&mut self, core: &mut Core) {

@@ -32,7 +32,13 @@ impl RefusalLog {
 
     /// The summary timer fired: the line to log at INFO and when to look again, or `None`
     /// (nothing was refused in the last minute: the next refusal is logged when it comes).
-    pub(super) fn summary(&mut self, now: Instant) -> Option<(String, Instant)> {
+    /// `noun` and `when` make the line: `refused 3 connections at accept ...`.
+    pub(super) fn summary(
+        &mut self,
+        now: Instant,
+        noun: &str,
+        when: &str,
+    ) -> Option<(String, Instant)> {
         if self.window_end.is_none_or(|end| end > now) {
             return None;
         }
@@ -50,7 +56,7 @@ impl RefusalLog {
         let s = if total == 1 { "" } else { "s" };
         Some((
             format!(
-                "refused {total} connection{s} at accept in the last minute: {}",
+                "refused {total} {noun}{s} {when} in the last minute: {}",
                 parts.join(", ")
             ),
             at,
@@ -73,9 +79,13 @@ mod tests {
         assert_eq!(log.note(t0, "on port 1 (not allowed)"), None);
         assert_eq!(log.note(t0, "on port 1 (not allowed)"), None);
         assert_eq!(log.note(t0, "clients (not allowed)"), None);
-        assert_eq!(log.summary(t0 + Duration::from_secs(59)), None, "too early");
+        assert_eq!(
+            log.summary(t0 + Duration::from_secs(59), "connection", "at accept"),
+            None,
+            "too early"
+        );
         let t1 = t0 + SUMMARY_EVERY;
-        let (line, next) = log.summary(t1).unwrap();
+        let (line, next) = log.summary(t1, "connection", "at accept").unwrap();
         assert_eq!(
             line,
             "refused 3 connections at accept in the last minute: \
@@ -86,12 +96,15 @@ mod tests {
         assert_eq!(log.note(t1, "x"), None);
         let t2 = t1 + SUMMARY_EVERY;
         assert!(
-            log.summary(t2)
+            log.summary(t2, "connection", "at accept")
                 .unwrap()
                 .0
                 .contains("refused 1 connection at")
         );
-        assert_eq!(log.summary(t2 + SUMMARY_EVERY), None);
+        assert_eq!(
+            log.summary(t2 + SUMMARY_EVERY, "connection", "at accept"),
+            None
+        );
         let t3 = t2 + SUMMARY_EVERY * 3;
         assert_eq!(log.note(t3, "x"), Some(t3 + SUMMARY_EVERY));
     }

@@ -13,7 +13,7 @@ use log::{debug, info, warn};
 use serde_json::{Value, json};
 
 use super::{ServerRole, bind_public, listen, params_of, timeouts_of};
-use crate::config::{self, Mapping, ServerTlsSetting};
+use crate::config::{self, Mapping, Proto, ServerTlsSetting};
 use crate::logging;
 use crate::net::reactor::Core;
 
@@ -42,6 +42,16 @@ impl ServerRole {
                 }
             }
         }
+        let udp_diff = config::diff(&self.udp_mappings(), &cfg.udp_mappings);
+        let udp_socks = match self.bind_udp_added(&udp_diff) {
+            Ok(socks) => socks,
+            Err(e) => {
+                for (_, key) in opened {
+                    core.remove(key);
+                }
+                return Err(e);
+            }
+        };
 
         let mut restart = Vec::new();
         if cfg.inner_port != self.inner_port {
@@ -71,10 +81,11 @@ impl ServerRole {
             self.adopt(core, m, key);
         }
         let removed: Vec<u16> = diff.removed.iter().map(|m| m.public_port).collect();
-        super::log_closed(&removed, "reload: ");
+        super::log_closed(&removed, Proto::Tcp, "reload: ");
         let changed: Vec<Mapping> = diff.changed.iter().map(|(_, m)| m.clone()).collect();
-        super::log_mappings(&changed, "reload: ");
-        super::log_mappings(&diff.added, "reload: ");
+        super::log_mappings(&changed, Proto::Tcp, "reload: ");
+        super::log_mappings(&diff.added, Proto::Tcp, "reload: ");
+        self.apply_udp_diff(core, &udp_diff, udp_socks)?;
 
         let mut settings = Vec::new();
         let params = params_of(&cfg);
@@ -99,6 +110,15 @@ impl ServerRole {
         if cfg.max_per_source != self.max_per_source {
             settings.push("MAX_PER_SOURCE");
             self.max_per_source = cfg.max_per_source;
+        }
+        if cfg.max_udp_flows != self.max_udp_flows {
+            settings.push("MAX_UDP_FLOWS");
+            self.max_udp_flows = cfg.max_udp_flows;
+        }
+        if cfg.udp_timeout != self.udp_timeout {
+            settings.push("UDP_TIMEOUT");
+            self.udp_timeout = cfg.udp_timeout;
+            core.set_udp_timeout(Some(cfg.udp_timeout));
         }
         // A new token applies to the API that listens; when the address changed, the old
         // one (which the running listener was checked with) stays until the restart.
@@ -137,18 +157,32 @@ impl ServerRole {
 
         let ports = |ms: &[Mapping]| ms.iter().map(|m| m.public_port).collect::<Vec<_>>();
         let changed: Vec<u16> = diff.changed.iter().map(|(_, m)| m.public_port).collect();
+        let udp_changed: Vec<u16> = udp_diff
+            .changed
+            .iter()
+            .map(|(_, m)| m.public_port)
+            .collect();
         let summary = json!({
             "added": ports(&diff.added),
             "removed": ports(&diff.removed),
             "changed": changed,
+            "udp": {
+                "added": ports(&udp_diff.added),
+                "removed": ports(&udp_diff.removed),
+                "changed": udp_changed,
+            },
             "settings": settings,
             "restart_needed": restart,
         });
         info!(
-            "reload: {} port(s) added, {} removed, {} changed; settings changed: {}",
+            "reload: {} port(s) added, {} removed, {} changed; UDP: {} added, {} removed, \
+             {} changed; settings changed: {}",
             diff.added.len(),
             diff.removed.len(),
             changed.len(),
+            udp_diff.added.len(),
+            udp_diff.removed.len(),
+            udp_changed.len(),
             if settings.is_empty() {
                 "none".to_string()
             } else {

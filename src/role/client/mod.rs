@@ -45,6 +45,8 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// After a refusal (a wrong token, say) retrying at once fixes nothing: start here.
 const REFUSED_MIN_ATTEMPT: u32 = 5;
+mod udp;
+
 /// Resolver ticket key for the server's own name.
 const SERVER_TICKET: usize = usize::MAX;
 /// The OPEN_FAIL reason for a target outside the allow-list (`--allow`, `ALLOW`).
@@ -461,7 +463,7 @@ impl Role for ClientRole {
             }
             Event::Open {
                 id, target, dgram, ..
-            } if dgram => self.refuse(core, tkey, id, target, "UDP targets are not served yet"),
+            } if dgram => self.open_udp(core, tkey, id, target),
             Event::Open {
                 id, target, proxy, ..
             } => self.open(core, tkey, id, target, proxy),
@@ -504,6 +506,9 @@ impl Role for ClientRole {
             Some(Endpoint::Resolving(p)) if p.deadline <= now => {
                 self.open_failed(core, key, "name resolution timed out");
             }
+            Some(Endpoint::UdpFlow(f)) if f.deadline.is_some_and(|d| d <= now) => {
+                self.udp_open_failed(core, key, "name resolution timed out");
+            }
             _ => {}
         }
     }
@@ -524,6 +529,10 @@ impl Role for ClientRole {
         }
         if core.generation_of(key) != Some(generation) {
             return; // the stream is gone
+        }
+        if let Some(Endpoint::UdpFlow(_)) = core.endpoint(key) {
+            self.resolved_udp(core, key, result);
+            return;
         }
         let Some(Endpoint::Resolving(p)) = core.endpoint(key) else {
             return;
