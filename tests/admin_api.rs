@@ -409,10 +409,10 @@ fn metrics_count_what_happens() {
     // Every label set is there from the start, at 0.
     let text = admin.get("/metrics").text();
     for series in [
-        format!(r#"tcpforward_streams{{port="{good}"}}"#),
-        format!(r#"tcpforward_stream_bytes_total{{port="{good}",direction="in"}}"#),
-        format!(r#"tcpforward_visitors_total{{port="{bad}",result="target_failed"}}"#),
-        format!(r#"tcpforward_visitors_total{{port="{lonely}",result="no_client"}}"#),
+        format!(r#"tcpforward_streams{{port="{good}",proto="tcp"}}"#),
+        format!(r#"tcpforward_stream_bytes_total{{port="{good}",direction="in",proto="tcp"}}"#),
+        format!(r#"tcpforward_visitors_total{{port="{bad}",result="target_failed",proto="tcp"}}"#),
+        format!(r#"tcpforward_visitors_total{{port="{lonely}",result="no_client",proto="tcp"}}"#),
         r#"tcpforward_tunnels{tag="nobody"}"#.to_string(),
         r#"tcpforward_tunnel_closes_total{reason="dead_peer"}"#.to_string(),
         r#"tcpforward_handshakes_total{result="auth_failed"}"#.to_string(),
@@ -443,17 +443,21 @@ fn metrics_count_what_happens() {
         let closed = metric(&text, r#"tcpforward_tunnel_closes_total{reason="goaway"}"#);
         let bad_visits = metric(
             &text,
-            &format!(r#"tcpforward_visitors_total{{port="{bad}",result="target_failed"}}"#),
+            &format!(
+                r#"tcpforward_visitors_total{{port="{bad}",result="target_failed",proto="tcp"}}"#
+            ),
         );
         (closed == Some(1.0) && bad_visits == Some(1.0)).then_some(text)
     });
     let expect = [
         (
-            format!(r#"tcpforward_visitors_total{{port="{good}",result="served"}}"#),
+            format!(r#"tcpforward_visitors_total{{port="{good}",result="served",proto="tcp"}}"#),
             1.0,
         ),
         (
-            format!(r#"tcpforward_visitors_total{{port="{lonely}",result="no_client"}}"#),
+            format!(
+                r#"tcpforward_visitors_total{{port="{lonely}",result="no_client",proto="tcp"}}"#
+            ),
             1.0,
         ),
         (
@@ -465,7 +469,10 @@ fn metrics_count_what_happens() {
             1.0,
         ),
         (r#"tcpforward_tunnels{tag="default"}"#.to_string(), 0.0),
-        (format!(r#"tcpforward_streams{{port="{good}"}}"#), 0.0),
+        (
+            format!(r#"tcpforward_streams{{port="{good}",proto="tcp"}}"#),
+            0.0,
+        ),
         (
             format!(
                 r#"tcpforward_build_info{{version="{}"}}"#,
@@ -479,7 +486,7 @@ fn metrics_count_what_happens() {
     }
     let bytes_in = metric(
         &text,
-        &format!(r#"tcpforward_stream_bytes_total{{port="{good}",direction="in"}}"#),
+        &format!(r#"tcpforward_stream_bytes_total{{port="{good}",direction="in",proto="tcp"}}"#),
     );
     assert!(bytes_in.unwrap() > 0.0, "{text}");
     for family in [
@@ -848,7 +855,8 @@ fn a_visitor_beyond_the_stream_limit_is_counted_as_refused() {
     let mut held = visit(port);
     echo_on(&mut held, b"the one stream").unwrap();
     assert_visit_closed(port, READY, "a visitor beyond MAX_STREAMS");
-    let series = format!(r#"tcpforward_visitors_total{{port="{port}",result="refused"}}"#);
+    let series =
+        format!(r#"tcpforward_visitors_total{{port="{port}",result="refused",proto="tcp"}}"#);
     let text = admin.get("/metrics").text();
     assert_eq!(metric(&text, &series), Some(1.0), "{text}");
     promtool_check(&text);
@@ -936,9 +944,12 @@ fn the_client_reports_its_tunnel() {
         ("tcpforward_tunnel_up", 1.0),
         ("tcpforward_reconnects_total", 0.0),
         (r#"tcpforward_target_connects_total{result="ok"}"#, 1.0),
-        (r#"tcpforward_stream_bytes_total{direction="in"}"#, 10_000.0),
         (
-            r#"tcpforward_stream_bytes_total{direction="out"}"#,
+            r#"tcpforward_stream_bytes_total{direction="in",proto="tcp"}"#,
+            10_000.0,
+        ),
+        (
+            r#"tcpforward_stream_bytes_total{direction="out",proto="tcp"}"#,
             10_000.0,
         ),
     ] {

@@ -143,7 +143,9 @@ fn a_range_of_1000_ports_maps_and_serves() {
     assert_eq!(one["tag"], "farm");
     let metrics = admin.get("/metrics").text();
     let served = |port: u16| {
-        let series = format!("tcpforward_visitors_total{{port=\"{port}\",result=\"served\"}} ");
+        let series = format!(
+            "tcpforward_visitors_total{{port=\"{port}\",result=\"served\",proto=\"tcp\"}} "
+        );
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(&series))

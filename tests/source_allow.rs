@@ -45,7 +45,8 @@ fn metric(admin: &Admin, series: &str) -> Option<f64> {
 }
 
 fn refused_visitors(admin: &Admin, port: u16) -> f64 {
-    let series = format!("tcpforward_visitors_total{{port=\"{port}\",result=\"refused\"}}");
+    let series =
+        format!("tcpforward_visitors_total{{port=\"{port}\",result=\"refused\",proto=\"tcp\"}}");
     metric(admin, &series).unwrap_or_else(|| panic!("no {series}"))
 }
 

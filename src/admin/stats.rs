@@ -48,6 +48,9 @@ pub const HANDSHAKE_RESULTS: [&str; 5] = ["ok", "auth_failed", "timeout", "malfo
 pub struct ServerCounters {
     /// Visitors by public port (every port ever mapped) and [`Visit`].
     pub visitors: BTreeMap<u16, [u64; 4]>,
+    /// The same for UDP ports: flows served (the client connected their target) or whose
+    /// target failed, and datagrams from new sources that got no flow (no client, refused).
+    pub udp_visitors: BTreeMap<u16, [u64; 4]>,
     /// Established tunnels that ended, by close-reason label.
     pub tunnel_closes: BTreeMap<&'static str, u64>,
     /// Handshakes by result.
@@ -67,6 +70,15 @@ impl ServerCounters {
         self.visitors.entry(port).or_default()[v as usize] += 1;
     }
 
+    /// A UDP port is mapped: its series exist from then on.
+    pub fn mapped_udp(&mut self, port: u16) {
+        self.udp_visitors.entry(port).or_default();
+    }
+
+    pub fn udp_visit(&mut self, port: u16, v: Visit) {
+        self.udp_visitors.entry(port).or_default()[v as usize] += 1;
+    }
+
     pub fn handshake(&mut self, result: &'static str) {
         *self.handshakes.entry(result).or_default() += 1;
     }
@@ -84,11 +96,15 @@ pub struct Traffic {
 }
 
 /// Every live stream's counts, by public port and by tunnel, from one walk of the slab.
+/// UDP flows count as streams of their tunnel and in the total, and by port apart from the
+/// TCP streams (`udp_flows`); their bytes are the core's `udp_stats`.
 #[derive(Debug, Default)]
 pub struct Live {
     pub by_port: HashMap<u16, Traffic>,
     pub by_tunnel: HashMap<usize, Traffic>,
     pub total: Traffic,
+    /// Flows open, by public UDP port (0 on the client).
+    pub udp_flows: HashMap<u16, usize>,
 }
 
 impl Live {
@@ -105,6 +121,12 @@ impl Live {
                     },
                 ),
                 Endpoint::Resolving(p) => (0, p.tunnel, ByteCount::default()),
+                Endpoint::UdpFlow(f) => {
+                    *live.udp_flows.entry(f.port).or_default() += 1;
+                    live.by_tunnel.entry(f.tunnel).or_default().streams += 1;
+                    live.total.streams += 1;
+                    continue;
+                }
                 _ => continue,
             };
             for t in [

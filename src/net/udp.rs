@@ -132,9 +132,9 @@ impl Backlog {
         true
     }
 
-    /// Send what waits until the socket refuses; the datagrams sent.
-    fn flush(&mut self, sock: &UdpSocket) -> io::Result<usize> {
-        let mut sent = 0;
+    /// Send what waits until the socket refuses; the datagrams and bytes sent.
+    fn flush(&mut self, sock: &UdpSocket) -> io::Result<(usize, usize)> {
+        let (mut sent, mut bytes) = (0, 0);
         while let Some((to, d)) = self.items.front() {
             let r = match to {
                 Some(addr) => sock.send_to(d, *addr),
@@ -143,6 +143,7 @@ impl Backlog {
             match r {
                 Ok(_) => {
                     self.bytes -= d.len();
+                    bytes += d.len();
                     self.items.pop_front();
                     sent += 1;
                 }
@@ -155,7 +156,7 @@ impl Backlog {
                 }
             }
         }
-        Ok(sent)
+        Ok((sent, bytes))
     }
 }
 
@@ -191,8 +192,11 @@ pub struct UdpFlow {
     pub queued: bool,
     /// The stream sweep's count when a datagram last moved either way.
     pub active: u32,
-    /// Datagrams moved, `[IN]` toward the target and `[OUT]` back.
+    /// Datagrams and their bytes moved, `[IN]` toward the target and `[OUT]` back.
     pub datagrams: [u64; 2],
+    pub bytes: [u64; 2],
+    /// Server: the target the flow was opened to (shared with its mapping), for the API.
+    pub target: Option<std::sync::Arc<str>>,
     /// Client: when a name still resolving times out.
     pub deadline: Option<Instant>,
     /// For logs: the visitor on the server, the target on the client.
@@ -215,6 +219,8 @@ impl UdpFlow {
             queued: false,
             active,
             datagrams: [0; 2],
+            bytes: [0; 2],
+            target: None,
             deadline: None,
             label,
             opened_at: SystemTime::now(),
@@ -389,6 +395,7 @@ impl Core {
                 if let Some(f) = self.udp_flow_mut(fkey) {
                     f.active = sweeps;
                     f.datagrams[dir] += 1;
+                    f.bytes[dir] += d.len() as u64;
                 }
                 self.udp_count(port, dir, 1, d.len());
             }
@@ -472,6 +479,7 @@ impl Core {
         }
         if let Some(f) = self.udp_flow_mut(fkey) {
             f.datagrams[dir] += sent as u64;
+            f.bytes[dir] += bytes as u64;
         }
     }
 
@@ -487,9 +495,9 @@ impl Core {
         };
         match result {
             // Counted when they went, not when they were kept.
-            Ok(n) => {
+            Ok((n, bytes)) => {
                 let dir = if port == 0 { IN } else { OUT };
-                self.udp_count(port, dir, n, 0);
+                self.udp_count(port, dir, n, bytes);
             }
             Err(e) if matches!(self.endpoint(key), Some(Endpoint::UdpFlow(_))) => {
                 self.flow_failed(key, &e)

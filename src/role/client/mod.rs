@@ -32,6 +32,7 @@ use crate::net::sys::{self, Jitter};
 use crate::net::tls::TlsStream;
 use crate::net::transport::Transport;
 use crate::net::tunnel::Tunnel;
+use crate::net::udp::{IN, OUT, UdpDrop};
 use crate::protocol::CloseReason;
 use crate::protocol::handshake::NONCE_LEN;
 use crate::protocol::proxy::{self, ProxyAddrs};
@@ -723,18 +724,58 @@ impl ClientRole {
                 &[],
                 self.counters.tunnels.saturating_sub(1),
             );
-            out.family("tcpforward_streams", Kind::Gauge, "Streams open.");
-            out.sample("tcpforward_streams", &[], live.total.streams as u64);
+            let flows = live.udp_flows.values().sum::<usize>();
+            let udp = core.udp_stats.get(&0).copied().unwrap_or_default();
+            out.family(
+                "tcpforward_streams",
+                Kind::Gauge,
+                "Streams open (UDP: flows), by protocol.",
+            );
+            out.sample(
+                "tcpforward_streams",
+                &[("proto", "tcp")],
+                live.total.streams.saturating_sub(flows) as u64,
+            );
+            out.sample("tcpforward_streams", &[("proto", "udp")], flows as u64);
             out.family(
                 "tcpforward_stream_bytes_total",
                 Kind::Counter,
-                "Stream bytes: in from the server toward targets, out the way back.",
+                "Stream bytes (UDP: datagram bytes) by protocol: in from the server toward targets, out the way back.",
             );
-            for (direction, n) in [("in", traffic.bytes.written), ("out", traffic.bytes.read)] {
+            for (direction, tcp, udp) in [
+                ("in", traffic.bytes.written, udp.bytes[IN]),
+                ("out", traffic.bytes.read, udp.bytes[OUT]),
+            ] {
+                for (proto, n) in [("tcp", tcp), ("udp", udp)] {
+                    out.sample(
+                        "tcpforward_stream_bytes_total",
+                        &[("direction", direction), ("proto", proto)],
+                        n,
+                    );
+                }
+            }
+            out.family(
+                "tcpforward_udp_datagrams_total",
+                Kind::Counter,
+                "Datagrams: in from the server toward targets, out the way back.",
+            );
+            for (direction, n) in [("in", udp.datagrams[IN]), ("out", udp.datagrams[OUT])] {
                 out.sample(
-                    "tcpforward_stream_bytes_total",
+                    "tcpforward_udp_datagrams_total",
                     &[("direction", direction)],
                     n,
+                );
+            }
+            out.family(
+                "tcpforward_udp_dropped_total",
+                Kind::Counter,
+                "Datagrams dropped, by reason.",
+            );
+            for why in UdpDrop::ALL {
+                out.sample(
+                    "tcpforward_udp_dropped_total",
+                    &[("reason", why.label())],
+                    udp.dropped(why),
                 );
             }
             out.family(

@@ -1,21 +1,29 @@
-//! The server's admin API: mappings (listed, added, changed and deleted live, and written
-//! back to the mapping file), clients (listed, kicked), streams, reload, status and the
-//! Prometheus metrics. Every answer is built from the role's state and one walk of the slab.
+//! The server's admin API: mappings of both protocols (listed, added, changed and deleted
+//! live, and written back to the mapping file), clients (listed, kicked), streams and UDP
+//! flows, reload, status and the Prometheus metrics. Every answer is built from the role's
+//! state and one walk of the slab.
+//!
+//! A mapping is named by its port and its protocol: `PUT /api/mappings/{port}` takes a
+//! `proto` field (`tcp` when absent), `/api/mappings/udp/{port}` and `/api/mappings/tcp/{port}`
+//! name it in the path; `DELETE /api/mappings/{port}` deletes the port's TCP mapping, or its
+//! UDP one when it has only that.
 
 use std::time::SystemTime;
 
 use log::{info, warn};
 use serde_json::{Value, json};
 
+use super::udp::{PublishedUdp, bind_udp};
 use super::{Published, ServerRole, bind_public};
 use crate::admin::api::{self, json_object, number, segments};
 use crate::admin::prom::{Exposition, Kind};
 use crate::admin::stats::{HANDSHAKE_RESULTS, Live, Visit};
 use crate::admin::time;
-use crate::config::{self, DEFAULT_TAG, Mapping, Target, check_tag};
+use crate::config::{self, DEFAULT_TAG, Mapping, Proto, Target, check_tag};
 use crate::net::endpoint::Endpoint;
 use crate::net::http::{Request, Response};
 use crate::net::reactor::{ByteCount, Core};
+use crate::net::udp::{IN, OUT, UdpDrop};
 use crate::protocol::CloseReason;
 
 impl ServerRole {
@@ -33,8 +41,14 @@ impl ServerRole {
         match (req.method, segments(req.path).as_slice()) {
             (_, ["api", "status"]) if get => self.status(core),
             (_, ["api", "mappings"]) if get => self.list_mappings(core),
-            ("PUT", ["api", "mappings", port]) => self.put_mapping(core, port, req.body),
-            ("DELETE", ["api", "mappings", port]) => self.delete_mapping(core, port),
+            ("PUT", ["api", "mappings", port]) => self.put_mapping(core, port, None, req.body),
+            ("PUT", ["api", "mappings", proto @ ("tcp" | "udp"), port]) => {
+                self.put_mapping(core, port, Proto::parse(proto), req.body)
+            }
+            ("DELETE", ["api", "mappings", port]) => self.delete_mapping(core, port, None),
+            ("DELETE", ["api", "mappings", proto @ ("tcp" | "udp"), port]) => {
+                self.delete_mapping(core, port, Proto::parse(proto))
+            }
             (_, ["api", "clients"]) if get => self.list_clients(core),
             ("DELETE", ["api", "clients", id]) => self.kick(core, id),
             (_, ["api", "streams"]) if get => self.list_streams(core),
@@ -52,7 +66,9 @@ impl ServerRole {
             (_, ["api", "status" | "mappings" | "clients" | "streams"] | ["metrics"]) => {
                 Response::method_not_allowed("GET, HEAD")
             }
-            (_, ["api", "mappings", _]) => Response::method_not_allowed("PUT, DELETE"),
+            (_, ["api", "mappings", _] | ["api", "mappings", "tcp" | "udp", _]) => {
+                Response::method_not_allowed("PUT, DELETE")
+            }
             (_, ["api", "clients", _]) => Response::method_not_allowed("DELETE"),
             (_, ["api", "reload"]) => Response::method_not_allowed("POST"),
             _ => Response::not_found(),
@@ -71,7 +87,8 @@ impl ServerRole {
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_secs": uptime.as_secs(),
                 "clients": self.pools.values().map(|p| p.tunnels.len()).sum::<usize>(),
-                "mappings": self.ports.len(),
+                "mappings": self.ports.len() + self.udp_ports.len(),
+                "udp_mappings": self.udp_ports.len(),
                 "streams": live.total.streams,
             }),
         )
@@ -81,6 +98,7 @@ impl ServerRole {
         let t = live.port(core, port);
         let mut v = json!({
             "port": port,
+            "proto": "tcp",
             "target": &*p.target_text,
             "tag": p.tag,
             "streams": t.streams,
@@ -100,19 +118,69 @@ impl ServerRole {
         v
     }
 
+    fn udp_mapping_json(&self, core: &Core, live: &Live, port: u16, p: &PublishedUdp) -> Value {
+        let stats = core.udp_stats.get(&port).copied().unwrap_or_default();
+        let mut v = json!({
+            "port": port,
+            "proto": "udp",
+            "target": &*p.target_text,
+            "tag": p.tag,
+            "streams": live.udp_flows.get(&port).copied().unwrap_or(0),
+            "bytes_in": stats.bytes[IN],
+            "bytes_out": stats.bytes[OUT],
+            "datagrams_in": stats.datagrams[IN],
+            "datagrams_out": stats.datagrams[OUT],
+            "dropped": stats.dropped.iter().sum::<u64>(),
+        });
+        if let Some(allow) = &p.allow {
+            let list: Vec<String> = allow.iter().map(ToString::to_string).collect();
+            v["allow"] = json!(list);
+        }
+        if let Some(limit) = p.limit {
+            v["limit_bits_per_sec"] = json!(limit.bits_per_sec());
+        }
+        v
+    }
+
+    /// The mapping of `port` and `proto` as the API shows it, if there is one.
+    fn one_mapping_json(&self, core: &Core, port: u16, proto: Proto) -> Option<Value> {
+        let live = Live::of(core);
+        match proto {
+            Proto::Tcp => Some(self.mapping_json(core, &live, port, self.ports.get(&port)?)),
+            Proto::Udp => {
+                Some(self.udp_mapping_json(core, &live, port, self.udp_ports.get(&port)?))
+            }
+        }
+    }
+
+    /// Every mapping, by port; a port's TCP mapping before its UDP one.
     fn list_mappings(&self, core: &Core) -> Response {
         let live = Live::of(core);
-        let mappings: Vec<Value> = self
+        let tcp = self
             .ports
             .iter()
-            .map(|(&port, p)| self.mapping_json(core, &live, port, p))
-            .collect();
+            .map(|(&port, p)| ((port, 0), self.mapping_json(core, &live, port, p)));
+        let udp = self
+            .udp_ports
+            .iter()
+            .map(|(&port, p)| ((port, 1), self.udp_mapping_json(core, &live, port, p)));
+        let mut all: Vec<((u16, u8), Value)> = tcp.chain(udp).collect();
+        all.sort_by_key(|(k, _)| *k);
+        let mappings: Vec<Value> = all.into_iter().map(|(_, v)| v).collect();
         Response::json(200, &json!({ "mappings": mappings }))
     }
 
-    /// `PUT /api/mappings/{port}`: the listener opens (or the mapping changes) and the file is
-    /// rewritten before the answer; when either fails, nothing changes.
-    fn put_mapping(&mut self, core: &mut Core, port: &str, body: &[u8]) -> Response {
+    /// `PUT /api/mappings/{port}` (the protocol in the body's `proto`, `tcp` when absent) or
+    /// `PUT /api/mappings/{proto}/{port}`: the listener or socket opens (or the mapping
+    /// changes) and the file is rewritten before the answer; when either fails, nothing
+    /// changes.
+    fn put_mapping(
+        &mut self,
+        core: &mut Core,
+        port: &str,
+        path_proto: Option<Proto>,
+        body: &[u8],
+    ) -> Response {
         let port: u16 = match number(port, "port (1-65535)") {
             Ok(0) => return Response::error(400, "port 0 is not a port (1-65535)"),
             Ok(p) => p,
@@ -138,8 +206,43 @@ impl ServerRole {
         if let Err(e) = check_tag(&tag) {
             return Response::error(400, &e);
         }
+        let proto = match (fields.remove("proto"), path_proto) {
+            (None | Some(Value::Null), p) => p.unwrap_or(Proto::Tcp),
+            (Some(Value::String(s)), p) => match Proto::parse(&s) {
+                Some(q) if p.is_none_or(|p| p == q) => q,
+                Some(q) => {
+                    return Response::error(
+                        400,
+                        &format!(
+                            "\"proto\" is {q} but the path names a {} mapping",
+                            p.unwrap_or(q)
+                        ),
+                    );
+                }
+                None => return Response::error(400, "\"proto\" must be \"tcp\" or \"udp\""),
+            },
+            (Some(_), _) => return Response::error(400, "\"proto\" must be \"tcp\" or \"udp\""),
+        };
         if let Some(field) = fields.keys().next() {
             return Response::error(400, &format!("unknown field {field:?}"));
+        }
+        // `[TAG]` names a port number: its TCP and UDP mappings share one tag.
+        let other_tag = match proto {
+            Proto::Tcp => self.udp_ports.get(&port).map(|p| &p.tag),
+            Proto::Udp => self.ports.get(&port).map(|p| &p.tag),
+        };
+        if let Some(other) = other_tag.filter(|t| **t != tag) {
+            return Response::error(
+                409,
+                &format!(
+                    "the {} mapping of port {port} has tag {other}: a port's [TAG] applies to \
+                     both its mappings, so they take the same tag",
+                    proto.other()
+                ),
+            );
+        }
+        if proto == Proto::Udp {
+            return self.put_udp_mapping(core, port, target, tag);
         }
         if port == self.inner_port {
             return Response::error(400, &format!("port {port} is the INNER_PORT"));
@@ -149,14 +252,22 @@ impl ServerRole {
         }
         let existing = self.ports.get(&port);
         // The API sets a target and a tag; the port's `[ALLOW]`, `[PROXY]` and `[LIMIT]` lines
-        // stay as they are (a new port gets `BANDWIDTH`, as it would at a reload).
+        // stay as they are (a new port gets `BANDWIDTH`, as it would at a reload, or the
+        // lines of its UDP mapping, which apply to both).
+        let udp = self.udp_ports.get(&port);
         let mapping = Mapping {
             public_port: port,
             target,
             tag,
-            allow: existing.and_then(|p| p.allow.clone()),
+            allow: existing
+                .map(|p| p.allow.clone())
+                .or_else(|| udp.map(|p| p.allow.clone()))
+                .flatten(),
             proxy: existing.and_then(|p| p.proxy),
-            limit: existing.map_or(self.default_limit, |p| p.limit),
+            limit: existing
+                .map(|p| p.limit)
+                .or_else(|| udp.map(|p| p.limit))
+                .unwrap_or(self.default_limit),
         };
         if existing.is_some_and(|p| p.target == mapping.target && p.tag == mapping.tag) {
             let live = Live::of(core);
@@ -202,20 +313,110 @@ impl ServerRole {
         Response::json(if created { 201 } else { 200 }, &body)
     }
 
-    /// `DELETE /api/mappings/{port}`: the listener closes; its open streams run to their end.
-    fn delete_mapping(&mut self, core: &mut Core, port: &str) -> Response {
+    /// The UDP half of `put_mapping`, once the request is checked.
+    fn put_udp_mapping(
+        &mut self,
+        core: &mut Core,
+        port: u16,
+        target: Target,
+        tag: String,
+    ) -> Response {
+        let existing = self.udp_ports.get(&port);
+        // A port's `[ALLOW]` and `[LIMIT]` lines apply to both its mappings: a new UDP
+        // mapping gets those of the port's TCP mapping, if it has one.
+        let tcp = self.ports.get(&port);
+        let mapping = Mapping {
+            public_port: port,
+            target,
+            tag,
+            allow: existing
+                .map(|p| p.allow.clone())
+                .or_else(|| tcp.map(|p| p.allow.clone()))
+                .flatten(),
+            proxy: None,
+            limit: existing
+                .map(|p| p.limit)
+                .or_else(|| tcp.map(|p| p.limit))
+                .unwrap_or(self.default_limit),
+        };
+        if existing.is_some_and(|p| p.target == mapping.target && p.tag == mapping.tag) {
+            return self.mapping_response(core, 200, port, Proto::Udp);
+        }
+        let created = existing.is_none();
+        if created {
+            let sock = match bind_udp(self.bind, port) {
+                Ok(s) => s,
+                Err(e) => return Response::error(409, &e.to_string()),
+            };
+            if let Err(e) = self.publish_udp(core, &mapping, sock) {
+                return Response::error(500, &format!("cannot serve UDP port {port}: {e}"));
+            }
+        }
+        let target_text = mapping.target.to_string();
+        let written = self.rewrite_mapper_file(|text| {
+            config::set_proto_mapping(text, Proto::Udp, port, &target_text, &mapping.tag)
+        });
+        if let Err(e) = written {
+            if created {
+                self.unpublish_udp(core, port);
+            }
+            return Response::error(500, &e);
+        }
+        if !created {
+            self.retarget_udp(core, &mapping);
+        }
+        info!(
+            "admin API: public UDP port {port} -> {} (tag {})",
+            mapping.target, mapping.tag
+        );
+        self.mapping_response(core, if created { 201 } else { 200 }, port, Proto::Udp)
+    }
+
+    fn mapping_response(&self, core: &Core, status: u16, port: u16, proto: Proto) -> Response {
+        match self.one_mapping_json(core, port, proto) {
+            Some(body) => Response::json(status, &body),
+            None => Response::error(500, "the mapping vanished"),
+        }
+    }
+
+    /// `DELETE /api/mappings/{port}` (its TCP mapping, or its UDP one when it has only that)
+    /// or `DELETE /api/mappings/{proto}/{port}`: the listener or socket closes. A TCP port's
+    /// open streams run to their end; a UDP port's flows end with its socket.
+    fn delete_mapping(&mut self, core: &mut Core, port: &str, proto: Option<Proto>) -> Response {
         let port: u16 = match number(port, "port (1-65535)") {
             Ok(p) => p,
             Err(r) => return r,
         };
-        if !self.ports.contains_key(&port) {
-            return Response::error(404, &format!("port {port} is not mapped"));
+        let tcp = self.ports.contains_key(&port);
+        let udp = self.udp_ports.contains_key(&port);
+        let proto = match proto {
+            Some(p) => p,
+            None if !tcp && udp => Proto::Udp,
+            None => Proto::Tcp,
+        };
+        let mapped = match proto {
+            Proto::Tcp => tcp,
+            Proto::Udp => udp,
+        };
+        if !mapped {
+            let what = if proto == Proto::Udp { " for UDP" } else { "" };
+            return Response::error(404, &format!("port {port} is not mapped{what}"));
         }
-        if let Err(e) = self.rewrite_mapper_file(|text| config::remove_mapping(text, port)) {
+        if let Err(e) =
+            self.rewrite_mapper_file(|text| config::remove_proto_mapping(text, proto, port))
+        {
             return Response::error(500, &e);
         }
-        self.unpublish(core, port);
-        info!("admin API: public port {port} deleted");
+        match proto {
+            Proto::Tcp => {
+                self.unpublish(core, port);
+                info!("admin API: public port {port} deleted");
+            }
+            Proto::Udp => {
+                self.unpublish_udp(core, port);
+                info!("admin API: public UDP port {port} deleted");
+            }
+        }
         Response::no_content()
     }
 
@@ -316,11 +517,36 @@ impl ServerRole {
                 "id": r.id,
                 "client": client,
                 "port": r.port,
+                "proto": "tcp",
                 "visitor": info.visitor.to_string(),
                 "target": &*info.target,
                 "opened_at": time::rfc3339(info.opened_at),
                 "bytes_in": r.bytes_read,
                 "bytes_out": r.bytes_written,
+            }));
+        }
+        for (_, entry) in core.slab.iter() {
+            let Endpoint::UdpFlow(f) = &entry.ep else {
+                continue;
+            };
+            let (Some(client), Some(visitor), Some(target)) =
+                (core.generation_of(f.tunnel), f.peer, &f.target)
+            else {
+                continue;
+            };
+            let visitor = std::net::SocketAddr::new(visitor.ip().to_canonical(), visitor.port());
+            streams.push(json!({
+                "id": f.id,
+                "client": client,
+                "port": f.port,
+                "proto": "udp",
+                "visitor": visitor.to_string(),
+                "target": &**target,
+                "opened_at": time::rfc3339(f.opened_at),
+                "bytes_in": f.bytes[IN],
+                "bytes_out": f.bytes[OUT],
+                "datagrams_in": f.datagrams[IN],
+                "datagrams_out": f.datagrams[OUT],
             }));
         }
         Response::json(200, &json!({ "streams": streams }))
@@ -352,6 +578,7 @@ impl ServerRole {
         // The tags of the mappings and of the attached tunnels: a tag a client made up and
         // took away again leaves no series behind.
         let tags: std::collections::BTreeSet<&str> = (self.ports.values().map(|p| p.tag.as_str()))
+            .chain(self.udp_ports.values().map(|p| p.tag.as_str()))
             .chain(self.pools.keys().map(String::as_str))
             .collect();
         for tag in tags {
@@ -361,26 +588,59 @@ impl ServerRole {
 
         let ports: Vec<u16> = self.counters.visitors.keys().copied().collect();
         let port_text: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let udp_ports: Vec<u16> = self.counters.udp_visitors.keys().copied().collect();
+        let udp_text: Vec<String> = udp_ports.iter().map(u16::to_string).collect();
+        let udp_stats = |port: &u16| core.udp_stats.get(port).copied().unwrap_or_default();
         out.family(
             "tcpforward_streams",
             Kind::Gauge,
-            "Streams open, by public port.",
+            "Streams open (UDP: flows), by public port and protocol.",
         );
         for (port, text) in ports.iter().zip(&port_text) {
             let n = live.by_port.get(port).map_or(0, |t| t.streams);
-            out.sample("tcpforward_streams", &[("port", text)], n as u64);
+            out.sample(
+                "tcpforward_streams",
+                &[("port", text), ("proto", "tcp")],
+                n as u64,
+            );
+        }
+        for (port, text) in udp_ports.iter().zip(&udp_text) {
+            let n = live.udp_flows.get(port).copied().unwrap_or(0);
+            out.sample(
+                "tcpforward_streams",
+                &[("port", text), ("proto", "udp")],
+                n as u64,
+            );
         }
         out.family(
             "tcpforward_stream_bytes_total",
             Kind::Counter,
-            "Stream bytes by public port: in from visitors toward targets, out the way back.",
+            "Stream bytes (UDP: datagram bytes) by public port and protocol: in from visitors toward targets, out the way back.",
         );
         for (port, text) in ports.iter().zip(&port_text) {
             let bytes = live.port(core, *port).bytes;
             for (direction, n) in [("in", bytes.read), ("out", bytes.written)] {
                 out.sample(
                     "tcpforward_stream_bytes_total",
-                    &[("port", text.as_str()), ("direction", direction)],
+                    &[
+                        ("port", text.as_str()),
+                        ("direction", direction),
+                        ("proto", "tcp"),
+                    ],
+                    n,
+                );
+            }
+        }
+        for (port, text) in udp_ports.iter().zip(&udp_text) {
+            let s = udp_stats(port);
+            for (direction, n) in [("in", s.bytes[IN]), ("out", s.bytes[OUT])] {
+                out.sample(
+                    "tcpforward_stream_bytes_total",
+                    &[
+                        ("port", text.as_str()),
+                        ("direction", direction),
+                        ("proto", "udp"),
+                    ],
                     n,
                 );
             }
@@ -388,14 +648,53 @@ impl ServerRole {
         out.family(
             "tcpforward_visitors_total",
             Kind::Counter,
-            "Visitors by public port and what became of them.",
+            "Visitors by public port, protocol and what became of them (UDP: flows served or whose target failed; datagrams from new sources that got no flow).",
         );
-        for (counts, text) in self.counters.visitors.values().zip(&port_text) {
-            for v in Visit::ALL {
+        for (proto, counts, texts) in [
+            ("tcp", &self.counters.visitors, &port_text),
+            ("udp", &self.counters.udp_visitors, &udp_text),
+        ] {
+            for (counts, text) in counts.values().zip(texts) {
+                for v in Visit::ALL {
+                    out.sample(
+                        "tcpforward_visitors_total",
+                        &[
+                            ("port", text.as_str()),
+                            ("result", v.label()),
+                            ("proto", proto),
+                        ],
+                        counts[v as usize],
+                    );
+                }
+            }
+        }
+        out.family(
+            "tcpforward_udp_datagrams_total",
+            Kind::Counter,
+            "Datagrams by public UDP port: in from visitors toward targets, out the way back.",
+        );
+        for (port, text) in udp_ports.iter().zip(&udp_text) {
+            let s = udp_stats(port);
+            for (direction, n) in [("in", s.datagrams[IN]), ("out", s.datagrams[OUT])] {
                 out.sample(
-                    "tcpforward_visitors_total",
-                    &[("port", text.as_str()), ("result", v.label())],
-                    counts[v as usize],
+                    "tcpforward_udp_datagrams_total",
+                    &[("port", text.as_str()), ("direction", direction)],
+                    n,
+                );
+            }
+        }
+        out.family(
+            "tcpforward_udp_dropped_total",
+            Kind::Counter,
+            "Datagrams dropped by public UDP port and reason.",
+        );
+        for (port, text) in udp_ports.iter().zip(&udp_text) {
+            let s = udp_stats(port);
+            for why in UdpDrop::ALL {
+                out.sample(
+                    "tcpforward_udp_dropped_total",
+                    &[("port", text.as_str()), ("reason", why.label())],
+                    s.dropped(why),
                 );
             }
         }

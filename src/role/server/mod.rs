@@ -806,6 +806,24 @@ impl Role for ServerRole {
                     self.rates.insert(tkey, RateHistory::default());
                 }
             }
+            Event::OpenOk { handle, .. } if core.udp_flow_mut(handle).is_some() => {
+                if let Some(f) = core.udp_flow_mut(handle) {
+                    let port = f.port;
+                    self.counters.udp_visit(port, Visit::Served);
+                }
+            }
+            Event::OpenFail { handle, id, reason } if core.udp_flow_mut(handle).is_some() => {
+                if let Some(f) = core.udp_flow_mut(handle) {
+                    warn!(
+                        "client could not open the UDP target of flow {id}: {reason}; closing \
+                         the flow of {}",
+                        f.label
+                    );
+                    let port = f.port;
+                    self.counters.udp_visit(port, Visit::TargetFailed);
+                }
+                core.drop_relay(handle, false);
+            }
             Event::OpenOk { handle, .. } => {
                 if let Some(r) = core.relay_mut(handle) {
                     r.deadline = None;
@@ -900,7 +918,15 @@ impl Role for ServerRole {
         key: usize,
         visitor: SocketAddr,
     ) -> Result<usize, UdpDrop> {
-        self.new_flow(core, key, visitor)
+        let flow = self.new_flow(core, key, visitor);
+        if let (Err(why), Some(Endpoint::UdpPort(p))) = (flow, core.endpoint(key)) {
+            let visit = match why {
+                UdpDrop::NoClient => Visit::NoClient,
+                _ => Visit::Refused,
+            };
+            self.counters.udp_visit(p.port, visit);
+        }
+        flow
     }
 
     fn on_reload(&mut self, core: &mut Core) {

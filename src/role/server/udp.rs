@@ -62,6 +62,7 @@ impl ServerRole {
             queued: false,
         })))?;
         core.set_limit(port, m.limit);
+        self.counters.mapped_udp(port);
         self.udp_ports.insert(
             port,
             PublishedUdp {
@@ -226,6 +227,7 @@ impl ServerRole {
         flow.public = Some(key);
         flow.peer = Some(visitor);
         flow.port = port;
+        flow.target = Some(Arc::clone(&target));
         let inserted = core.insert(Endpoint::UdpFlow(Box::new(flow)));
         let fkey2 = match inserted {
             Ok((k, _)) => k,
