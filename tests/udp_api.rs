@@ -1,0 +1,364 @@
+//! UDP mappings in the server's admin API and metrics, against the real binary: listed with
+//! their protocol beside the TCP mapping of the same port, their flows listed as streams,
+//! counted in the metrics (checked by promtool when installed), and added, changed and
+//! deleted live through both forms of the path, with the mapping file rewritten.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::admin::start_with_admin;
+use common::*;
+use serde_json::{Value, json};
+
+/// Poll `f` (bounded: `within`, every 50 ms) until it gives `Some`.
+fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "not within {within:?}: {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A UDP echo target on 127.0.0.1 that answers every datagram with the same bytes, for as
+/// long as the test runs (its thread ends with the process).
+fn udp_echo() -> SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// A visitor socket with a short receive timeout.
+fn visitor() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s
+}
+
+/// Send `data` to UDP port `port` and wait for the same bytes back: a few tries, as
+/// loopback may drop a datagram under load.
+fn echoes(v: &UdpSocket, port: u16, data: &[u8]) -> bool {
+    let mut buf = vec![0u8; 65_536];
+    for _ in 0..5 {
+        v.send_to(data, ("127.0.0.1", port)).unwrap();
+        if let Ok(n) = v.recv(&mut buf) {
+            return &buf[..n] == data;
+        }
+    }
+    false
+}
+
+fn mappings_of(list: &Value, port: u16) -> Vec<&Value> {
+    list["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["port"] == u64::from(port))
+        .collect()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
+}
+
+/// `promtool check metrics` must accept the text (skipped, with a reason, without promtool).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("skipping promtool check: promtool not installed (Debian's prometheus)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn udp_mappings_are_listed_beside_tcp_and_their_flows_counted() {
+    let dir = TempDir::new("udp-api-list");
+    let (_tcp_echo, mut setup, port) = echo_mapping();
+    let udp_target = udp_echo();
+    setup.mapper_extra.push("[UDP]".into());
+    setup.mapper_extra.push(format!("{port}={udp_target}"));
+    let (server, admin) = start_with_admin(&dir, &setup, None);
+    let _client = attach_client(&server, setup.inner_port, &ClientOpts::default());
+
+    let list = admin.get_json("/api/mappings");
+    let both = mappings_of(&list, port);
+    assert_eq!(both.len(), 2, "{list}");
+    assert_eq!(both[0]["proto"], "tcp");
+    assert_eq!(both[1]["proto"], "udp");
+    assert_eq!(both[1]["target"], udp_target.to_string());
+    assert_eq!(both[1]["tag"], "default");
+    assert_eq!(admin.get_json("/api/status")["udp_mappings"], 1);
+
+    // The TCP mapping of the port still serves while its UDP mapping does.
+    assert_echo(port, "the TCP mapping of a port that also maps UDP");
+    let v = visitor();
+    for i in 0..5u8 {
+        assert!(echoes(&v, port, &[i; 100]), "datagram {i}");
+    }
+    let streams = admin.get_json("/api/streams");
+    let flow = streams["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["proto"] == "udp")
+        .unwrap_or_else(|| panic!("no flow in {streams}"))
+        .clone();
+    assert_eq!(flow["port"], u64::from(port));
+    assert_eq!(flow["visitor"], v.local_addr().unwrap().to_string());
+    assert_eq!(flow["target"], udp_target.to_string());
+    assert!(flow["datagrams_in"].as_u64().unwrap() >= 5, "{flow}");
+    assert!(flow["bytes_out"].as_u64().unwrap() >= 500, "{flow}");
+
+    let udp = mappings_of(&admin.get_json("/api/mappings"), port)[1].clone();
+    assert_eq!(udp["streams"], 1, "one flow open: {udp}");
+    assert!(udp["datagrams_in"].as_u64().unwrap() >= 5, "{udp}");
+    assert!(udp["datagrams_out"].as_u64().unwrap() >= 5, "{udp}");
+
+    let text = admin.get("/metrics").text();
+    let series = |s: String| metric(&text, &s).unwrap_or_else(|| panic!("{s} in\n{text}"));
+    assert_eq!(
+        series(format!(
+            r#"tcpforward_streams{{port="{port}",proto="udp"}}"#
+        )),
+        1.0
+    );
+    assert!(
+        series(format!(
+            r#"tcpforward_udp_datagrams_total{{port="{port}",direction="in"}}"#
+        )) >= 5.0
+    );
+    assert!(
+        series(format!(
+            r#"tcpforward_udp_datagrams_total{{port="{port}",direction="out"}}"#
+        )) >= 5.0
+    );
+    assert!(
+        series(format!(
+            r#"tcpforward_stream_bytes_total{{port="{port}",direction="out",proto="udp"}}"#
+        )) >= 500.0
+    );
+    assert_eq!(
+        series(format!(
+            r#"tcpforward_visitors_total{{port="{port}",result="served",proto="udp"}}"#
+        )),
+        1.0,
+        "one flow, served"
+    );
+    for reason in [
+        "not_allowed",
+        "flow_limit",
+        "no_client",
+        "stream_limit",
+        "tunnel_full",
+        "queue_full",
+        "limit",
+        "bad_size",
+    ] {
+        let s = format!(r#"tcpforward_udp_dropped_total{{port="{port}",reason="{reason}"}}"#);
+        assert!(metric(&text, &s).is_some(), "{s} in\n{text}");
+    }
+    promtool_check(&text);
+}
+
+#[test]
+fn datagrams_without_a_client_are_dropped_and_counted() {
+    let dir = TempDir::new("udp-api-noclient");
+    let mut setup = ServerSetup::new();
+    let port = free_port();
+    setup.mapper_extra.push("[UDP]".into());
+    setup.mapper_extra.push(format!("{port}={}", udp_echo()));
+    let (_server, admin) = start_with_admin(&dir, &setup, None);
+    let v = visitor();
+    for _ in 0..3 {
+        v.send_to(b"anyone?", ("127.0.0.1", port)).unwrap();
+    }
+    let series = format!(r#"tcpforward_udp_dropped_total{{port="{port}",reason="no_client"}}"#);
+    eventually(Duration::from_secs(5), "three drops counted", || {
+        (metric(&admin.get("/metrics").text(), &series) == Some(3.0)).then_some(())
+    });
+}
+
+#[test]
+fn udp_mappings_are_added_changed_and_deleted_live() {
+    let dir = TempDir::new("udp-api-put");
+    let (_tcp_echo, setup, tcp_port) = echo_mapping();
+    let (server, admin) = start_with_admin(&dir, &setup, None);
+    let _client = attach_client(&server, setup.inner_port, &ClientOpts::default());
+    let first = udp_echo();
+    let second = udp_echo();
+    let port = free_port();
+
+    // Added with the proto field; served at once; written to the file.
+    let body = json!({"target": first.to_string(), "proto": "udp"}).to_string();
+    let r = admin.call("PUT", &format!("/api/mappings/{port}"), Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["proto"], "udp");
+    let v = visitor();
+    assert!(echoes(&v, port, b"hello"), "served right after the PUT");
+    let file = std::fs::read_to_string(dir.path().join("port_mapper.cfg")).unwrap();
+    assert!(
+        file.contains("[UDP]") && file.contains(&format!("{port}={first}")),
+        "{file}"
+    );
+
+    // Changed through the UDP path: new flows go to the new target.
+    let body = json!({"target": second.to_string()}).to_string();
+    let r = admin.call("PUT", &format!("/api/mappings/udp/{port}"), Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["target"], second.to_string());
+    assert!(echoes(&visitor(), port, b"again"));
+
+    // Requests that cannot be right.
+    for (path, body, status) in [
+        (
+            format!("/api/mappings/udp/{port}"),
+            json!({"target": second.to_string(), "proto": "tcp"}),
+            400,
+        ),
+        (
+            format!("/api/mappings/{port}"),
+            json!({"target": second.to_string(), "proto": "sctp"}),
+            400,
+        ),
+        (
+            format!("/api/mappings/{port}"),
+            json!({"target": second.to_string(), "proto": 17}),
+            400,
+        ),
+        // The TCP mapping of the port has the default tag: [TAG] applies to both.
+        (
+            format!("/api/mappings/udp/{tcp_port}"),
+            json!({"target": second.to_string(), "tag": "other"}),
+            409,
+        ),
+    ] {
+        let r = admin.call("PUT", &path, Some(&body.to_string()));
+        assert_eq!(r.status, status, "PUT {path} {body}: {}", r.text());
+        assert!(r.json()["error"].is_string());
+    }
+    assert_eq!(
+        admin
+            .call("GET", &format!("/api/mappings/udp/{port}"), None)
+            .status,
+        405
+    );
+
+    // A UDP mapping beside the TCP one on the same port, then deleted by the UDP path: the
+    // TCP mapping stays.
+    let body = json!({"target": first.to_string()}).to_string();
+    let r = admin.call("PUT", &format!("/api/mappings/udp/{tcp_port}"), Some(&body));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(echoes(&visitor(), tcp_port, b"beside tcp"));
+    let r = admin.call("DELETE", &format!("/api/mappings/udp/{tcp_port}"), None);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_echo(tcp_port, "the TCP mapping after its UDP sibling went");
+    let list = admin.get_json("/api/mappings");
+    let left = mappings_of(&list, tcp_port);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["proto"], "tcp");
+
+    // Deleted by the plain path, as the port's only mapping: its socket closes.
+    let r = admin.call("DELETE", &format!("/api/mappings/{port}"), None);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(mappings_of(&admin.get_json("/api/mappings"), port).is_empty());
+    let file = std::fs::read_to_string(dir.path().join("port_mapper.cfg")).unwrap();
+    assert!(!file.contains(&format!("{port}=")), "{file}");
+    eventually(
+        Duration::from_secs(5),
+        "the UDP port to be free again",
+        || UdpSocket::bind(("127.0.0.1", port)).ok(),
+    );
+    let r = admin.call("DELETE", &format!("/api/mappings/udp/{port}"), None);
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn a_reload_adds_changes_and_removes_udp_ports() {
+    let dir = TempDir::new("udp-api-reload");
+    let (_tcp_echo, setup, tcp_port) = echo_mapping();
+    let (server, admin) = start_with_admin(&dir, &setup, None);
+    let _client = attach_client(&server, setup.inner_port, &ClientOpts::default());
+    let (first, second) = (udp_echo(), udp_echo());
+    let port = free_port();
+    let base = setup.mapper_text();
+    let write = |lines: &str| dir.write("port_mapper.cfg", &format!("{base}[UDP]\n{lines}\n"));
+
+    write(&format!("{port}={first}"));
+    let r = admin.call("POST", "/api/reload", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["udp"]["added"], json!([port]));
+    let v = visitor();
+    assert!(echoes(&v, port, b"added by reload"));
+
+    // A changed target serves new flows; the open one keeps its target.
+    write(&format!("{port}={second}"));
+    let r = admin.call("POST", "/api/reload", None);
+    assert_eq!(r.json()["udp"]["changed"], json!([port]), "{}", r.text());
+    assert!(echoes(&v, port, b"old flow"));
+    assert!(echoes(&visitor(), port, b"new flow"));
+    let streams = admin.get_json("/api/streams");
+    let targets: Vec<&str> = streams["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["proto"] == "udp")
+        .filter_map(|s| s["target"].as_str())
+        .collect();
+    assert!(
+        targets.contains(&first.to_string().as_str())
+            && targets.contains(&second.to_string().as_str()),
+        "{streams}"
+    );
+
+    // Removed: the socket closes with its flows; the TCP port is untouched.
+    dir.write("port_mapper.cfg", &base);
+    let r = admin.call("POST", "/api/reload", None);
+    assert_eq!(r.json()["udp"]["removed"], json!([port]), "{}", r.text());
+    server.wait_for_line(&format!("reload: public UDP port {port} closed"), READY);
+    assert!(
+        !admin
+            .get_json("/api/streams")
+            .to_string()
+            .contains("\"udp\""),
+        "no flow left"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the UDP port to be free again",
+        || UdpSocket::bind(("127.0.0.1", port)).ok(),
+    );
+    assert_echo(tcp_port, "the TCP mapping through the UDP reloads");
+}
