@@ -501,6 +501,33 @@ fn dashboard_lists_the_client_and_mappings_and_adds_a_mapping() {
         "the new port in #mappings",
         &cell_is("#mappings", &new_port.to_string()),
     );
+
+    // A UDP mapping on the same port number, through the same form: its own row.
+    let udp_target = udp_echo_target();
+    submit(
+        &mut page,
+        "#mapping-form",
+        &[
+            ("port", &new_port.to_string()),
+            ("target", &udp_target.to_string()),
+            ("tag", TAG),
+            ("proto", "udp"),
+        ],
+    );
+    wait_page(
+        &mut page,
+        "the UDP mapping in #mappings",
+        &cell_is("#mappings", &format!("{new_port}/udp")),
+    );
+    assert!(
+        udp_echoes(new_port, b"through the dashboard's mapping"),
+        "the UDP mapping added on port {new_port} does not echo"
+    );
+    wait_page(
+        &mut page,
+        "the TCP mapping still in #mappings",
+        &cell_is("#mappings", &new_port.to_string()),
+    );
     let banner = text_of(&mut page, "#error");
     assert_eq!(
         page.eval(&visible("#error")).ok(),

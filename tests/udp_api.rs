@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,39 +25,12 @@ fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>)
     }
 }
 
-/// A UDP echo target on 127.0.0.1 that answers every datagram with the same bytes, for as
-/// long as the test runs (its thread ends with the process).
-fn udp_echo() -> SocketAddr {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = sock.local_addr().unwrap();
-    thread::spawn(move || {
-        let mut buf = vec![0u8; 65_536];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(&buf[..n], from);
-        }
-    });
-    addr
-}
-
 /// A visitor socket with a short receive timeout.
 fn visitor() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     s
-}
-
-/// Send `data` to UDP port `port` and wait for the same bytes back: a few tries, as
-/// loopback may drop a datagram under load.
-fn echoes(v: &UdpSocket, port: u16, data: &[u8]) -> bool {
-    let mut buf = vec![0u8; 65_536];
-    for _ in 0..5 {
-        v.send_to(data, ("127.0.0.1", port)).unwrap();
-        if let Ok(n) = v.recv(&mut buf) {
-            return &buf[..n] == data;
-        }
-    }
-    false
 }
 
 fn mappings_of(list: &Value, port: u16) -> Vec<&Value> {
@@ -107,7 +80,7 @@ fn promtool_check(text: &str) {
 fn udp_mappings_are_listed_beside_tcp_and_their_flows_counted() {
     let dir = TempDir::new("udp-api-list");
     let (_tcp_echo, mut setup, port) = echo_mapping();
-    let udp_target = udp_echo();
+    let udp_target = udp_echo_target();
     setup.mapper_extra.push("[UDP]".into());
     setup.mapper_extra.push(format!("{port}={udp_target}"));
     let (server, admin) = start_with_admin(&dir, &setup, None);
@@ -126,7 +99,7 @@ fn udp_mappings_are_listed_beside_tcp_and_their_flows_counted() {
     assert_echo(port, "the TCP mapping of a port that also maps UDP");
     let v = visitor();
     for i in 0..5u8 {
-        assert!(echoes(&v, port, &[i; 100]), "datagram {i}");
+        assert!(udp_echoes_on(&v, port, &[i; 100]), "datagram {i}");
     }
     let streams = admin.get_json("/api/streams");
     let flow = streams["streams"]
@@ -199,7 +172,9 @@ fn datagrams_without_a_client_are_dropped_and_counted() {
     let mut setup = ServerSetup::new();
     let port = free_port();
     setup.mapper_extra.push("[UDP]".into());
-    setup.mapper_extra.push(format!("{port}={}", udp_echo()));
+    setup
+        .mapper_extra
+        .push(format!("{port}={}", udp_echo_target()));
     let (_server, admin) = start_with_admin(&dir, &setup, None);
     let v = visitor();
     for _ in 0..3 {
@@ -217,8 +192,8 @@ fn udp_mappings_are_added_changed_and_deleted_live() {
     let (_tcp_echo, setup, tcp_port) = echo_mapping();
     let (server, admin) = start_with_admin(&dir, &setup, None);
     let _client = attach_client(&server, setup.inner_port, &ClientOpts::default());
-    let first = udp_echo();
-    let second = udp_echo();
+    let first = udp_echo_target();
+    let second = udp_echo_target();
     let port = free_port();
 
     // Added with the proto field; served at once; written to the file.
@@ -227,7 +202,10 @@ fn udp_mappings_are_added_changed_and_deleted_live() {
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["proto"], "udp");
     let v = visitor();
-    assert!(echoes(&v, port, b"hello"), "served right after the PUT");
+    assert!(
+        udp_echoes_on(&v, port, b"hello"),
+        "served right after the PUT"
+    );
     let file = std::fs::read_to_string(dir.path().join("port_mapper.cfg")).unwrap();
     assert!(
         file.contains("[UDP]") && file.contains(&format!("{port}={first}")),
@@ -239,7 +217,7 @@ fn udp_mappings_are_added_changed_and_deleted_live() {
     let r = admin.call("PUT", &format!("/api/mappings/udp/{port}"), Some(&body));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["target"], second.to_string());
-    assert!(echoes(&visitor(), port, b"again"));
+    assert!(udp_echoes_on(&visitor(), port, b"again"));
 
     // Requests that cannot be right.
     for (path, body, status) in [
@@ -281,7 +259,7 @@ fn udp_mappings_are_added_changed_and_deleted_live() {
     let body = json!({"target": first.to_string()}).to_string();
     let r = admin.call("PUT", &format!("/api/mappings/udp/{tcp_port}"), Some(&body));
     assert_eq!(r.status, 201, "{}", r.text());
-    assert!(echoes(&visitor(), tcp_port, b"beside tcp"));
+    assert!(udp_echoes_on(&visitor(), tcp_port, b"beside tcp"));
     let r = admin.call("DELETE", &format!("/api/mappings/udp/{tcp_port}"), None);
     assert_eq!(r.status, 204, "{}", r.text());
     assert_echo(tcp_port, "the TCP mapping after its UDP sibling went");
@@ -311,7 +289,7 @@ fn a_reload_adds_changes_and_removes_udp_ports() {
     let (_tcp_echo, setup, tcp_port) = echo_mapping();
     let (server, admin) = start_with_admin(&dir, &setup, None);
     let _client = attach_client(&server, setup.inner_port, &ClientOpts::default());
-    let (first, second) = (udp_echo(), udp_echo());
+    let (first, second) = (udp_echo_target(), udp_echo_target());
     let port = free_port();
     let base = setup.mapper_text();
     let write = |lines: &str| dir.write("port_mapper.cfg", &format!("{base}[UDP]\n{lines}\n"));
@@ -321,14 +299,14 @@ fn a_reload_adds_changes_and_removes_udp_ports() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["udp"]["added"], json!([port]));
     let v = visitor();
-    assert!(echoes(&v, port, b"added by reload"));
+    assert!(udp_echoes_on(&v, port, b"added by reload"));
 
     // A changed target serves new flows; the open one keeps its target.
     write(&format!("{port}={second}"));
     let r = admin.call("POST", "/api/reload", None);
     assert_eq!(r.json()["udp"]["changed"], json!([port]), "{}", r.text());
-    assert!(echoes(&v, port, b"old flow"));
-    assert!(echoes(&visitor(), port, b"new flow"));
+    assert!(udp_echoes_on(&v, port, b"old flow"));
+    assert!(udp_echoes_on(&visitor(), port, b"new flow"));
     let streams = admin.get_json("/api/streams");
     let targets: Vec<&str> = streams["streams"]
         .as_array()

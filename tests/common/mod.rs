@@ -1085,3 +1085,43 @@ pub fn expect_server_config_error(dir: &TempDir, file: &str, line: usize, mentio
     }
     assert!(!log.contains("listening for clients"), "{log}");
 }
+
+// ---------------------------------------------------------------------------------------
+// UDP
+// ---------------------------------------------------------------------------------------
+
+/// A UDP echo target on 127.0.0.1 that answers every datagram with the same bytes, for as
+/// long as the test runs (its thread ends with the process).
+pub fn udp_echo_target() -> SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket on loopback");
+    let addr = sock.local_addr().expect("its address");
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// Send `data` from `v` to UDP port `port` on 127.0.0.1 and wait for the same bytes back:
+/// up to five tries of half a second, as loopback may drop a datagram under load.
+pub fn udp_echoes_on(v: &std::net::UdpSocket, port: u16, data: &[u8]) -> bool {
+    let mut buf = vec![0u8; 65_536];
+    let _ = v.set_read_timeout(Some(Duration::from_millis(500)));
+    for _ in 0..5 {
+        if v.send_to(data, ("127.0.0.1", port)).is_err() {
+            return false;
+        }
+        if let Ok(n) = v.recv(&mut buf) {
+            return &buf[..n] == data;
+        }
+    }
+    false
+}
+
+/// [`udp_echoes_on`] from a fresh visitor socket.
+pub fn udp_echoes(port: u16, data: &[u8]) -> bool {
+    let v = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket on loopback");
+    udp_echoes_on(&v, port, data)
+}
