@@ -458,8 +458,25 @@ pub fn client_json(status: &Value) -> Value {
     json!({ "status": status })
 }
 
+/// `list` with the port of every UDP entry written `5353/udp`: one port number may have a
+/// TCP and a UDP mapping, and the tables tell them apart so.
+fn udp_ports_marked(list: &Value) -> Value {
+    let mut list = list.clone();
+    if let Some(rows) = list.as_array_mut() {
+        for row in rows {
+            if row.get("proto").and_then(Value::as_str) == Some("udp")
+                && let Some(port) = row.get("port").cloned()
+            {
+                row["port"] = json!(format!("{}/udp", text(Some(&port))));
+            }
+        }
+    }
+    list
+}
+
 /// A server's status as text: a header line, then the clients, mappings and streams tables.
 pub fn render_server(status: &Value, clients: &Value, mappings: &Value, streams: &Value) -> String {
+    let (mappings, streams) = (&udp_ports_marked(mappings), &udp_ports_marked(streams));
     let mut out = format!(
         "server {}, up {}: {}, {}, {}\n",
         text(status.get("version")),
@@ -781,6 +798,31 @@ mod tests {
             ]
         );
         assert!(!text.lines().any(|l| l.ends_with(' ')), "{text}");
+    }
+
+    #[test]
+    fn udp_mappings_and_flows_show_their_protocol() {
+        let mappings = json!([
+            {"port": 53, "proto": "tcp", "target": "10.0.0.5:53", "tag": "default", "streams": 0,
+             "bytes_in": 0, "bytes_out": 0},
+            {"port": 53, "proto": "udp", "target": "10.0.0.5:53", "tag": "default", "streams": 1,
+             "bytes_in": 40, "bytes_out": 120},
+        ]);
+        let streams = json!([{"id": 9, "client": 7, "port": 53, "proto": "udp",
+                "visitor": "198.51.100.4:5353", "target": "10.0.0.5:53",
+                "opened_at": "2026-12-01T20:01:00Z", "bytes_in": 40, "bytes_out": 120}]);
+        let text = render_server(&server_status(), &clients(), &mappings, &streams);
+        assert_eq!(
+            section_of(&text, "Mappings"),
+            [
+                "PORT    TARGET       TAG      STREAMS    IN    OUT",
+                "53      10.0.0.5:53  default        0   0 B    0 B",
+                "53/udp  10.0.0.5:53  default        1  40 B  120 B",
+            ]
+        );
+        assert!(
+            section_of(&text, "Streams")[1].starts_with("9   7       53/udp  198.51.100.4:5353")
+        );
     }
 
     #[test]
