@@ -284,14 +284,17 @@ impl Core {
             Ok(n) => n,
             Err(e) => {
                 p.readable = false;
-                if !matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) {
-                    // An ICMP error for an earlier reply, say: it concerns no flow here.
-                    debug!("UDP port {port}: receive failed: {e}");
-                    p.readable = true;
-                    self.enqueue_udp(key);
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => {}
+                    // A signal, or an ICMP error for an earlier reply (it concerns no flow
+                    // here): the datagrams behind it are read in the next turn.
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionRefused => {
+                        debug!("UDP port {port}: receive: {e}");
+                        p.readable = true;
+                        self.enqueue_udp(key);
+                    }
+                    // Anything else waits for the next readiness event rather than spin.
+                    _ => debug!("UDP port {port}: receive failed: {e}"),
                 }
                 self.udp_batch = Some(batch);
                 return;
