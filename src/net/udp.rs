@@ -199,6 +199,9 @@ pub struct UdpFlow {
     pub target: Option<std::sync::Arc<str>>,
     /// Client: when a name still resolving times out.
     pub deadline: Option<Instant>,
+    /// Client: the allow-list admits the target's name only if it admits every address
+    /// the name resolves to.
+    pub check_addresses: bool,
     /// For logs: the visitor on the server, the target on the client.
     pub label: String,
     pub opened_at: SystemTime,
@@ -222,6 +225,7 @@ impl UdpFlow {
             bytes: [0; 2],
             target: None,
             deadline: None,
+            check_addresses: false,
             label,
             opened_at: SystemTime::now(),
         }

@@ -305,29 +305,9 @@ impl ClientRole {
         proxy: Option<ProxyAddrs>,
     ) {
         let deadline = core.now + self.cfg.connect_timeout;
-        let placeholder = core.slab.vacant_key();
-        let Some(t) = core.tunnel_mut(tkey) else {
+        let Some((tgt, verdict)) = self.take_open(core, tkey, id, target, false) else {
             return;
         };
-        let refusal = match Target::parse(target) {
-            Err(e) => Err(format!("bad target {target:?}: {e}")),
-            Ok(tgt) => t
-                .session
-                .accept_open(id, placeholder, false)
-                .map(|()| tgt)
-                .map_err(str::to_string),
-        };
-        let tgt = match refusal {
-            Ok(tgt) => tgt,
-            Err(reason) => return self.refuse(core, tkey, id, target, &reason),
-        };
-        let verdict = match &self.cfg.allow {
-            None => Verdict::Allowed,
-            Some(list) => list.verdict(&tgt),
-        };
-        if verdict == Verdict::NotAllowed {
-            return self.refuse_not_allowed(core, tkey, id, target, None);
-        }
         let early = proxy.map(|p| {
             let mut header = Vec::with_capacity(proxy::MAX_HEADER_LEN);
             p.header(&mut header);
@@ -368,6 +348,46 @@ impl ClientRole {
                 }
             }
         }
+    }
+
+    /// Take stream `id` to `target` (a datagram stream with `dgram`) into the session, its
+    /// handle a placeholder the caller rebinds, once the target parses and the allow-list
+    /// does not refuse it outright; otherwise answer OPEN_FAIL. Returns the target and the
+    /// allow-list's verdict (names it admits by address only are checked once resolved).
+    fn take_open(
+        &mut self,
+        core: &mut Core,
+        tkey: usize,
+        id: u32,
+        target: &str,
+        dgram: bool,
+    ) -> Option<(Target, Verdict)> {
+        let placeholder = core.slab.vacant_key();
+        let t = core.tunnel_mut(tkey)?;
+        let taken = match Target::parse(target) {
+            Err(e) => Err(format!("bad target {target:?}: {e}")),
+            Ok(tgt) => t
+                .session
+                .accept_open(id, placeholder, dgram)
+                .map(|()| tgt)
+                .map_err(str::to_string),
+        };
+        let tgt = match taken {
+            Ok(tgt) => tgt,
+            Err(reason) => {
+                self.refuse(core, tkey, id, target, &reason);
+                return None;
+            }
+        };
+        let verdict = match &self.cfg.allow {
+            None => Verdict::Allowed,
+            Some(list) => list.verdict(&tgt),
+        };
+        if verdict == Verdict::NotAllowed {
+            self.refuse_not_allowed(core, tkey, id, target, None);
+            return None;
+        }
+        Some((tgt, verdict))
     }
 
     /// A connecting relay's socket reported writable (connected) or, when `failed`, an

@@ -11,7 +11,7 @@ use mio::net::UdpSocket;
 use mio::{Interest, Token};
 
 use super::ClientRole;
-use crate::config::{Host, Target, Verdict};
+use crate::config::{Host, Verdict};
 use crate::net::reactor::{Core, Endpoint};
 use crate::net::sys;
 use crate::net::udp::{UDP_SOCKET_BUFFER, UdpFlow};
@@ -31,30 +31,10 @@ fn connect_udp(target: SocketAddr) -> io::Result<UdpSocket> {
 impl ClientRole {
     /// The server opened datagram stream `id` to the UDP target `target`.
     pub(super) fn open_udp(&mut self, core: &mut Core, tkey: usize, id: u32, target: &str) {
-        let placeholder = core.slab.vacant_key();
-        let sweeps = core.sweeps;
-        let Some(t) = core.tunnel_mut(tkey) else {
+        let Some((tgt, verdict)) = self.take_open(core, tkey, id, target, true) else {
             return;
         };
-        let accepted = match Target::parse(target) {
-            Err(e) => Err(format!("bad target {target:?}: {e}")),
-            Ok(tgt) => t
-                .session
-                .accept_open(id, placeholder, true)
-                .map(|()| tgt)
-                .map_err(str::to_string),
-        };
-        let tgt = match accepted {
-            Ok(tgt) => tgt,
-            Err(reason) => return self.refuse(core, tkey, id, target, &reason),
-        };
-        let verdict = match &self.cfg.allow {
-            None => Verdict::Allowed,
-            Some(list) => list.verdict(&tgt),
-        };
-        if verdict == Verdict::NotAllowed {
-            return self.refuse_not_allowed(core, tkey, id, target, None);
-        }
+        let sweeps = core.sweeps;
         let mut flow = UdpFlow::new(tkey, id, format!("UDP {target}"), sweeps);
         let name = match tgt.host {
             Host::Ip(ip) => {
@@ -70,6 +50,7 @@ impl ClientRole {
             }
             Host::Name(name) => {
                 flow.deadline = Some(core.now + self.cfg.connect_timeout);
+                flow.check_addresses = verdict == Verdict::IfEveryAddressAllowed;
                 Some(name)
             }
         };
@@ -117,20 +98,18 @@ impl ClientRole {
         let Some(f) = core.udp_flow_mut(key) else {
             return;
         };
-        let label = f.label.clone();
         let addrs = match result {
             Ok(addrs) => addrs,
             Err(e) => return self.udp_open_failed(core, key, &e),
         };
         // Names the allow-list admits only by their addresses must resolve to allowed ones.
-        let target = label.strip_prefix("UDP ").unwrap_or(&label);
-        if let (Some(list), Ok(tgt)) = (&self.cfg.allow, Target::parse(target))
-            && list.verdict(&tgt) == Verdict::IfEveryAddressAllowed
+        if f.check_addresses
+            && let Some(list) = &self.cfg.allow
             && let Some(&bad) = addrs.iter().find(|a| !list.allows_addr(**a))
         {
-            let (tkey, id) = (f.tunnel, f.id);
+            let (tkey, id, label) = (f.tunnel, f.id, f.label.clone());
             core.remove(key);
-            return self.refuse_not_allowed(core, tkey, id, target, Some(bad));
+            return self.refuse_not_allowed(core, tkey, id, &label, Some(bad));
         }
         let Some(&addr) = addrs.first() else {
             return self.udp_open_failed(core, key, "the name has no address");

@@ -251,23 +251,15 @@ impl ServerRole {
             return Response::error(400, &format!("port {port} is the admin API's"));
         }
         let existing = self.ports.get(&port);
-        // The API sets a target and a tag; the port's `[ALLOW]`, `[PROXY]` and `[LIMIT]` lines
-        // stay as they are (a new port gets `BANDWIDTH`, as it would at a reload, or the
-        // lines of its UDP mapping, which apply to both).
-        let udp = self.udp_ports.get(&port);
+        // The API sets a target and a tag; the port's `[PROXY]` line stays as it is.
+        let (allow, limit) = self.lines_of(port, Proto::Tcp);
         let mapping = Mapping {
             public_port: port,
             target,
             tag,
-            allow: existing
-                .map(|p| p.allow.clone())
-                .or_else(|| udp.map(|p| p.allow.clone()))
-                .flatten(),
+            allow,
             proxy: existing.and_then(|p| p.proxy),
-            limit: existing
-                .map(|p| p.limit)
-                .or_else(|| udp.map(|p| p.limit))
-                .unwrap_or(self.default_limit),
+            limit,
         };
         if existing.is_some_and(|p| p.target == mapping.target && p.tag == mapping.tag) {
             let live = Live::of(core);
@@ -322,22 +314,14 @@ impl ServerRole {
         tag: String,
     ) -> Response {
         let existing = self.udp_ports.get(&port);
-        // A port's `[ALLOW]` and `[LIMIT]` lines apply to both its mappings: a new UDP
-        // mapping gets those of the port's TCP mapping, if it has one.
-        let tcp = self.ports.get(&port);
+        let (allow, limit) = self.lines_of(port, Proto::Udp);
         let mapping = Mapping {
             public_port: port,
             target,
             tag,
-            allow: existing
-                .map(|p| p.allow.clone())
-                .or_else(|| tcp.map(|p| p.allow.clone()))
-                .flatten(),
+            allow,
             proxy: None,
-            limit: existing
-                .map(|p| p.limit)
-                .or_else(|| tcp.map(|p| p.limit))
-                .unwrap_or(self.default_limit),
+            limit,
         };
         if existing.is_some_and(|p| p.target == mapping.target && p.tag == mapping.tag) {
             return self.mapping_response(core, 200, port, Proto::Udp);
@@ -370,6 +354,26 @@ impl ServerRole {
             mapping.target, mapping.tag
         );
         self.mapping_response(core, if created { 201 } else { 200 }, port, Proto::Udp)
+    }
+
+    /// The `[ALLOW]` list and the limit a mapping of `port` and `proto` set through the API
+    /// has: its own when it exists, else those of the port's other mapping (the lines name
+    /// the port number, so they apply to both), else none and `BANDWIDTH`, as at a reload.
+    fn lines_of(
+        &self,
+        port: u16,
+        proto: Proto,
+    ) -> (Option<Vec<config::Cidr>>, Option<config::Rate>) {
+        let tcp = self.ports.get(&port).map(|p| (&p.allow, p.limit));
+        let udp = self.udp_ports.get(&port).map(|p| (&p.allow, p.limit));
+        let (own, other) = match proto {
+            Proto::Tcp => (tcp, udp),
+            Proto::Udp => (udp, tcp),
+        };
+        match own.or(other) {
+            Some((allow, limit)) => (allow.clone(), limit),
+            None => (None, self.default_limit),
+        }
     }
 
     fn mapping_response(&self, core: &Core, status: u16, port: u16, proto: Proto) -> Response {

@@ -493,12 +493,8 @@ impl ServerRole {
 
     /// A connection refused at accept: DEBUG each, INFO at most once a minute (`refusals`).
     fn refused(&mut self, core: &mut Core, what: &str, detail: std::fmt::Arguments<'_>) {
-        match self.refusals.note(core.now, what) {
-            Some(at) => {
-                info!("{detail} (refusals are summed up here once a minute)");
-                core.schedule(at, TimerTarget::Role(REFUSALS));
-            }
-            None => debug!("{detail}"),
+        if let Some(at) = self.refusals.log(core.now, what, detail, "refusals are") {
+            core.schedule(at, TimerTarget::Role(REFUSALS));
         }
     }
 

@@ -30,6 +30,23 @@ impl RefusalLog {
         None
     }
 
+    /// Note and log a refusal: `detail` at DEBUG, or at INFO (followed by `summed`) when it
+    /// opens a minute. `Some(at)`: schedule the summary then.
+    pub(super) fn log(
+        &mut self,
+        now: Instant,
+        what: &str,
+        detail: std::fmt::Arguments<'_>,
+        summed: &str,
+    ) -> Option<Instant> {
+        let at = self.note(now, what);
+        match at {
+            Some(_) => log::info!("{detail} ({summed} summed up here once a minute)"),
+            None => log::debug!("{detail}"),
+        }
+        at
+    }
+
     /// The summary timer fired: the line to log at INFO and when to look again, or `None`
     /// (nothing was refused in the last minute: the next refusal is logged when it comes).
     /// `noun` and `when` make the line: `refused 3 connections at accept ...`.

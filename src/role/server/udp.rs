@@ -9,7 +9,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use mio::net::UdpSocket;
 
 use super::{Bind, ServerRole, TimerTarget, UDP_DROPS};
@@ -253,12 +253,8 @@ impl ServerRole {
 
     /// A datagram dropped before it had a flow: DEBUG each, INFO at most once a minute.
     fn dropped(&mut self, core: &mut Core, what: &str, detail: std::fmt::Arguments<'_>) {
-        match self.udp_drops.note(core.now, what) {
-            Some(at) => {
-                info!("{detail} (such drops are summed up here once a minute)");
-                core.schedule(at, TimerTarget::Role(UDP_DROPS));
-            }
-            None => debug!("{detail}"),
+        if let Some(at) = self.udp_drops.log(core.now, what, detail, "such drops are") {
+            core.schedule(at, TimerTarget::Role(UDP_DROPS));
         }
     }
 }
