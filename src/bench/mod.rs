@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// Run only this workload (repeatable; default: all)
     #[arg(long, value_enum, value_name = "WORKLOAD")]
     pub only: Vec<Workload>,
+    /// For scripts/compare-peers.sh: serve the UDP echo and sink on ports ECHO and SINK of
+    /// 127.0.0.1, measure 1-flow round trips through PUBLIC_ECHO and the rate under 1 % loss
+    /// through PUBLIC_SINK (the same ports for direct), and print one line of figures
+    #[arg(long, hide = true, value_name = "ECHO,SINK,PUBLIC_ECHO,PUBLIC_SINK", value_parser = parse_ports)]
+    pub udp_peer: Option<[u16; 4]>,
 }
 
 /// What `--tls` selects.
@@ -140,8 +145,23 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Four ports, comma-separated.
+fn parse_ports(s: &str) -> Result<[u16; 4], String> {
+    let ports: Vec<u16> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u16>().ok().filter(|&p| p > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{s:?}: ports are numbers from 1 to 65535"))?;
+    ports
+        .try_into()
+        .map_err(|_| format!("{s:?}: four ports, comma-separated"))
+}
+
 /// Run the benchmark; returns the process exit code (0 all went well, 1 a failure).
 pub fn run(args: BenchArgs) -> u8 {
+    if let Some(ports) = args.udp_peer {
+        return udp::peer(ports, Duration::from_secs_f64(args.seconds));
+    }
     // Children inherit the raised limit.
     let nofile = crate::net::sys::raise_nofile_limit().unwrap_or(0);
     let tunnels = args.tls.tunnels();
@@ -677,6 +697,12 @@ mod tests {
         assert_eq!(b.seconds, 2.0);
         assert!(!b.json);
         assert!(b.only.is_empty());
+        assert_eq!(b.udp_peer, None);
+        let b = parse(&["--udp-peer", "1,2,3,4"]).expect("--udp-peer");
+        assert_eq!(b.udp_peer, Some([1, 2, 3, 4]));
+        for bad in ["1,2,3", "1,2,3,4,5", "0,1,2,3", "a,b,c,d"] {
+            assert!(parse(&["--udp-peer", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

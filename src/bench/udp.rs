@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::harness::{UdpCount, loopback};
+use super::harness::{UdpCount, UdpService, loopback};
 use super::report::Samples;
 use super::workloads::{RR_SIZE, duration_ns};
 use crate::net::dgram::{self, BATCH};
@@ -426,6 +426,58 @@ pub(super) fn flood_step(flood: Flood, sink: &UdpCount, before: u64) -> io::Resu
         sent,
         received: drained(sink, before),
     })
+}
+
+/// `tcp-forward bench --udp-peer ECHO,SINK,PUBLIC_ECHO,PUBLIC_SINK`, for
+/// scripts/compare-peers.sh: the UDP echo and sink on ports ECHO and SINK of 127.0.0.1,
+/// 1-flow round trips for `dur` through PUBLIC_ECHO, then the rate search and the fixed rate
+/// through PUBLIC_SINK. Prints one line on stdout: round trips/s, p50 and p99 (µs), requests
+/// lost, the highest rate under 1 % loss (Mbit/s, datagrams/s; `-` when none), whether that
+/// was the sender's ceiling (1 or 0), and at the fixed rate: Mbit/s sent and % lost. The
+/// steps go to stderr. Returns the exit code.
+pub(super) fn peer(ports: [u16; 4], dur: Duration) -> u8 {
+    let [echo, sink, public_echo, public_sink] = ports.map(loopback);
+    let count = Arc::new(UdpCount::default());
+    let services = UdpService::echo(echo)
+        .and_then(|e| UdpService::sink(sink, Arc::clone(&count)).map(|s| (e, s)));
+    let _services = match services {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tcp-forward bench --udp-peer: cannot serve UDP on {echo} and {sink}: {e}");
+            return 1;
+        }
+    };
+    let figures = request_response(public_echo, 1, dur).and_then(|rr| {
+        let r = rates(public_sink, &count, step_duration(dur))?;
+        Ok((rr, r))
+    });
+    let (rr, r) = match figures {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tcp-forward bench --udp-peer: {e}");
+            return 1;
+        }
+    };
+    eprintln!("steps: {}", super::render::steps_text(&r.steps));
+    let us = |p| {
+        rr.percentile_us(p)
+            .map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
+    };
+    let (mbit, per_s) = r.best.map_or_else(
+        || ("-".to_string(), "-".to_string()),
+        |b| (format!("{:.1}", b.sent.mbit()), format!("{:.0}", b.per_s())),
+    );
+    println!(
+        "{:.0} {} {} {} {mbit} {per_s} {} {:.1} {:.3}",
+        rr.rate(),
+        us(50.0),
+        us(99.0),
+        rr.lost.unwrap_or(0),
+        u8::from(r.sender_limited),
+        r.fixed.sent.mbit(),
+        r.fixed.loss() * 100.0
+    );
+    0
 }
 
 /// Each step of the rate search lasts a quarter of `--seconds`, between 50 ms and 1 s: the

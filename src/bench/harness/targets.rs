@@ -164,9 +164,9 @@ impl Targets {
         let source_written = Arc::new(AtomicU64::new(0));
         let written = Arc::clone(&source_written);
         let source = Target::spawn(loopback(0), move |s| source_conn(s, &written))?;
-        let udp_echo = UdpService::echo()?;
+        let udp_echo = UdpService::echo(loopback(0))?;
         let udp_received = Arc::new(UdpCount::default());
-        let udp_sink = UdpService::sink(Arc::clone(&udp_received))?;
+        let udp_sink = UdpService::sink(loopback(0), Arc::clone(&udp_received))?;
         Ok(Targets {
             addr: Endpoints {
                 echo,

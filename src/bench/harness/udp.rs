@@ -13,7 +13,6 @@ use std::time::Duration;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
-use super::loopback;
 use crate::net::dgram::{self, RecvBatch};
 use crate::net::sys;
 use crate::net::udp::UDP_SOCKET_BUFFER;
@@ -41,10 +40,10 @@ pub struct UdpService {
 }
 
 impl UdpService {
-    /// The echo: each datagram is sent back to where it came from (one the socket refuses is
-    /// lost, as on a network).
-    pub fn echo() -> io::Result<UdpService> {
-        UdpService::spawn("udp-echo", |sock, batch| {
+    /// The echo on `bind`: each datagram is sent back to where it came from (one the socket
+    /// refuses is lost, as on a network).
+    pub fn echo(bind: SocketAddr) -> io::Result<UdpService> {
+        UdpService::spawn("udp-echo", bind, |sock, batch| {
             for i in 0..batch.len() {
                 let (d, from, _) = batch.get(i);
                 if let Some(from) = from {
@@ -54,9 +53,9 @@ impl UdpService {
         })
     }
 
-    /// The sink: counts the datagrams and bytes it receives into `count`.
-    pub fn sink(count: Arc<UdpCount>) -> io::Result<UdpService> {
-        UdpService::spawn("udp-sink", move |_, batch| {
+    /// The sink on `bind`: counts the datagrams and bytes it receives into `count`.
+    pub fn sink(bind: SocketAddr, count: Arc<UdpCount>) -> io::Result<UdpService> {
+        UdpService::spawn("udp-sink", bind, move |_, batch| {
             let bytes: usize = (0..batch.len()).map(|i| batch.get(i).0.len()).sum();
             count
                 .datagrams
@@ -65,12 +64,12 @@ impl UdpService {
         })
     }
 
-    /// Bind 127.0.0.1 on a port of the OS's choice and run `on_batch` on every batch read.
-    fn spawn<F>(name: &str, mut on_batch: F) -> io::Result<UdpService>
+    /// Bind `bind` (port 0: one of the OS's choice) and run `on_batch` on every batch read.
+    fn spawn<F>(name: &str, bind: SocketAddr, mut on_batch: F) -> io::Result<UdpService>
     where
         F: FnMut(&UdpSocket, &RecvBatch) + Send + 'static,
     {
-        let mut sock = UdpSocket::bind(loopback(0))?;
+        let mut sock = UdpSocket::bind(bind)?;
         sys::set_socket_buffers(&sock, UDP_SOCKET_BUFFER);
         let addr = sock.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
