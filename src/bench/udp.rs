@@ -341,7 +341,9 @@ pub(super) fn rates(addr: SocketAddr, sink: &UdpCount, step_dur: Duration) -> io
     }
     drained(sink, before);
     let mut steps: Vec<Step> = Vec::with_capacity(SEARCH_STEPS);
-    let (mut best, mut lowest_failed, mut sender_limited) = (None::<Step>, None::<f64>, false);
+    let (mut best, mut lowest_failed) = (None::<Step>, None::<f64>);
+    // The last step fell short of the rate asked; two in a row: the sender's ceiling.
+    let (mut short, mut sender_limited) = (false, false);
     let mut mbit = SEARCH_START_MBIT;
     for _ in 0..SEARCH_STEPS {
         let s = step(&sock, sink, mbit, step_dur)?;
@@ -351,11 +353,20 @@ pub(super) fn rates(addr: SocketAddr, sink: &UdpCount, step_dur: Duration) -> io
             if best.is_none_or(|b| rate > b.sent.mbit()) {
                 best = Some(s);
             }
+            // Short of the rate asked twice in a row, the sender is at its ceiling; once
+            // may be a moment without the CPU (the machine is shared): the rate is tried
+            // again.
             if s.sender_limited() {
-                sender_limited = true;
-                break;
+                if short {
+                    sender_limited = true;
+                    break;
+                }
+                short = true;
+                continue;
             }
+            short = false;
         } else {
+            short = false;
             lowest_failed = Some(lowest_failed.map_or(rate, |f| f.min(rate)));
         }
         mbit = match (best, lowest_failed) {
