@@ -602,7 +602,8 @@ run_iperf() { # name out_json extra-args... ; sets IPERF_RESULT="bps bytes"
 
 measure_peer() { # peer round
     local peer=$1 round=$2 rss
-    if ((${#PEER_PIDS[@]})); then
+    # Idle memory is a column of the TCP table.
+    if ((WITH_TCP && ${#PEER_PIDS[@]})); then
         sleep 1
         rss=$(python3 "$TOOL" rss "${PEER_PIDS[@]}")
         record "$peer" rss_idle_kb "$round" "$rss"

@@ -342,31 +342,31 @@ pub(super) fn rates(addr: SocketAddr, sink: &UdpCount, step_dur: Duration) -> io
     drained(sink, before);
     let mut steps: Vec<Step> = Vec::with_capacity(SEARCH_STEPS);
     let (mut best, mut lowest_failed) = (None::<Step>, None::<f64>);
-    // The last step fell short of the rate asked; two in a row: the sender's ceiling.
+    // The last step fell short of the rate asked, and the search ended at the sender's
+    // ceiling.
     let (mut short, mut sender_limited) = (false, false);
     let mut mbit = SEARCH_START_MBIT;
     for _ in 0..SEARCH_STEPS {
         let s = step(&sock, sink, mbit, step_dur)?;
         steps.push(s);
+        // A step short of the rate asked may have gone without the CPU for a moment (the
+        // machine is shared): it is tried again. Short twice in a row, the sender is at its
+        // ceiling: a pass ends the search there, a loss counts at the rate sent.
+        if s.sender_limited() && !short {
+            short = true;
+            continue;
+        }
+        let was_short = std::mem::take(&mut short);
         let rate = s.sent.mbit();
         if s.loss() < LOSS_LIMIT {
             if best.is_none_or(|b| rate > b.sent.mbit()) {
                 best = Some(s);
             }
-            // Short of the rate asked twice in a row, the sender is at its ceiling; once
-            // may be a moment without the CPU (the machine is shared): the rate is tried
-            // again.
-            if s.sender_limited() {
-                if short {
-                    sender_limited = true;
-                    break;
-                }
-                short = true;
-                continue;
+            if was_short && s.sender_limited() {
+                sender_limited = true;
+                break;
             }
-            short = false;
         } else {
-            short = false;
             lowest_failed = Some(lowest_failed.map_or(rate, |f| f.min(rate)));
         }
         mbit = match (best, lowest_failed) {
