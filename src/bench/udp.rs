@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::harness::{UdpCount, UdpService, loopback};
-use super::report::Samples;
+use super::report::{Samples, Transfer};
 use super::workloads::{RR_SIZE, duration_ns};
 use crate::net::dgram::{self, BATCH};
 use crate::net::sys;
@@ -195,11 +195,13 @@ pub(super) struct Sent {
 impl Sent {
     /// Payload Mbit/s as sent.
     pub(super) fn mbit(self) -> f64 {
-        if self.secs > 0.0 {
-            (self.datagrams * DGRAM_SIZE as u64) as f64 * 8.0 / self.secs / 1e6
-        } else {
-            0.0
+        let bytes = self.datagrams * DGRAM_SIZE as u64;
+        Transfer {
+            bytes,
+            secs: self.secs,
         }
+        .gbits()
+            * 1e3
     }
 }
 
