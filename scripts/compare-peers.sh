@@ -7,7 +7,9 @@
 # tcp-forward-plain (TLS=off, --tls off).
 # Tests through each: iperf3 single stream (both directions), iperf3 -P 8, wrk against
 # nginx serving a ~600 byte file, redis-benchmark GET/SET; plus resident memory and CPU
-# seconds per GB of each tunnel's processes. Each measurement is repeated R times (rounds
+# seconds per GB of each tunnel's processes. Through the peers that carry UDP (direct,
+# rathole, rathole-tls, tcp-forward, tcp-forward-plain), `tcp-forward bench --udp-peer`:
+# 64 B UDP round trips on one flow and the highest rate of 1,200 B datagrams under 1 % loss. Each measurement is repeated R times (rounds
 # run every peer in turn, so slow drift of machine load hits all peers alike) and the
 # median is reported with its ratio to direct loopback measured in the same run.
 #
@@ -33,6 +35,9 @@ Usage: scripts/compare-peers.sh [options]
                       at run time (PKCS#12 for the server, trusted_root for the client)
       --bin PATH      tcp-forward binary (default target/release/tcp-forward; env TCP_FORWARD_BIN)
       --no-redis      skip redis-benchmark
+      --no-udp        skip the UDP tests
+      --udp-only      run the UDP tests only (direct, rathole, rathole-tls, tcp-forward,
+                      tcp-forward-plain carry UDP; the other peers are skipped)
   env SOCAT_BACKLOG   listen backlog for socat (default 1024; empty = socat's default of 5)
   env RELAY_MODE      relay-chain mode: copy (default) or splice
       --json FILE     also write results as JSON
@@ -52,6 +57,8 @@ DURATION=${DURATION:-5}
 REPEATS=${R:-${REPEATS:-3}}
 PEERS=direct,socat,relay-chain,rathole,rathole-tls,bore,ssh,tcp-forward,tcp-forward-plain
 WITH_REDIS=1
+WITH_UDP=1
+WITH_TCP=1
 JSON_OUT=
 MD_OUT=
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -70,6 +77,8 @@ while [[ $# -gt 0 ]]; do
     -p | --peers) PEERS=${2:?missing value for $1}; shift 2 ;;
     --bin) TF_BIN=${2:?missing value for $1}; shift 2 ;;
     --no-redis) WITH_REDIS=0; shift ;;
+    --no-udp) WITH_UDP=0; shift ;;
+    --udp-only) WITH_TCP=0; shift ;;
     --json) JSON_OUT=${2:?missing value for $1}; shift 2 ;;
     -o | --output) MD_OUT=${2:?missing value for $1}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -88,7 +97,9 @@ fi
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 declare -A NEEDED_PKG=([python3]=python3 [iperf3]=iperf3 [timeout]=coreutils [setsid]=util-linux)
-for tool in python3 iperf3 timeout setsid; do
+NEEDED=(python3 timeout setsid)
+((!WITH_TCP)) || NEEDED+=(iperf3)
+for tool in "${NEEDED[@]}"; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         echo "required tool missing: $tool (Debian: apt-get install ${NEEDED_PKG[$tool]})" >&2
         exit 2
@@ -172,6 +183,15 @@ wait_listening() { # timeout_s port... : wait until every port listens
     done
 }
 
+wait_udp_bound() { # timeout_s port... : wait until every UDP port is bound
+    local deadline=$((SECONDS + $1))
+    shift
+    until python3 "$TOOL" udp-bound "$@"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
+}
+
 wait_log() { # timeout_s file substring
     local deadline=$((SECONDS + $1))
     until grep -qF -- "$3" "$2" 2>/dev/null; do
@@ -200,11 +220,14 @@ logtail() { # file... : last lines of each log, on one line, for a skip reason
 
 # ---------------------------------------------------------------- backends
 
-WITH_HTTP=1
+WITH_HTTP=$WITH_TCP
+((WITH_TCP)) || WITH_REDIS=0
 NGINX=$(find_bin nginx || true)
 WRK=$(find_bin wrk || true)
-[[ -n $NGINX ]] || { WITH_HTTP=0; skip "test:http" "nginx not found (apt-get install nginx)"; }
-[[ -n $WRK ]] || { WITH_HTTP=0; skip "test:http" "wrk not found (apt-get install wrk)"; }
+if ((WITH_HTTP)); then
+    [[ -n $NGINX ]] || { WITH_HTTP=0; skip "test:http" "nginx not found (apt-get install nginx)"; }
+    [[ -n $WRK ]] || { WITH_HTTP=0; skip "test:http" "wrk not found (apt-get install wrk)"; }
+fi
 if ((WITH_REDIS)); then
     REDIS_SERVER=$(find_bin redis-server || true)
     REDIS_BENCH=$(find_bin redis-benchmark || true)
@@ -214,6 +237,13 @@ fi
 CURL=$(find_bin curl || true)
 
 read -r IPERF_PORT HTTP_PORT REDIS_PORT < <(ports 3)
+udp_ports() { python3 "$TOOL" udp-ports "$1"; }
+# The UDP echo and sink of `tcp-forward bench --udp-peer`, bound by it for each measurement.
+read -r UDP_ECHO_PORT UDP_SINK_PORT < <(udp_ports 2)
+if ((!WITH_TCP && !WITH_UDP)); then
+    echo "--udp-only and --no-udp leave nothing to measure" >&2
+    exit 2
+fi
 
 start_iperf_server() {
     start_bg "$TMP/iperf3-server.log" iperf3 -s -B 127.0.0.1 -p "$IPERF_PORT"
@@ -225,7 +255,7 @@ restart_iperf_server() {
     forget_pids "$IPERF_PID"
     start_iperf_server
 }
-start_iperf_server
+((!WITH_TCP)) || start_iperf_server
 
 if ((WITH_HTTP)); then
     mkdir -p "$TMP/www" "$TMP/nginx-tmp"
@@ -265,10 +295,15 @@ fi
 # ---------------------------------------------------------------- peers
 # Each setup_<peer> starts the tunnel for the three targets, sets PUB_IPERF, PUB_HTTP,
 # PUB_REDIS and PEER_PIDS, waits until it is ready, and returns non-zero (with SETUP_ERR)
-# on failure. The peer's processes are stopped by teardown_peer.
+# on failure. A peer that carries UDP also sets PUB_UDP_ECHO and PUB_UDP_SINK (the main loop
+# empties them before each setup). The peer's processes are stopped by teardown_peer.
+
+# The peers that carry UDP: the others are skipped with --udp-only.
+UDP_PEERS=" direct rathole rathole-tls tcp-forward tcp-forward-plain "
 
 setup_direct() {
     PUB_IPERF=$IPERF_PORT PUB_HTTP=$HTTP_PORT PUB_REDIS=$REDIS_PORT
+    PUB_UDP_ECHO=$UDP_ECHO_PORT PUB_UDP_SINK=$UDP_SINK_PORT
     PEER_PIDS=()
 }
 
@@ -335,6 +370,7 @@ setup_rathole_with() { # plain|tls
     local mode=$1 bin ctrl d id server_transport="" client_transport=""
     bin=$(find_bin rathole) || { SETUP_ERR="rathole not found (cargo install --root /opt/peers rathole)"; return 1; }
     read -r ctrl PUB_IPERF PUB_HTTP PUB_REDIS < <(ports 4)
+    read -r PUB_UDP_ECHO PUB_UDP_SINK < <(udp_ports 2)
     d=$TMP/rathole-$mode
     mkdir -p "$d"
     if [[ $mode == tls ]]; then
@@ -360,6 +396,14 @@ bind_addr = "127.0.0.1:$PUB_HTTP"
 
 [server.services.redis]
 bind_addr = "127.0.0.1:$PUB_REDIS"
+
+[server.services.udpecho]
+type = "udp"
+bind_addr = "127.0.0.1:$PUB_UDP_ECHO"
+
+[server.services.udpsink]
+type = "udp"
+bind_addr = "127.0.0.1:$PUB_UDP_SINK"
 EOF
     cat >"$d/client.toml" <<EOF
 [client]
@@ -376,6 +420,14 @@ local_addr = "127.0.0.1:$HTTP_PORT"
 
 [client.services.redis]
 local_addr = "127.0.0.1:$REDIS_PORT"
+
+[client.services.udpecho]
+type = "udp"
+local_addr = "127.0.0.1:$UDP_ECHO_PORT"
+
+[client.services.udpsink]
+type = "udp"
+local_addr = "127.0.0.1:$UDP_SINK_PORT"
 EOF
     PEER_PIDS=()
     start_bg "$d/server.log" env RUST_LOG=warn "$bin" --server "$d/server.toml"
@@ -385,6 +437,8 @@ EOF
     PEER_PIDS+=("$LAST_PID")
     wait_listening 15 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" ||
         { SETUP_ERR="rathole services did not listen: $(logtail "$d/server.log" "$d/client.log")"; return 1; }
+    wait_udp_bound 15 "$PUB_UDP_ECHO" "$PUB_UDP_SINK" ||
+        { SETUP_ERR="rathole UDP services not bound: $(logtail "$d/server.log" "$d/client.log")"; return 1; }
 }
 
 setup_rathole() { setup_rathole_with plain; }
@@ -472,6 +526,7 @@ setup_tcp_forward_with() { # on|off: the server's TLS key and the client's --tls
         return 1
     fi
     read -r inner PUB_IPERF PUB_HTTP PUB_REDIS < <(ports 4)
+    read -r PUB_UDP_ECHO PUB_UDP_SINK < <(udp_ports 2)
     d=$TMP/tcp-forward-tls-$tls
     mkdir -p "$d"
     # With TLS on and neither TLS_CERT nor TLS_KEY, the server makes a self-signed certificate
@@ -491,6 +546,9 @@ EOF
 $PUB_IPERF=127.0.0.1:$IPERF_PORT
 $PUB_HTTP=127.0.0.1:$HTTP_PORT
 $PUB_REDIS=127.0.0.1:$REDIS_PORT
+[UDP]
+$PUB_UDP_ECHO=127.0.0.1:$UDP_ECHO_PORT
+$PUB_UDP_SINK=127.0.0.1:$UDP_SINK_PORT
 EOF
     PEER_PIDS=()
     start_bg "$d/server.log" "$TF_BIN" server "$d/server.cfg"
@@ -501,6 +559,7 @@ EOF
     wait_log 15 "$d/server.log" "tunnel attached" ||
         { SETUP_ERR="no 'tunnel attached' from tcp-forward server: $(logtail "$d/server.log" "$d/client.log")"; return 1; }
     wait_listening 10 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" || { SETUP_ERR="tcp-forward public ports not listening"; return 1; }
+    wait_udp_bound 10 "$PUB_UDP_ECHO" "$PUB_UDP_SINK" || { SETUP_ERR="tcp-forward public UDP ports not bound"; return 1; }
 }
 
 setup_tcp_forward() { setup_tcp_forward_with on; }
@@ -542,12 +601,52 @@ run_iperf() { # name out_json extra-args... ; sets IPERF_RESULT="bps bytes"
 }
 
 measure_peer() { # peer round
-    local peer=$1 round=$2 r bps bytes cpu0 cpu1 rss peak pid i
-    if ((${#PEER_PIDS[@]})); then
+    local peer=$1 round=$2 rss
+    # Idle memory is a column of the TCP table.
+    if ((WITH_TCP && ${#PEER_PIDS[@]})); then
         sleep 1
         rss=$(python3 "$TOOL" rss "${PEER_PIDS[@]}")
         record "$peer" rss_idle_kb "$round" "$rss"
     fi
+    if ((WITH_TCP)); then
+        measure_tcp "$peer" "$round"
+    fi
+    if ((WITH_UDP)) && [[ -n $PUB_UDP_ECHO ]]; then
+        measure_udp "$peer" "$round"
+    fi
+}
+
+# UDP through the peer: `tcp-forward bench --udp-peer` serves the echo and the sink on
+# UDP_ECHO_PORT and UDP_SINK_PORT for the run, times 1-flow round trips through PUB_UDP_ECHO
+# for DURATION, then searches the rate under 1 % loss through PUB_UDP_SINK (steps of a
+# quarter of DURATION, at most 1 s, 9 at most).
+measure_udp() { # peer round
+    local peer=$1 round=$2 line rr p50 p99 lost mbit per_s limited fixed_mbit fixed_loss
+    if [[ ! -x $TF_BIN ]]; then
+        log "  UDP through $peer skipped: $TF_BIN not found (cargo build --release)"
+        return 0
+    fi
+    if ! line=$(timeout -k 5 $((DURATION + 30)) "$TF_BIN" bench --seconds "$DURATION" \
+        --udp-peer "$UDP_ECHO_PORT,$UDP_SINK_PORT,$PUB_UDP_ECHO,$PUB_UDP_SINK" 2>"$TMP/udp-peer.log"); then
+        log "  UDP through $peer failed: $(tail -n 3 "$TMP/udp-peer.log" | tr '\n' ' ')"
+        return 0
+    fi
+    read -r rr p50 p99 lost mbit per_s limited fixed_mbit fixed_loss <<<"$line"
+    record "$peer" udp_rr_per_s "$round" "$rr"
+    [[ $p50 == - ]] || record "$peer" udp_rr_p50_us "$round" "$p50"
+    [[ $p99 == - ]] || record "$peer" udp_rr_p99_us "$round" "$p99"
+    record "$peer" udp_rr_lost "$round" "$lost"
+    [[ $mbit == - ]] || record "$peer" udp_max_mbit "$round" "$mbit"
+    [[ $per_s == - ]] || record "$peer" udp_max_per_s "$round" "$per_s"
+    record "$peer" udp_fixed_sent_mbit "$round" "$fixed_mbit"
+    record "$peer" udp_fixed_loss_pct "$round" "$fixed_loss"
+    local ceiling=
+    [[ $limited != 1 ]] || ceiling=" (the sender's ceiling)"
+    log "  $peer UDP: $rr round trips/s (p50 $p50 µs, p99 $p99 µs, $lost lost); under 1 % loss $mbit Mbit/s$ceiling; at 2,000 asked sent $fixed_mbit Mbit/s, lost $fixed_loss %; $(grep -m1 '^steps:' "$TMP/udp-peer.log" || true)"
+}
+
+measure_tcp() { # peer round
+    local peer=$1 round=$2 r bps bytes cpu0 cpu1 rss peak pid i
 
     # single stream, client -> server, with CPU accounting
     if ((${#PEER_PIDS[@]})); then
@@ -670,7 +769,7 @@ meta loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, $(uname -sr), load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- iperf3/wrk runs of ${DURATION} s, ${REPEATS} rounds (every peer once per round), median reported"
-    echo "- tools: $(iperf3 --version | head -n 1)${WRK:+, $($WRK -v 2>&1 | head -n 1 | cut -d' ' -f1-2)}${NGINX:+, $($NGINX -v 2>&1)}${REDIS_SERVER:+, $($REDIS_SERVER --version | cut -d' ' -f1-3)}"
+    ((!WITH_TCP)) || echo "- tools: $(iperf3 --version | head -n 1)${WRK:+, $($WRK -v 2>&1 | head -n 1 | cut -d' ' -f1-2)}${NGINX:+, $($NGINX -v 2>&1)}${REDIS_SERVER:+, $($REDIS_SERVER --version | cut -d' ' -f1-3)}"
     for p in "${SELECTED[@]}"; do
         v=$(version_of "$p" || true)
         echo "- $p: ${v:-not available}"
@@ -684,6 +783,10 @@ meta loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 for ((round = 1; round <= REPEATS; round++)); do
     for peer in "${SELECTED[@]}"; do
         [[ -n ${SKIPPED[$peer]:-} ]] && continue
+        if ((!WITH_TCP)) && [[ $UDP_PEERS != *" $peer "* ]]; then
+            ((round > 1)) || skip "$peer" "carries no UDP (--udp-only)"
+            continue
+        fi
         log "round $round/$REPEATS: $peer"
         fn=setup_${peer//-/_}
         # Two attempts: a port picked free can be taken by another program before the peer
@@ -691,6 +794,7 @@ for ((round = 1; round <= REPEATS; round++)); do
         ok=
         for attempt in 1 2; do
             SETUP_ERR=
+            PUB_UDP_ECHO= PUB_UDP_SINK=
             if $fn && check_path; then ok=1; break; fi
             log "  $peer setup attempt $attempt failed: ${SETUP_ERR:-setup failed}"
             teardown_peer

@@ -3,7 +3,9 @@
 
 Sub-commands (all print to stdout, exit non-zero on failure):
   ports N                  N distinct free TCP ports on 127.0.0.1
+  udp-ports N              N distinct free UDP ports on 127.0.0.1
   listening PORT...        exit 0 when every PORT has a listening TCP socket
+  udp-bound PORT...        exit 0 when every PORT has a bound UDP socket
   rss PID...               resident memory (kB) of the PIDs and all their descendants
   cpu PID...               CPU seconds (utime+stime+cutime+cstime) of the PIDs and descendants
   iperf FILE               "<bits_per_second> <bytes>" from an iperf3 -J result
@@ -22,11 +24,11 @@ import sys
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cmd_ports(n):
+def cmd_ports(n, kind=socket.SOCK_STREAM):
     socks = []
     try:
         for _ in range(int(n)):
-            s = socket.socket()
+            s = socket.socket(socket.AF_INET, kind)
             s.bind(("127.0.0.1", 0))
             socks.append(s)
         print(" ".join(str(s.getsockname()[1]) for s in socks))
@@ -35,23 +37,24 @@ def cmd_ports(n):
             s.close()
 
 
-def listening_ports():
+def listening_ports(proto="tcp", state="0A"):
+    """Local ports of the sockets of `proto` in `state` (0A: TCP listening, 07: UDP bound)."""
     ports = set()
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for name in (f"/proc/net/{proto}", f"/proc/net/{proto}6"):
         try:
             with open(name) as f:
                 next(f, None)
                 for line in f:
                     parts = line.split()
-                    if len(parts) > 3 and parts[3] == "0A":
+                    if len(parts) > 3 and parts[3] == state:
                         ports.add(int(parts[1].rsplit(":", 1)[1], 16))
         except OSError:
             pass
     return ports
 
 
-def cmd_listening(ports):
-    have = listening_ports()
+def cmd_listening(ports, proto="tcp", state="0A"):
+    have = listening_ports(proto, state)
     return 0 if all(int(p) in have for p in ports) else 1
 
 
@@ -179,6 +182,18 @@ COLUMNS = [
     ("cpu_s_per_gb", "CPU s/GB", 1, 2, None),
 ]
 
+# The UDP table: tcp-forward bench --udp-peer through each peer that carries UDP.
+UDP_COLUMNS = [
+    ("udp_rr_per_s", "UDP 64 B round trips/s, 1 flow", 1, 0, "up"),
+    ("udp_rr_p50_us", "p50 µs", 1, 1, "down"),
+    ("udp_rr_p99_us", "p99 µs", 1, 1, "down"),
+    ("udp_rr_lost", "lost", 1, 0, None),
+    ("udp_max_mbit", "1,200 B under 1 % loss, Mbit/s", 1, 0, "up"),
+    ("udp_max_per_s", "datagrams/s", 1, 0, "up"),
+    ("udp_fixed_sent_mbit", "2,000 Mbit/s asked: sent Mbit/s", 1, 0, None),
+    ("udp_fixed_loss_pct", "lost %", 1, 2, None),
+]
+
 
 def cmd_report(tsv, md_out, json_out=None):
     meta, skips, order = {}, {}, []
@@ -212,21 +227,40 @@ def cmd_report(tsv, md_out, json_out=None):
             text += f" ({med / ref:.2f}×)"
         return text
 
-    lines = []
-    lines.append("| peer | " + " | ".join(c[1] for c in COLUMNS) + " |")
-    lines.append("|---|" + "---:|" * len(COLUMNS))
-    for peer in order:
-        if peer in skips and peer not in values:
-            continue
-        lines.append(f"| {peer} | " + " | ".join(cell(peer, *c[0:1], *c[2:]) for c in COLUMNS) + " |")
+    def table(columns):
+        lines = ["| peer | " + " | ".join(c[1] for c in columns) + " |"]
+        lines.append("|---|" + "---:|" * len(columns))
+        for peer in order:
+            if peer in skips and peer not in values:
+                continue
+            if not any(c[0] in values.get(peer, {}) for c in columns):
+                continue
+            lines.append(f"| {peer} | " + " | ".join(cell(peer, *c[0:1], *c[2:]) for c in columns) + " |")
+        return lines
+
     out = ["## Results (median of %s rounds)" % meta.get("repeats", "?"), ""]
-    out.extend(lines)
-    out.append("")
-    out.append(
-        "Ratios in parentheses are to `direct` measured in the same run (for p99 a ratio above 1 is worse). "
-        "RSS is the sum of VmRSS over the tunnel's processes and their children; "
-        "CPU s/GB is utime+stime of those processes per 10^9 bytes of a single-stream iperf3 run."
-    )
+    tcp = table(COLUMNS)
+    if len(tcp) > 2:
+        out.extend(tcp)
+        out.append("")
+        out.append(
+            "Ratios in parentheses are to `direct` measured in the same run (for p99 a ratio above 1 is worse). "
+            "RSS is the sum of VmRSS over the tunnel's processes and their children; "
+            "CPU s/GB is utime+stime of those processes per 10^9 bytes of a single-stream iperf3 run."
+        )
+    udp = table(UDP_COLUMNS)
+    if len(udp) > 2:
+        out.append("")
+        out.append("### UDP")
+        out.append("")
+        out.extend(udp)
+        out.append("")
+        out.append(
+            "`tcp-forward bench --udp-peer` through each peer that carries UDP: 64 B requests on one flow "
+            "(a request unanswered in 200 ms is lost and sent again), then 1,200 B datagrams from a paced "
+            "sender, the highest rate that lost under 1 % (doubling from 500 Mbit/s, then bisecting) and "
+            "the loss at 2,000 Mbit/s asked. Ratios are to `direct` in the same run."
+        )
     if skips:
         out.append("")
         out.append("## Skipped or failed")
@@ -239,7 +273,7 @@ def cmd_report(tsv, md_out, json_out=None):
     for peer in order:
         if peer not in values:
             continue
-        for key, title, scale, decimals, _kind in COLUMNS:
+        for key, title, scale, decimals, _kind in COLUMNS + UDP_COLUMNS:
             vals = values[peer].get(key)
             if vals:
                 shown = ", ".join(f"{v * scale:.{decimals}f}" for v in vals)
@@ -276,8 +310,13 @@ def main(argv):
     if cmd == "ports":
         cmd_ports(args[0])
         return 0
+    if cmd == "udp-ports":
+        cmd_ports(args[0], socket.SOCK_DGRAM)
+        return 0
     if cmd == "listening":
         return cmd_listening(args)
+    if cmd == "udp-bound":
+        return cmd_listening(args, "udp", "07")
     if cmd == "rss":
         cmd_rss(args)
         return 0

@@ -235,3 +235,60 @@ fn the_limit_workload_measures_a_limited_port_beside_an_unlimited_one() {
     assert!(err.contains("a port limited to 100 mbit"), "{err}");
     assert!(json["workloads"].as_object().unwrap().is_empty(), "{json}");
 }
+
+/// The UDP workloads, run short through the plain tunnel: round trips on 1 and 50 flows with
+/// their losses, the rate search and the fixed rate, and TCP round trips beside a flood.
+#[test]
+fn the_udp_workloads_measure_round_trips_rates_and_a_flood() {
+    let (json, err) = bench_json(&[
+        "--seconds",
+        "0.1",
+        "--tls",
+        "off",
+        "--only",
+        "udp-rr1",
+        "--only",
+        "udp-rr50",
+        "--only",
+        "udp-rate",
+        "--only",
+        "udp-flood",
+    ]);
+    let workloads = json["workloads"].as_object().expect("workloads");
+    let keys: Vec<&str> = workloads.keys().map(String::as_str).collect();
+    let mut expected = Vec::new();
+    for rr in ["udp_rr1", "udp_rr50"] {
+        for figure in ["per_s", "p50_us", "p99_us", "lost"] {
+            expected.push(format!("{rr}_{figure}"));
+        }
+    }
+    for key in [
+        "udp_max_mbit",
+        "udp_max_per_s",
+        "udp_fixed_sent_mbit",
+        "udp_fixed_loss_pct",
+    ] {
+        expected.push(key.to_string());
+    }
+    assert_eq!(keys, expected, "{json}");
+    for (key, row) in workloads {
+        for field in ["direct", "tunnel"] {
+            assert!(is_num(&row[field]), "{key}.{field}: {row}");
+        }
+        let count = key.ends_with("_lost") || key.starts_with("udp_fixed");
+        assert_eq!(is_num(&row["ratio"]), !count, "{key}: {row}");
+    }
+    assert!(
+        workloads["udp_rr1_per_s"]["tunnel"].as_f64() > Some(0.0),
+        "{json}"
+    );
+    let flood = &json["udp_flood"];
+    for field in ["alone", "beside_flood", "ratio"] {
+        assert!(is_num(&flood["rr1_per_s"][field]), "{field}: {flood}");
+    }
+    assert_eq!(flood["flood"]["asked_mbit"], 500, "{flood}");
+    assert!(flood["flood"]["sent_mbit"].as_f64() > Some(0.0), "{flood}");
+    assert_eq!(json["udp_flood"]["tls"], serde_json::json!({}), "{json}");
+    assert!(err.contains("UDP 1,200 B datagrams"), "{err}");
+    assert!(err.contains("plain steps "), "{err}");
+}

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use crate::config::DEFAULT_MAPPER_FILE;
 
 use super::harness::{
-    Endpoints, Process, ProcessOptions, Stop, Targets, TempDir, free_ports, loopback, procfs,
+    Endpoints, Process, ProcessOptions, Stop, Targets, TempDir, free_ports, free_udp_ports,
+    loopback, procfs,
 };
 use super::report::Tunnel;
 use super::workloads::echo_byte;
@@ -37,7 +38,7 @@ pub(super) struct Env {
     /// The target services through the tunnel: the server's public ports.
     pub(super) public: Endpoints,
     /// The sink and the source again, through public ports limited to [`LIMIT_MBIT`] (the
-    /// echo is the unlimited one).
+    /// echo and the UDP services are the unlimited ones).
     pub(super) limited: Endpoints,
     /// How the client is started again ([`Env::restart_client`]).
     client_start: ClientStart,
@@ -170,6 +171,8 @@ impl Env {
         };
         let [inner, echo, sink, source, limited_sink, limited_source] =
             free_ports().map_err(|e| fatal(format!("cannot pick free ports on 127.0.0.1: {e}")))?;
+        let [udp_echo, udp_sink] = free_udp_ports()
+            .map_err(|e| fatal(format!("cannot pick free UDP ports on 127.0.0.1: {e}")))?;
         let dir = TempDir::new("bench")
             .map_err(|e| fatal(format!("cannot create a temporary directory: {e}")))?;
         let token = random_token().map_err(|e| fatal(format!("cannot make a bench token: {e}")))?;
@@ -184,8 +187,9 @@ impl Env {
         let t = targets.addr;
         let map_text = format!(
             "[MAPPER]\n{echo}={}\n{sink}={}\n{source}={}\n{limited_sink}={}\n{limited_source}={}\n\
-             [LIMIT]\n{limited_sink}={LIMIT_MBIT}mbit\n{limited_source}={LIMIT_MBIT}mbit\n",
-            t.echo, t.sink, t.source, t.sink, t.source
+             [LIMIT]\n{limited_sink}={LIMIT_MBIT}mbit\n{limited_source}={LIMIT_MBIT}mbit\n\
+             [UDP]\n{udp_echo}={}\n{udp_sink}={}\n",
+            t.echo, t.sink, t.source, t.sink, t.source, t.udp_echo, t.udp_sink
         );
         let cfg = dir
             .write("server.cfg", &cfg_text)
@@ -226,11 +230,13 @@ impl Env {
             echo: loopback(echo),
             sink: loopback(sink),
             source: loopback(source),
+            udp_echo: loopback(udp_echo),
+            udp_sink: loopback(udp_sink),
         };
         let limited = Endpoints {
-            echo: loopback(echo),
             sink: loopback(limited_sink),
             source: loopback(limited_source),
+            ..public
         };
         let what = "working tunnel (a 1-byte echo through the public port)";
         wait_until(

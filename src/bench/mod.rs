@@ -32,18 +32,21 @@ pub mod harness;
 mod render;
 mod report;
 mod stalled;
+mod udp;
 mod workloads;
 
 pub use env::Harness;
 
 use env::Env;
 use harness::Endpoints;
-use render::{last_rows_text, mem_text, render_json, render_table};
-use report::{ByTunnel, LimitFigures, MemPair, Report, Setup, Transfer, Tunnel};
+use render::{mem_text, render_json, render_table, rows_since_text};
+use report::{ByTunnel, Kind, LimitFigures, MemPair, Report, Setup, Transfer, Tunnel};
 use workloads::{IdleStreams, RssSampler};
 
-/// Connections in the many-connection request/response workload.
+/// Connections in the many-connection request/response workload, and flows in its UDP one.
 const RR_CONNS: usize = 50;
+/// The flood starts this long before the round trips beside it are timed.
+const FLOOD_LEAD: Duration = Duration::from_millis(100);
 /// Client starts timed by the set-up workload, for each tunnel.
 const SETUP_STARTS: usize = 5;
 /// The bandwidth-limit workload runs each way for this many times `--seconds`...
@@ -66,6 +69,11 @@ pub struct BenchArgs {
     /// Run only this workload (repeatable; default: all)
     #[arg(long, value_enum, value_name = "WORKLOAD")]
     pub only: Vec<Workload>,
+    /// For scripts/compare-peers.sh: serve the UDP echo and sink on ports ECHO and SINK of
+    /// 127.0.0.1, measure 1-flow round trips through PUBLIC_ECHO and the rate under 1 % loss
+    /// through PUBLIC_SINK (the same ports for direct), and print one line of figures
+    #[arg(long, hide = true, value_name = "ECHO,SINK,PUBLIC_ECHO,PUBLIC_SINK", value_parser = parse_ports)]
+    pub udp_peer: Option<[u16; 4]>,
 }
 
 /// What `--tls` selects.
@@ -108,6 +116,17 @@ pub enum Workload {
     Streams,
     /// 64-byte round trips on 1 connection before and while another stream is stalled
     Stalled,
+    /// 64-byte UDP round trips on 1 flow (a request unanswered in 200 ms is lost and sent
+    /// again)
+    UdpRr1,
+    /// 64-byte UDP round trips on 50 flows
+    UdpRr50,
+    /// 1,200-byte UDP datagrams: the highest rate under 1 % loss (a search in steps of a
+    /// quarter of --seconds), and the loss at 2,000 Mbit/s
+    UdpRate,
+    /// 64-byte round trips on 1 connection alone and beside a 500 Mbit/s UDP flood through
+    /// the same tunnel
+    UdpFlood,
     /// A port limited to 100 mbit, each way for 5 times --seconds (10 s at most), beside an
     /// unlimited one
     Limit,
@@ -126,8 +145,23 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// Four ports, comma-separated.
+fn parse_ports(s: &str) -> Result<[u16; 4], String> {
+    let ports: Vec<u16> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u16>().ok().filter(|&p| p > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{s:?}: ports are numbers from 1 to 65535"))?;
+    ports
+        .try_into()
+        .map_err(|_| format!("{s:?}: four ports, comma-separated"))
+}
+
 /// Run the benchmark; returns the process exit code (0 all went well, 1 a failure).
 pub fn run(args: BenchArgs) -> u8 {
+    if let Some(ports) = args.udp_peer {
+        return udp::peer(ports, Duration::from_secs_f64(args.seconds));
+    }
     // Children inherit the raised limit.
     let nofile = crate::net::sys::raise_nofile_limit().unwrap_or(0);
     let tunnels = args.tls.tunnels();
@@ -212,6 +246,22 @@ impl Workload {
                 "the stalled-stream workload",
                 "64 B round trips, 1 connection, before and while another stream is stalled",
             ),
+            Workload::UdpRr1 => (
+                "the 1-flow UDP round-trip workload",
+                "UDP 64 B round trips, 1 flow",
+            ),
+            Workload::UdpRr50 => (
+                "the 50-flow UDP round-trip workload",
+                "UDP 64 B round trips, 50 flows",
+            ),
+            Workload::UdpRate => (
+                "the UDP rate workload",
+                "UDP 1,200 B datagrams, highest rate under 1 % loss, and the loss at 2,000 Mbit/s",
+            ),
+            Workload::UdpFlood => (
+                "the UDP flood workload",
+                "64 B round trips, 1 connection, alone and beside a 500 Mbit/s UDP flood",
+            ),
             Workload::Setup => ("the set-up workload", "tunnel set-up, client started again"),
             Workload::Limit => (
                 "the bandwidth-limit workload",
@@ -258,6 +308,7 @@ fn run_workloads(
                 .map_err(|e| format!("{} tunnel: {e}", t.name()))?;
         }
         eprint!("bench: {title}: ");
+        let rows_before = report.rows.len();
         match workload {
             Workload::Upload => {
                 let (d, through) = bulk(envs, direct.sink, |e| e.sink, workloads::upload, duration);
@@ -307,6 +358,32 @@ fn run_workloads(
                     workloads::request_response_poll(env.public.echo, RR_CONNS, duration)
                 });
                 report.push_samples("rr50", "64 B round trips, 50 conns", d, t);
+            }
+            Workload::UdpRr1 | Workload::UdpRr50 => {
+                let (flows, key, label) = match workload {
+                    Workload::UdpRr1 => (1, "udp_rr1", "UDP 64 B round trips, 1 flow"),
+                    _ => (RR_CONNS, "udp_rr50", "UDP 64 B round trips, 50 flows"),
+                };
+                let d = udp::request_response(direct.udp_echo, flows, duration);
+                let t =
+                    envs.map(|_, env| udp::request_response(env.public.udp_echo, flows, duration));
+                report.push_samples(key, label, d, t);
+            }
+            Workload::UdpRate => {
+                let steps = udp_rates(envs, udp::step_duration(duration), report);
+                eprint!("{steps}; ");
+            }
+            Workload::UdpFlood => {
+                let mut texts = Vec::new();
+                for (t, env) in envs.iter() {
+                    texts.push(format!(
+                        "{}: {}",
+                        t.name(),
+                        udp_flood(t, env, duration, report)
+                    ));
+                }
+                eprintln!("{}", texts.join("; "));
+                continue;
             }
             Workload::Connect => {
                 let d = workloads::connection_rate(direct.echo, duration);
@@ -397,7 +474,7 @@ fn run_workloads(
                 continue;
             }
         }
-        eprintln!("{}", last_rows_text(report));
+        eprintln!("{}", rows_since_text(report, rows_before));
     }
     for (t, env) in envs.iter_mut() {
         env.check_alive("the end of the run")
@@ -423,6 +500,103 @@ fn bulk(
     let through = envs
         .map(|_, env| workloads::bulk_with_cpu(work, service(&env.public), duration, pids(env)));
     (d, through)
+}
+
+/// The UDP rate workload directly and through each tunnel, into rows; returns the steps of
+/// each path's search, as text.
+fn udp_rates(envs: &ByTunnel<Env>, step: Duration, report: &mut Report) -> String {
+    let Some((_, first)) = envs.iter().next() else {
+        return String::new();
+    };
+    let sink = &first.targets;
+    let d = udp::rates(sink.addr.udp_sink, sink.udp_received(), step);
+    let t = envs.map(|_, env| udp::rates(env.public.udp_sink, env.targets.udp_received(), step));
+    let label = "UDP 1,200 B, highest rate under 1 % loss (Mbit/s)";
+    let [d, plain, tls] = report.take_all(label, d, t);
+    let sides = [("direct", &d), ("plain", &plain), ("TLS", &tls)];
+    let mut texts = Vec::new();
+    for (side, r) in sides {
+        let Some(r) = r else { continue };
+        texts.push(format!("{side} steps {}", render::steps_text(&r.steps)));
+        match r.best {
+            None => {
+                report.failed = true;
+                report.notes.push(format!(
+                    "{label}, {side}: every rate tried lost 1 % or more ({})",
+                    render::steps_text(&r.steps)
+                ));
+            }
+            Some(best) if r.sender_limited => report.notes.push(format!(
+                "{label}, {side}: the sender's ceiling, {} Mbit/s, lost under 1 %: the path may carry more",
+                render::fmt_num(best.sent.mbit())
+            )),
+            Some(_) => {}
+        }
+    }
+    let fig =
+        |f: &dyn Fn(&udp::Rates) -> Option<f64>| [&d, &plain, &tls].map(|r| r.as_ref().and_then(f));
+    report.push_figures(
+        "udp_max_mbit",
+        label,
+        Kind::Rate,
+        fig(&|r| r.best.map(|b| b.sent.mbit())),
+    );
+    report.push_figures(
+        "udp_max_per_s",
+        "UDP 1,200 B, that rate (datagrams/s)",
+        Kind::Rate,
+        fig(&|r| r.best.map(|b| b.per_s())),
+    );
+    let fixed = render::fmt_num(udp::FIXED_MBIT);
+    report.push_figures(
+        "udp_fixed_sent_mbit",
+        &format!("UDP 1,200 B, {fixed} Mbit/s asked: sent (Mbit/s)"),
+        Kind::Count,
+        fig(&|r| Some(r.fixed.sent.mbit())),
+    );
+    report.push_figures(
+        "udp_fixed_loss_pct",
+        &format!("UDP 1,200 B, {fixed} Mbit/s asked: lost (%)"),
+        Kind::Count,
+        fig(&|r| Some(r.fixed.loss() * 100.0)),
+    );
+    texts.join("; ")
+}
+
+/// The flood workload through tunnel `t`: 64-byte round trips on one connection alone, then
+/// beside a UDP flood of [`udp::FLOOD_MBIT`] to the sink through the same tunnel; the rows
+/// and the flood's figures go to those of `t`. Returns the progress text.
+fn udp_flood(t: Tunnel, env: &Env, dur: Duration, report: &mut Report) -> String {
+    let alone = workloads::request_response(env.public.echo, 1, dur);
+    let sink = env.targets.udp_received();
+    let before = sink.datagrams();
+    let (beside, flood) =
+        match udp::flood(env.public.udp_sink, udp::FLOOD_MBIT, dur * 2 + FLOOD_LEAD) {
+            Ok(flood) => {
+                thread::sleep(FLOOD_LEAD);
+                let beside = workloads::request_response(env.public.echo, 1, dur);
+                (beside, udp::flood_step(flood, sink, before))
+            }
+            Err(e) => (Err(io::Error::other("no flood to measure beside")), Err(e)),
+        };
+    let sides = ["alone", "beside the flood"];
+    let label = "64 B round trips, 1 conn";
+    let rows = report.paired_rows(t, sides, "rr1", label, alone, beside);
+    let mut text = render::rows_text(&rows, sides);
+    match flood {
+        Ok(step) => {
+            text.push_str(&format!("; flood: {}", render::flood_text(&step)));
+            report.figures_mut(t).flood = Some(step);
+        }
+        Err(e) => {
+            report.failed = true;
+            report
+                .notes
+                .push(format!("UDP flood, {} tunnel: {e}", t.name()));
+        }
+    }
+    report.figures_mut(t).flood_rows = rows;
+    text
 }
 
 /// The limited port's rate each way for `dur`, with an unlimited port of the same tunnel
@@ -523,6 +697,12 @@ mod tests {
         assert_eq!(b.seconds, 2.0);
         assert!(!b.json);
         assert!(b.only.is_empty());
+        assert_eq!(b.udp_peer, None);
+        let b = parse(&["--udp-peer", "1,2,3,4"]).expect("--udp-peer");
+        assert_eq!(b.udp_peer, Some([1, 2, 3, 4]));
+        for bad in ["1,2,3", "1,2,3,4,5", "0,1,2,3", "a,b,c,d"] {
+            assert!(parse(&["--udp-peer", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

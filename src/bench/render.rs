@@ -7,9 +7,10 @@ use std::thread;
 use serde_json::{Map, Number, Value, json};
 
 use super::report::{
-    Kind, LimitFigures, MemPair, Report, Row, STALLED_TARGET_RATIO, Setup, Tunnel, TunnelFigures,
-    median, ratio_of,
+    FLOOD_TARGET_RATIO, Kind, LimitFigures, MemPair, Report, Row, STALLED_TARGET_RATIO, Setup,
+    Tunnel, TunnelFigures, UDP_RATE_TARGET_MBIT, UDP_RR_TARGET_RATIO, median, ratio_of,
 };
+use super::udp::{FIXED_MBIT, FLOOD_MBIT, LOSS_LIMIT, Step};
 
 /// A figure with about three significant digits, thousands grouped for large ones.
 pub(super) fn fmt_num(v: f64) -> String {
@@ -53,6 +54,16 @@ pub(super) fn opt_num(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), fmt_num)
 }
 
+/// A figure of a row: a whole count as an integer, anything else as [`fmt_num`] has it.
+fn figure_text(kind: Kind, v: Option<f64>) -> String {
+    match v {
+        Some(v) if kind == Kind::Count && v.fract() == 0.0 && v.abs() < 1e15 => {
+            group_thousands(v as i64)
+        }
+        v => opt_num(v),
+    }
+}
+
 fn fmt_ratio(r: f64) -> String {
     format!("{r:.2}")
 }
@@ -73,16 +84,12 @@ pub(super) fn mem_text(m: Option<MemPair>) -> String {
     }
 }
 
-/// The progress text of the last workload: its rate row and, after a request/response
-/// workload, its latency rows, each with the figure of every tunnel measured.
-pub(super) fn last_rows_text(r: &Report) -> String {
-    let n = match r.rows.last() {
-        Some(last) if last.kind == Kind::Latency => 3.min(r.rows.len()),
-        Some(_) => 1,
-        None => 0,
-    };
+/// The progress text of the rows from `from` on (those of the last workload), each with the
+/// figure of every tunnel measured: a rate with its ratios, a latency as direct -> tunnels,
+/// a count as it is.
+pub(super) fn rows_since_text(r: &Report, from: usize) -> String {
     let mut out = String::new();
-    for row in &r.rows[r.rows.len() - n..] {
+    for row in r.rows.get(from..).unwrap_or_default() {
         if !out.is_empty() {
             out.push_str("; ");
         }
@@ -107,18 +114,50 @@ pub(super) fn last_rows_text(r: &Report) -> String {
                     }
                 }
             }
-            Kind::Latency => {
-                let _ = write!(out, "{} {} ->", latency_name(row), opt_num(row.direct));
+            Kind::Latency | Kind::Count => {
+                let (name, unit) = match row.kind {
+                    Kind::Latency => (latency_name(row), " µs"),
+                    _ => (row.label.rsplit(", ").next().unwrap_or(""), ""),
+                };
+                let figure = |v| figure_text(row.kind, v);
+                let _ = write!(out, "{name} {} ->", figure(row.direct));
                 let figures: Vec<String> = r
                     .tunnels
                     .iter()
-                    .map(|&t| format!(" {} {}", t.name(), opt_num(row.through(t))))
+                    .map(|&t| format!(" {} {}", t.name(), figure(row.through(t))))
                     .collect();
-                let _ = write!(out, "{} µs", figures.join(","));
+                let _ = write!(out, "{}{unit}", figures.join(","));
             }
         }
     }
     out
+}
+
+/// The steps of a UDP rate search: the rate each sent (Mbit/s) and "ok" or what it lost.
+pub(super) fn steps_text(steps: &[Step]) -> String {
+    let parts: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            let loss = s.loss();
+            let verdict = if loss < LOSS_LIMIT {
+                "ok".to_string()
+            } else {
+                format!("lost {:.1} %", loss * 100.0)
+            };
+            format!("{} {verdict}", fmt_num(s.sent.mbit()))
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// A UDP flood's figures: what it sent against what was asked, and what it lost.
+pub(super) fn flood_text(s: &Step) -> String {
+    format!(
+        "{} Mbit/s sent ({} asked), {:.2} % lost",
+        fmt_num(s.sent.mbit()),
+        fmt_num(s.asked_mbit),
+        s.loss() * 100.0
+    )
 }
 
 /// "p50" of a latency row's key.
@@ -148,7 +187,7 @@ pub(super) fn rows_text(rows: &[Row], sides: [&str; 2]) -> String {
                     let _ = write!(out, " (ratio {})", fmt_ratio(r));
                 }
             }
-            Kind::Latency => {
+            Kind::Latency | Kind::Count => {
                 let _ = write!(
                     out,
                     "{} {} -> {} µs",
@@ -165,6 +204,7 @@ pub(super) fn rows_text(rows: &[Row], sides: [&str; 2]) -> String {
 /// A ratio cell: the ratio, and for a latency the time added.
 fn ratio_cell(kind: Kind, num: Option<f64>, den: Option<f64>) -> String {
     match (ratio_of(num, den), kind, num, den) {
+        (_, Kind::Count, _, _) => "-".to_string(),
         (Some(q), Kind::Latency, Some(n), Some(d)) => {
             format!("{} ({} µs)", fmt_ratio(q), fmt_signed(n - d))
         }
@@ -204,35 +244,40 @@ pub(super) fn render_table(r: &Report) -> String {
     push_main_table(&mut out, r);
     for &t in &r.tunnels {
         let f = r.figures(t);
-        if f.stalled_rows.is_empty() {
-            continue;
-        }
         let title = format!("{} tunnel, another stream stalled", t.name());
-        let header = [title.as_str(), "unstalled", "stalled", "stalled/unstalled"];
-        let cells: Vec<Vec<String>> = f
-            .stalled_rows
-            .iter()
-            .map(|row| {
-                vec![
-                    row.label.clone(),
-                    opt_num(row.direct),
-                    opt_num(row.tunnel),
-                    ratio_cell(row.kind, row.tunnel, row.direct),
-                ]
-            })
-            .collect();
-        push_table(&mut out, &header.map(str::to_string), 3, &cells);
-        let _ = match f.stall {
-            Some(st) => writeln!(
-                out,
-                "(the stalled stream stopped {:.2} s after it opened, holding {} MiB; target: round trips/s stalled/unstalled >= {})",
-                st.after_s,
-                fmt_mib(Some(st.held_bytes / 1024)),
-                fmt_ratio(STALLED_TARGET_RATIO)
-            ),
-            None => writeln!(out, "(the other stream did not stall)"),
-        };
+        if push_pair_table(&mut out, &title, ["unstalled", "stalled"], &f.stalled_rows) {
+            let _ = match f.stall {
+                Some(st) => writeln!(
+                    out,
+                    "(the stalled stream stopped {:.2} s after it opened, holding {} MiB; target: round trips/s stalled/unstalled >= {})",
+                    st.after_s,
+                    fmt_mib(Some(st.held_bytes / 1024)),
+                    fmt_ratio(STALLED_TARGET_RATIO)
+                ),
+                None => writeln!(out, "(the other stream did not stall)"),
+            };
+        }
     }
+    for &t in &r.tunnels {
+        let f = r.figures(t);
+        let title = format!(
+            "{} tunnel, beside a {} Mbit/s UDP flood",
+            t.name(),
+            fmt_num(FLOOD_MBIT)
+        );
+        if push_pair_table(&mut out, &title, ["alone", "beside"], &f.flood_rows) {
+            let flood = f
+                .flood
+                .as_ref()
+                .map_or_else(|| "failed".to_string(), flood_text);
+            let _ = writeln!(
+                out,
+                "(the flood of 1,200 B datagrams: {flood}; target: round trips/s beside/alone >= {})",
+                fmt_ratio(FLOOD_TARGET_RATIO)
+            );
+        }
+    }
+    push_udp_targets(&mut out, r);
     push_memory_table(&mut out, r);
     push_cpu_table(&mut out, r);
     push_limit_table(&mut out, r);
@@ -244,6 +289,76 @@ pub(super) fn render_table(r: &Report) -> String {
         }
     }
     out
+}
+
+/// A table of one tunnel's workload measured twice, the first figure in each row's `direct`
+/// and the second in its `tunnel`, with their ratio; false (nothing written) without rows.
+fn push_pair_table(out: &mut String, title: &str, sides: [&str; 2], rows: &[Row]) -> bool {
+    if rows.is_empty() {
+        return false;
+    }
+    let ratio = format!("{}/{}", sides[1], sides[0]);
+    let header = [title, sides[0], sides[1], ratio.as_str()].map(str::to_string);
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            vec![
+                row.label.clone(),
+                opt_num(row.direct),
+                opt_num(row.tunnel),
+                ratio_cell(row.kind, row.tunnel, row.direct),
+            ]
+        })
+        .collect();
+    push_table(out, &header, 3, &cells);
+    true
+}
+
+/// The UDP targets against what each tunnel measured, for the workloads that ran.
+fn push_udp_targets(out: &mut String, r: &Report) {
+    let row = |key: &str| r.rows.iter().find(|row| row.key == key);
+    let mut cells = Vec::new();
+    let mut target = |what: String, goal: String, min: f64, got: &dyn Fn(Tunnel) -> Option<f64>| {
+        let figures: Vec<Option<f64>> = r.tunnels.iter().map(|&t| got(t)).collect();
+        if figures.iter().all(Option::is_none) {
+            return;
+        }
+        let mut c = vec![what, goal];
+        c.extend(figures.into_iter().map(|v| match v {
+            Some(v) if v >= min => format!("{} met", fmt_num(v)),
+            Some(v) => format!("{} missed", fmt_num(v)),
+            None => "-".to_string(),
+        }));
+        cells.push(c);
+    };
+    if let Some(rr) = row("udp_rr1_per_s") {
+        target(
+            "UDP round trips, 1 flow, tunnel/direct".to_string(),
+            format!(">= {}", fmt_ratio(UDP_RR_TARGET_RATIO)),
+            UDP_RR_TARGET_RATIO,
+            &|t| ratio_of(rr.through(t), rr.direct),
+        );
+    }
+    if let Some(max) = row("udp_max_mbit") {
+        target(
+            "UDP 1,200 B under 1 % loss (Mbit/s)".to_string(),
+            format!(">= {}", fmt_num(UDP_RATE_TARGET_MBIT)),
+            UDP_RATE_TARGET_MBIT,
+            &|t| max.through(t),
+        );
+    }
+    target(
+        format!(
+            "TCP round trips beside a {} Mbit/s UDP flood / alone",
+            fmt_num(FLOOD_MBIT)
+        ),
+        format!(">= {}", fmt_ratio(FLOOD_TARGET_RATIO)),
+        FLOOD_TARGET_RATIO,
+        &|t| r.figures(t).flood_rows.first().and_then(Row::ratio),
+    );
+    let mut header = vec!["UDP targets".to_string(), "target".to_string()];
+    header.extend(r.tunnels.iter().map(|t| t.name().to_string()));
+    push_table(out, &header, 1, &cells);
 }
 
 /// The workloads: direct, each tunnel, each tunnel against direct, and TLS against plain
@@ -260,8 +375,12 @@ fn push_main_table(out: &mut String, r: &Report) {
         .rows
         .iter()
         .map(|row| {
-            let mut c = vec![row.label.clone(), opt_num(row.direct)];
-            c.extend(r.tunnels.iter().map(|&t| opt_num(row.through(t))));
+            let mut c = vec![row.label.clone(), figure_text(row.kind, row.direct)];
+            c.extend(
+                r.tunnels
+                    .iter()
+                    .map(|&t| figure_text(row.kind, row.through(t))),
+            );
             c.extend(
                 r.tunnels
                     .iter()
@@ -541,10 +660,15 @@ fn workloads_json(rows: &[Row]) -> Map<String, Value> {
     rows.iter()
         .map(|row| {
             let latency = row.kind == Kind::Latency;
+            // A count has no ratio.
+            let ratio = |num, den| match row.kind {
+                Kind::Count => None,
+                _ => ratio_of(num, den),
+            };
             let mut o = Map::new();
             o.insert("direct".to_string(), json_num(row.direct));
             o.insert("tunnel".to_string(), json_num(row.tunnel));
-            o.insert("ratio".to_string(), json_num(row.ratio()));
+            o.insert("ratio".to_string(), json_num(ratio(row.tunnel, row.direct)));
             if latency {
                 o.insert(
                     "added_us".to_string(),
@@ -553,14 +677,11 @@ fn workloads_json(rows: &[Row]) -> Map<String, Value> {
             }
             let mut tls = Map::new();
             tls.insert("tunnel".to_string(), json_num(row.tls));
-            tls.insert("ratio".to_string(), json_num(ratio_of(row.tls, row.direct)));
+            tls.insert("ratio".to_string(), json_num(ratio(row.tls, row.direct)));
             if latency {
                 tls.insert("added_us".to_string(), json_num(diff(row.tls, row.direct)));
             }
-            tls.insert(
-                "to_plain".to_string(),
-                json_num(ratio_of(row.tls, row.tunnel)),
-            );
+            tls.insert("to_plain".to_string(), json_num(ratio(row.tls, row.tunnel)));
             if latency {
                 tls.insert(
                     "added_to_plain_us".to_string(),
@@ -582,6 +703,20 @@ fn stalled_json(f: &TunnelFigures) -> Map<String, Value> {
         stalled.insert("held_mib".to_string(), json_num(Some(held_mib)));
     }
     stalled
+}
+
+/// One tunnel's round trips beside a UDP flood, and the flood's figures.
+fn flood_json(f: &TunnelFigures) -> Map<String, Value> {
+    let mut o = rows_json(&f.flood_rows, ["alone", "beside_flood"]);
+    if let Some(s) = &f.flood {
+        let flood = json!({
+            "asked_mbit": json_num(Some(s.asked_mbit)),
+            "sent_mbit": json_num(Some(s.sent.mbit())),
+            "loss_pct": json_num(Some(s.loss() * 100.0)),
+        });
+        o.insert("flood".to_string(), flood);
+    }
+    o
 }
 
 /// One tunnel's memory figures, those measured only.
@@ -675,6 +810,14 @@ pub(super) fn render_json(r: &Report) -> String {
         "cpu_s_per_gb": section(r, cpu_json),
         "setup_ms": section(r, setup_json),
         "limit": limit_json(r),
+        "udp_flood": section(r, flood_json),
+        "udp_targets": {
+            "rr1_ratio": json_num(Some(UDP_RR_TARGET_RATIO)),
+            "max_mbit": json_num(Some(UDP_RATE_TARGET_MBIT)),
+            "flood_ratio": json_num(Some(FLOOD_TARGET_RATIO)),
+            "flood_mbit": json_num(Some(FLOOD_MBIT)),
+            "fixed_mbit": json_num(Some(FIXED_MBIT)),
+        },
         "notes": r.notes,
         "ok": !r.failed,
     })
@@ -750,7 +893,7 @@ mod tests {
     #[test]
     fn progress_text_of_rows() {
         let r = sample_report();
-        let text = last_rows_text(&r);
+        let text = rows_since_text(&r, 2);
         assert_eq!(
             text,
             "direct 100, plain 50.0 (ratio 0.50), TLS 40.0 (ratio 0.40, 0.80 of plain); \
@@ -763,7 +906,7 @@ mod tests {
         let mut only_tls = sample_report();
         only_tls.tunnels = vec![Tunnel::Tls];
         assert_eq!(
-            last_rows_text(&only_tls),
+            rows_since_text(&only_tls, 2),
             "direct 100, TLS 40.0 (ratio 0.40); p50 10.0 -> TLS 25.0 µs; p99 10.0 -> TLS 25.0 µs"
         );
     }
@@ -926,6 +1069,8 @@ mod tests {
                 "cpu_s_per_gb",
                 "setup_ms",
                 "limit",
+                "udp_flood",
+                "udp_targets",
                 "notes",
                 "ok"
             ]
@@ -1023,5 +1168,92 @@ mod tests {
         assert_eq!(v["limit"]["upload"]["unlimited_gbit"], 4.0);
         assert!(v["limit"]["download"].is_null());
         assert!(limit_text(r.limit.as_ref().unwrap()).contains("download failed"));
+    }
+
+    #[test]
+    fn udp_rows_the_flood_table_and_the_targets() {
+        use crate::bench::report::{ByTunnel, Samples};
+        use crate::bench::udp::{Sent, Step};
+        let mut r = Report {
+            tunnels: vec![Tunnel::Plain],
+            ..Report::default()
+        };
+        let samples = |ns: u64, n: usize, lost: u64| Samples {
+            lost: Some(lost),
+            ..Samples::new(vec![ns; n], 1.0)
+        };
+        r.push_samples(
+            "udp_rr1",
+            "UDP 64 B round trips, 1 flow",
+            Ok(samples(10_000, 100, 0)),
+            ByTunnel {
+                plain: Some(Ok(samples(20_000, 60, 3))),
+                tls: None,
+            },
+        );
+        r.push_figures(
+            "udp_max_mbit",
+            "UDP 1,200 B, highest rate under 1 % loss (Mbit/s)",
+            Kind::Rate,
+            [Some(3000.0), Some(1500.0), None],
+        );
+        r.push_figures(
+            "udp_fixed_loss_pct",
+            "UDP 1,200 B, 2,000 Mbit/s asked: lost (%)",
+            Kind::Count,
+            [Some(0.0), Some(12.5), None],
+        );
+        let alone = Samples::new(vec![50_000; 100], 1.0);
+        let beside = Samples::new(vec![60_000; 85], 1.0);
+        let sides = ["alone", "beside the flood"];
+        r.plain.flood_rows = r.paired_rows(
+            Tunnel::Plain,
+            sides,
+            "rr1",
+            "64 B round trips, 1 conn",
+            Ok(alone),
+            Ok(beside),
+        );
+        r.plain.flood = Some(Step {
+            asked_mbit: 500.0,
+            sent: Sent {
+                datagrams: 52_000,
+                secs: 1.0,
+            },
+            received: 51_948,
+        });
+        let table = render_table(&r);
+        let lost = line_after(&table, "workload", "UDP 64 B round trips, 1 flow, lost");
+        assert!(lost.ends_with("0      3  -"), "{table}");
+        let loss = line_after(&table, "workload", "UDP 1,200 B, 2,000 Mbit/s asked");
+        assert!(loss.ends_with("0   12.5  -"), "{table}");
+        let beside = line_after(
+            &table,
+            "plain tunnel, beside a 500 Mbit/s UDP flood",
+            "64 B round trips, 1 conn (/s)",
+        );
+        assert!(beside.ends_with("100    85.0  0.85"), "{table}");
+        assert!(table.contains("(the flood of 1,200 B datagrams: 499 Mbit/s sent (500 asked), 0.10 % lost; target: round trips/s beside/alone >= 0.80)"), "{table}");
+        let rr = line_after(
+            &table,
+            "UDP targets",
+            "UDP round trips, 1 flow, tunnel/direct",
+        );
+        assert!(rr.ends_with(">= 0.50   0.60 met"), "{table}");
+        let max = line_after(&table, "UDP targets", "UDP 1,200 B under 1 % loss");
+        assert!(max.ends_with(">= 1,000  1,500 met"), "{table}");
+        let flood = line_after(&table, "UDP targets", "TCP round trips beside");
+        assert!(flood.ends_with(">= 0.80   0.85 met"), "{table}");
+        assert_eq!(
+            rows_since_text(&r, 3),
+            "lost 0 -> plain 3; direct 3,000, plain 1,500 (ratio 0.50); 2,000 Mbit/s asked: lost (%) 0 -> plain 12.5"
+        );
+        let v: Value = serde_json::from_str(&render_json(&r)).expect("valid JSON");
+        assert!(v["workloads"]["udp_rr1_lost"]["ratio"].is_null(), "{v}");
+        assert_eq!(v["workloads"]["udp_rr1_lost"]["tunnel"], 3);
+        assert_eq!(v["workloads"]["udp_max_mbit"]["ratio"], 0.5);
+        assert_eq!(v["udp_flood"]["rr1_per_s"]["ratio"], 0.85);
+        assert_eq!(v["udp_flood"]["flood"]["loss_pct"], 0.1);
+        assert_eq!(v["udp_targets"]["max_mbit"], 1000);
     }
 }

@@ -5,9 +5,18 @@
 use std::io;
 
 use super::harness::procfs;
+use super::udp::Step;
 
 /// The stalled-stream target: another stream's round trips/s keep this share of their rate.
 pub(super) const STALLED_TARGET_RATIO: f64 = 0.9;
+/// The UDP targets: 64-byte round trips on one flow through a tunnel keep this share of
+/// direct's...
+pub(super) const UDP_RR_TARGET_RATIO: f64 = 0.5;
+/// ...a tunnel carries this many Mbit/s of 1,200-byte datagrams with under 1 % loss...
+pub(super) const UDP_RATE_TARGET_MBIT: f64 = 1000.0;
+/// ...and TCP round trips beside a UDP flood through the same tunnel keep this share of
+/// theirs alone.
+pub(super) const FLOOD_TARGET_RATIO: f64 = 0.8;
 
 /// A tunnel the bench measures, each over a server and client of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +119,8 @@ pub(super) enum Kind {
     Rate,
     /// Microseconds, lower is better; the ratio column also shows the added time.
     Latency,
+    /// A count or a share that has no meaningful ratio (datagrams lost, a loss in %).
+    Count,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +251,11 @@ pub(super) struct TunnelFigures {
     pub(super) stalled_rows: Vec<Row>,
     pub(super) stall: Option<Stall>,
     pub(super) mem_stalled: Option<MemPair>,
+    /// TCP round trips beside a UDP flood: rows whose `direct` holds the figure alone and
+    /// `tunnel` the figure while the flood runs through the same tunnel.
+    pub(super) flood_rows: Vec<Row>,
+    /// The flood itself: what it sent and what reached the sink.
+    pub(super) flood: Option<Step>,
     pub(super) cpu_upload: Option<f64>,
     pub(super) cpu_download: Option<f64>,
     pub(super) setup: Option<Setup>,
@@ -337,16 +353,46 @@ impl Report {
         direct: io::Result<f64>,
         through: ByTunnel<io::Result<f64>>,
     ) {
-        let direct = self.take(label, "direct", direct);
-        let [tunnel, tls] = self.take_tunnels(label, through);
+        self.push_kind(key, label, Kind::Rate, direct, through);
+    }
+
+    /// Record one figure of `kind`, as [`Report::push`] does a rate.
+    pub(super) fn push_kind(
+        &mut self,
+        key: &str,
+        label: &str,
+        kind: Kind,
+        direct: io::Result<f64>,
+        through: ByTunnel<io::Result<f64>>,
+    ) {
+        let figures = self.take_all(label, direct, through);
+        self.push_figures(key, label, kind, figures);
+    }
+
+    /// A row of figures already taken: direct, plain tunnel, TLS tunnel.
+    pub(super) fn push_figures(&mut self, key: &str, label: &str, kind: Kind, f: [Option<f64>; 3]) {
+        let [direct, tunnel, tls] = f;
         self.rows.push(Row {
             key: key.to_string(),
             label: label.to_string(),
-            kind: Kind::Rate,
+            kind,
             direct,
             tunnel,
             tls,
         });
+    }
+
+    /// The outcomes of a workload direct and through each tunnel, each `None` when not
+    /// measured or failed; a failure is noted under `label` and marks the run as failed.
+    pub(super) fn take_all<T>(
+        &mut self,
+        label: &str,
+        direct: io::Result<T>,
+        through: ByTunnel<io::Result<T>>,
+    ) -> [Option<T>; 3] {
+        let direct = self.take(label, "direct", direct);
+        let [tunnel, tls] = self.take_tunnels(label, through);
+        [direct, tunnel, tls]
     }
 
     fn take<T>(&mut self, label: &str, side: &str, r: io::Result<T>) -> Option<T> {
@@ -377,8 +423,7 @@ impl Report {
         direct: io::Result<Samples>,
         through: ByTunnel<io::Result<Samples>>,
     ) {
-        let direct = self.take(label, "direct", direct);
-        let [tunnel, tls] = self.take_tunnels(label, through);
+        let [direct, tunnel, tls] = self.take_all(label, direct, through);
         let sides = [
             ("direct", direct.as_ref()),
             (side_name(Tunnel::Plain), tunnel.as_ref()),
@@ -404,36 +449,33 @@ impl Report {
         }
     }
 
-    /// The rows of the stalled-stream workload of one tunnel: a rate row and p50/p99 latency
-    /// rows, before the other stream stalled in each row's `direct` and while it is in its
-    /// `tunnel`. A failed side is noted and marks the run as failed.
-    pub(super) fn stalled_rows(
+    /// The rows of a workload of one tunnel measured twice, before and while something else
+    /// happens on it (another stream stalled, a UDP flood): a rate row and p50/p99 latency
+    /// rows, the first figure in each row's `direct` and the second in its `tunnel`; `sides`
+    /// names them in the notes. A failed side is noted and marks the run as failed.
+    pub(super) fn paired_rows(
         &mut self,
         t: Tunnel,
+        sides: [&str; 2],
         key: &str,
         label: &str,
-        unstalled: io::Result<Samples>,
-        stalled: io::Result<Samples>,
+        first: io::Result<Samples>,
+        second: io::Result<Samples>,
     ) -> Vec<Row> {
-        let sides = [
-            format!("{}, unstalled", side_name(t)),
-            format!("{}, stalled", side_name(t)),
-        ];
-        let unstalled = self.take(label, &sides[0], unstalled);
-        let stalled = self.take(label, &sides[1], stalled);
+        let sides = sides.map(|side| format!("{}, {side}", side_name(t)));
+        let first = self.take(label, &sides[0], first);
+        let second = self.take(label, &sides[1], second);
         self.note_errors(
             label,
-            &[
-                (&sides[0], unstalled.as_ref()),
-                (&sides[1], stalled.as_ref()),
-            ],
+            &[(&sides[0], first.as_ref()), (&sides[1], second.as_ref())],
         );
-        sample_rows(key, label, [unstalled.as_ref(), stalled.as_ref(), None])
+        sample_rows(key, label, [first.as_ref(), second.as_ref(), None])
     }
 }
 
 /// A rate row and p50/p99 latency rows from up to three request/response measurements, in
-/// each row's `direct`, `tunnel` and `tls`.
+/// each row's `direct`, `tunnel` and `tls`, and a row of the requests lost where they count
+/// them (UDP).
 fn sample_rows(key: &str, label: &str, s: [Option<&Samples>; 3]) -> Vec<Row> {
     let row = |key: String, label: String, kind, f: &dyn Fn(&Samples) -> Option<f64>| Row {
         key,
@@ -455,6 +497,14 @@ fn sample_rows(key: &str, label: &str, s: [Option<&Samples>; 3]) -> Vec<Row> {
             format!("{label}, p{p} (µs)"),
             Kind::Latency,
             &|s| s.percentile_us(p),
+        ));
+    }
+    if s.iter().flatten().any(|s| s.lost.is_some()) {
+        rows.push(row(
+            format!("{key}_lost"),
+            format!("{label}, lost"),
+            Kind::Count,
+            &|s| s.lost.map(|n| n as f64),
         ));
     }
     rows
@@ -485,6 +535,8 @@ pub(super) struct Samples {
     pub(super) secs: f64,
     pub(super) errors: u64,
     pub(super) first_error: Option<String>,
+    /// Requests that timed out and were sent again (UDP round trips; `None` elsewhere).
+    pub(super) lost: Option<u64>,
 }
 
 impl Samples {
@@ -665,6 +717,7 @@ pub(super) mod tests {
             secs: 1.0,
             errors: 2,
             first_error: Some("refused".to_string()),
+            lost: None,
         };
         let tls = Samples {
             lat_ns: vec![25_000; 40],
@@ -691,8 +744,9 @@ pub(super) mod tests {
                 secs: 1.0,
                 ..Samples::default()
             };
-            let rows = r.stalled_rows(
+            let rows = r.paired_rows(
                 t,
+                ["unstalled", "stalled"],
                 "rr1",
                 "64 B round trips, 1 conn",
                 Ok(unstalled),
@@ -785,8 +839,9 @@ pub(super) mod tests {
     #[test]
     fn a_failed_stalled_side_is_noted_by_its_name() {
         let mut r = Report::default();
-        let rows = r.stalled_rows(
+        let rows = r.paired_rows(
             Tunnel::Tls,
+            ["unstalled", "stalled"],
             "rr1",
             "64 B round trips, 1 conn",
             Ok(Samples::new(vec![5_000; 10], 1.0)),

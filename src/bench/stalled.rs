@@ -58,10 +58,11 @@ pub(super) fn stalled_stream(
             .push(format!("stalled stream, {} tunnel: {e}", t.name()));
     }
     let label = "64 B round trips, 1 conn";
-    let rows = report.stalled_rows(t, "rr1", label, unstalled, stalled);
+    let sides = ["unstalled", "stalled"];
+    let rows = report.paired_rows(t, sides, "rr1", label, unstalled, stalled);
     let figures = report.figures_mut(t);
     figures.stalled_rows = rows;
-    let mut text = rows_text(&figures.stalled_rows, ["unstalled", "stalled"]);
+    let mut text = rows_text(&figures.stalled_rows, sides);
     if let Some(st) = figures.stall {
         let _ = write!(
             text,

@@ -16,7 +16,7 @@ use super::report::{MemPair, Samples, Transfer, cpu_per_gb};
 /// Streams in the parallel upload.
 const PARALLEL_STREAMS: usize = 8;
 /// Payload of one request and of its response.
-const RR_SIZE: usize = 64;
+pub(super) const RR_SIZE: usize = 64;
 /// Threads in the connection-rate workload.
 const CONNECT_THREADS: usize = 8;
 /// Idle streams held open for the memory figure.
@@ -458,7 +458,7 @@ fn hold_streams(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpStream>> {
     Ok(streams)
 }
 
-fn duration_ns(d: Duration) -> u64 {
+pub(super) fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

@@ -6,7 +6,7 @@
 //! own helpers (`tests/common`) turn them into panics with a message.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,9 +14,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod process;
 pub mod procfs;
 mod targets;
+mod udp;
 
 pub use process::{Process, ProcessOptions, Stop};
 pub use targets::{CHUNK, Endpoints, Target, Targets};
+pub use udp::{UdpCount, UdpService};
 
 /// A directory of its own under the system's temporary directory, removed on drop.
 #[derive(Debug)]
@@ -59,12 +61,29 @@ impl Drop for TempDir {
 /// `N` distinct ports the OS considers free on 127.0.0.1 right now (bound at once, so that
 /// they differ, and released): another program may take one before it is used.
 pub fn free_ports<const N: usize>() -> io::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<io::Result<Vec<_>>>()?;
+    bound_ports(
+        || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)),
+        TcpListener::local_addr,
+    )
+}
+
+/// `N` distinct UDP ports free on 127.0.0.1 right now, as [`free_ports`].
+pub fn free_udp_ports<const N: usize>() -> io::Result<[u16; N]> {
+    bound_ports(
+        || UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)),
+        UdpSocket::local_addr,
+    )
+}
+
+/// The ports of `N` sockets made by `bind`, all open at once, then closed.
+fn bound_ports<const N: usize, S>(
+    bind: impl Fn() -> io::Result<S>,
+    addr: impl Fn(&S) -> io::Result<SocketAddr>,
+) -> io::Result<[u16; N]> {
+    let sockets = (0..N).map(|_| bind()).collect::<io::Result<Vec<_>>>()?;
     let mut ports = [0; N];
-    for (port, l) in ports.iter_mut().zip(&listeners) {
-        *port = l.local_addr()?.port();
+    for (port, s) in ports.iter_mut().zip(&sockets) {
+        *port = addr(s)?.port();
     }
     Ok(ports)
 }
@@ -100,6 +119,8 @@ mod tests {
     fn free_ports_differ() {
         let [a, b, c] = free_ports().expect("free ports");
         assert!(a != b && b != c && a != c);
+        let [a, b] = free_udp_ports().expect("free UDP ports");
+        assert_ne!(a, b);
         assert_ne!(free_port().expect("a free port"), 0);
     }
 }

@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::loopback;
+use super::udp::{UdpCount, UdpService};
 
 /// Size of each read of the sink and each write of the source (and of the bench's uploads
 /// and downloads).
@@ -129,16 +130,19 @@ impl Drop for Target {
     }
 }
 
-/// Addresses of the echo, sink and source services.
+/// Addresses of the echo, sink and source services, and of the UDP echo and sink.
 #[derive(Debug, Clone, Copy)]
 pub struct Endpoints {
     pub echo: SocketAddr,
     pub sink: SocketAddr,
     pub source: SocketAddr,
+    pub udp_echo: SocketAddr,
+    pub udp_sink: SocketAddr,
 }
 
 /// The bench's services on 127.0.0.1: echo (one mio loop, so that a thousand idle streams
-/// cost no thread each), sink and source (a thread per connection).
+/// cost no thread each), sink and source (a thread per connection), and the UDP echo and
+/// sink (a mio loop each).
 #[derive(Debug)]
 pub struct Targets {
     pub addr: Endpoints,
@@ -147,6 +151,10 @@ pub struct Targets {
     source: Target,
     /// Bytes written by all the source's connections so far.
     source_written: Arc<AtomicU64>,
+    _udp_echo: UdpService,
+    _udp_sink: UdpService,
+    /// What the UDP sink has received from all its senders so far.
+    udp_received: Arc<UdpCount>,
 }
 
 impl Targets {
@@ -156,17 +164,30 @@ impl Targets {
         let source_written = Arc::new(AtomicU64::new(0));
         let written = Arc::clone(&source_written);
         let source = Target::spawn(loopback(0), move |s| source_conn(s, &written))?;
+        let udp_echo = UdpService::echo(loopback(0))?;
+        let udp_received = Arc::new(UdpCount::default());
+        let udp_sink = UdpService::sink(loopback(0), Arc::clone(&udp_received))?;
         Ok(Targets {
             addr: Endpoints {
                 echo,
                 sink: sink.addr(),
                 source: source.addr(),
+                udp_echo: udp_echo.addr(),
+                udp_sink: udp_sink.addr(),
             },
             _echo: echo_service,
             _sink: sink,
             source,
             source_written,
+            _udp_echo: udp_echo,
+            _udp_sink: udp_sink,
+            udp_received,
         })
+    }
+
+    /// What the UDP sink has received so far.
+    pub fn udp_received(&self) -> &UdpCount {
+        &self.udp_received
     }
 
     /// Bytes written by the source's connections so far.
