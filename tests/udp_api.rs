@@ -6,24 +6,11 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::admin::start_with_admin;
+use common::admin::{eventually, metric, promtool_check, start_with_admin};
 use common::*;
 use serde_json::{Value, json};
-
-/// Poll `f` (bounded: `within`, every 50 ms) until it gives `Some`.
-fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "not within {within:?}: {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A visitor socket with a short receive timeout.
 fn visitor() -> UdpSocket {
@@ -40,40 +27,6 @@ fn mappings_of(list: &Value, port: u16) -> Vec<&Value> {
         .iter()
         .filter(|m| m["port"] == u64::from(port))
         .collect()
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l[series.len()..].trim().parse().ok())
-}
-
-/// `promtool check metrics` must accept the text (skipped, with a reason, without promtool).
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let Ok(mut child) = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("skipping promtool check: promtool not installed (Debian's prometheus)");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
