@@ -1,7 +1,8 @@
 //! UDP mappings in the server's admin API and metrics, against the real binary: listed with
 //! their protocol beside the TCP mapping of the same port, their flows listed as streams,
 //! counted in the metrics (checked by promtool when installed), and added, changed and
-//! deleted live through both forms of the path, with the mapping file rewritten.
+//! deleted live through both forms of the path, with the mapping file rewritten; and the
+//! drops counted when a flood meets a client that stopped reading.
 
 mod common;
 
@@ -292,4 +293,83 @@ fn a_reload_adds_changes_and_removes_udp_ports() {
         || UdpSocket::bind(("127.0.0.1", port)).ok(),
     );
     assert_echo(tcp_port, "the TCP mapping through the UDP reloads");
+}
+
+/// Resumes a stopped process when dropped, so a failing test leaves nothing stopped.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: a signal to a child process of this test.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// The kernel's default receive buffer of a TCP socket (the middle of tcp_rmem).
+fn tcp_rmem_default() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(131_072)
+}
+
+/// A client that stops reading its tunnel (SIGSTOP) takes only a bounded part of a flood:
+/// the server stops queueing datagrams for it once the kernel holds 1 MiB of the tunnel
+/// unsent (beyond its own 256 KiB of output), and drops the rest as `tunnel_full`, where
+/// the kernel's send buffer alone would take 4 MiB. Resumed, the client carries new flows.
+#[test]
+fn a_flood_toward_a_stopped_client_is_held_to_a_bounded_queue() {
+    let dir = TempDir::new("udp-api-stopped");
+    let mut setup = ServerSetup::new().tls_off();
+    let port = free_port();
+    setup.mapper_extra.push("[UDP]".into());
+    setup
+        .mapper_extra
+        .push(format!("{port}={}", udp_echo_target()));
+    let (server, admin) = start_with_admin(&dir, &setup, None);
+    let client = attach_client(&server, setup.inner_port, &Tls::Off.client());
+    let v = visitor();
+    assert!(udp_echoes_on(&v, port, b"before"), "the flow echoes");
+
+    // SAFETY: a signal to the client, a child process of this test.
+    assert_eq!(unsafe { libc::kill(client.pid(), libc::SIGSTOP) }, 0);
+    let _resume = Resume(client.pid());
+    let datagram = [0x5a; 1_200];
+    let total = 8_000; // 9.6 MB, more than every buffer on the way together
+    for i in 0..total {
+        v.send_to(&datagram, ("127.0.0.1", port)).unwrap();
+        if i % 200 == 199 {
+            // Bursts the server's 4 MiB socket buffer takes whole while its loop reads.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let queued = format!(r#"tcpforward_udp_datagrams_total{{port="{port}",direction="in"}}"#);
+    let shed = format!(r#"tcpforward_udp_dropped_total{{port="{port}",reason="tunnel_full"}}"#);
+    let mut last = None;
+    let (queued, shed) = eventually(Duration::from_secs(10), "the counts to settle", || {
+        let text = admin.get("/metrics").text();
+        let now = (metric(&text, &queued)?, metric(&text, &shed)?);
+        let settled = last == Some(now) && now.1 > 0.0;
+        last = Some(now);
+        if !settled {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        settled.then_some(now)
+    });
+    // Frames of 1,209 bytes; what the stopped client's socket took, the kernel's 1 MiB
+    // unsent, the session's 256 KiB, and a turn's batch beyond them.
+    let bound = 1024 * 1024 + 256 * 1024 + 2 * tcp_rmem_default() + 64 * 1024;
+    let held = queued as usize * 1_209;
+    assert!(
+        held <= bound,
+        "{queued} datagrams ({held} bytes) queued for a stopped client, bound {bound}; \
+         {shed} shed"
+    );
+    assert!(shed > 0.0, "the rest dropped as tunnel_full");
+
+    drop(_resume);
+    assert!(
+        udp_echoes(port, b"after"),
+        "a new flow echoes once the client runs again"
+    );
 }

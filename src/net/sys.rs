@@ -123,6 +123,39 @@ pub fn set_socket_buffers(sock: &impl AsRawFd, bytes: usize) {
     let _ = setsockopt(sock, libc::SOL_SOCKET, libc::SO_SNDBUF, &n);
 }
 
+/// Bytes the kernel holds in a TCP socket's send queue that it has not sent yet (Linux's
+/// `SIOCOUTQNSD`): what waits behind the network or behind the peer's closed window.
+/// `None` where the platform does not say, or on an error.
+pub fn unsent_bytes(sock: &impl AsRawFd) -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // From linux/sockios.h; the libc crate does not name it.
+        const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+        queue_ioctl(sock, SIOCOUTQNSD as _)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = sock;
+        None
+    }
+}
+
+/// Bytes waiting unread in a socket's receive queue (`FIONREAD`), `None` on an error.
+pub fn unread_bytes(sock: &impl AsRawFd) -> Option<usize> {
+    queue_ioctl(sock, libc::FIONREAD as _)
+}
+
+fn queue_ioctl(sock: &impl AsRawFd, request: libc::c_ulong) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: both requests write one int into the value we own.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &mut n) };
+    if rc == 0 {
+        usize::try_from(n).ok()
+    } else {
+        None
+    }
+}
+
 /// The host cannot open an IPv6 socket on `::` (no IPv6, or it is disabled).
 pub fn is_no_ipv6(e: &io::Error) -> bool {
     matches!(
@@ -229,6 +262,48 @@ mod tests {
         let (accepted, _) = listener.accept().unwrap();
         if ACCEPTED_INHERIT_NODELAY {
             assert!(accepted.nodelay().unwrap());
+        }
+    }
+
+    /// What tunnels shed datagrams by: bytes received but unread, and bytes written but
+    /// held back by the peer's closed window.
+    #[test]
+    fn kernel_queues_are_read_from_the_socket() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (receiver, _) = listener.accept().unwrap();
+        assert_eq!(unread_bytes(&receiver), Some(0));
+        sender.write_all(&[7; 1000]).unwrap();
+        let mut unread = None;
+        for _ in 0..200 {
+            unread = unread_bytes(&receiver);
+            if unread == Some(1000) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(unread, Some(1000));
+
+        // Nothing reads: the receiver's window closes and the rest waits unsent.
+        sender.set_nonblocking(true).unwrap();
+        let chunk = [1u8; 64 * 1024];
+        let mut written = 1000usize;
+        for _ in 0..100_000 {
+            match sender.write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        let unread = unread_bytes(&receiver).unwrap();
+        assert!(unread > 1000 && unread < written, "{unread} of {written}");
+        if cfg!(target_os = "linux") {
+            let unsent = unsent_bytes(&sender).unwrap();
+            assert!(
+                unsent > 0 && unsent <= written - unread,
+                "{unsent}, {unread} of {written}"
+            );
         }
     }
 }

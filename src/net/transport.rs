@@ -9,6 +9,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::net::sys;
 use crate::net::tls::TlsStream;
 use crate::protocol::handshake::BINDING_LEN;
 
@@ -31,6 +32,13 @@ impl Transport {
             Transport::Tls(t) => &mut t.sock,
         };
         registry.register(sock, token, Interest::READABLE | Interest::WRITABLE)
+    }
+
+    /// Bytes the kernel holds for this tunnel: not yet sent, and received but unread (of
+    /// the TLS records, under TLS). `None` where the platform does not say.
+    pub fn kernel_queues(&self) -> (Option<usize>, Option<usize>) {
+        let sock = self.sock();
+        (sys::unsent_bytes(sock), sys::unread_bytes(sock))
     }
 
     /// The socket a payload may be spliced from or into, when the transport allows it.

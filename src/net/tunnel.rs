@@ -44,6 +44,27 @@ pub struct Tunnel {
     pub retired: ByteCount,
     /// When the handshake completed: the wall clock for the API, the monotonic clock for rates.
     pub established_at: Option<(SystemTime, Instant)>,
+    /// Whether its datagrams are shed, from the kernel's queues as last read.
+    shed: Shed,
+}
+
+/// When the kernel holds this many bytes for a tunnel, not yet sent on the sending side or
+/// not yet read on the receiving side, datagrams crossing it are dropped (as `tunnel_full`)
+/// rather than queued behind those bytes. The session's own [`DGRAM_TX_LIMIT`] bounds only
+/// the queue in our memory; without this, a flood the far role cannot keep up with fills
+/// the kernel's buffers (megabytes each way, autotuned) and every stream's frames wait
+/// behind it.
+///
+/// [`DGRAM_TX_LIMIT`]: crate::protocol::session::DGRAM_TX_LIMIT
+pub const DGRAM_KERNEL_LIMIT: usize = 1024 * 1024;
+
+/// The kernel's queues of a tunnel against [`DGRAM_KERNEL_LIMIT`], read at most once per
+/// loop turn, and only while datagrams cross the tunnel.
+#[derive(Clone, Copy, Default)]
+struct Shed {
+    at: Option<Instant>,
+    outgoing: bool,
+    incoming: bool,
 }
 
 impl Tunnel {
@@ -65,7 +86,33 @@ impl Tunnel {
             bytes_out: 0,
             retired: ByteCount::default(),
             established_at: None,
+            shed: Shed::default(),
         }
+    }
+
+    /// Whether datagrams into this tunnel are to be dropped: the kernel holds
+    /// [`DGRAM_KERNEL_LIMIT`] of it unsent.
+    pub fn sheds_outgoing(&mut self, now: Instant) -> bool {
+        self.shed_at(now).outgoing
+    }
+
+    /// Whether datagrams out of this tunnel are to be dropped: the kernel holds
+    /// [`DGRAM_KERNEL_LIMIT`] of it unread, so this role is behind.
+    pub fn sheds_incoming(&mut self, now: Instant) -> bool {
+        self.shed_at(now).incoming
+    }
+
+    fn shed_at(&mut self, now: Instant) -> Shed {
+        if self.shed.at != Some(now) {
+            let (unsent, unread) = self.transport.kernel_queues();
+            let over = |n: Option<usize>| n.is_some_and(|n| n >= DGRAM_KERNEL_LIMIT);
+            self.shed = Shed {
+                at: Some(now),
+                outgoing: over(unsent),
+                incoming: over(unread),
+            };
+        }
+        self.shed
     }
 
     /// Queue this tunnel (slab key `key`) for the end-of-turn flush in `dirty`.

@@ -396,6 +396,10 @@ impl Core {
         let Some(t) = self.tunnel_mut(tkey) else {
             return;
         };
+        if t.sheds_outgoing(now) {
+            self.udp_drop(port, UdpDrop::TunnelFull);
+            return;
+        }
         match t.session.send_datagram(id, d) {
             Ok(()) => {
                 self.mark_dirty(tkey);
@@ -426,6 +430,14 @@ impl Core {
         f.active = sweeps;
         let (port, public, peer) = (f.port, f.public, f.peer);
         let dir = if public.is_some() { OUT } else { IN };
+        // This role is behind the tunnel: its datagrams are dropped (unread, they would only
+        // keep the streams' frames waiting longer), its streams' frames are not.
+        if self.tunnel_mut(tkey).is_some_and(|t| t.sheds_incoming(now)) {
+            for _ in parts {
+                self.udp_drop(port, UdpDrop::TunnelFull);
+            }
+            return;
+        }
         // Within the port's limit, datagram by datagram (the first refused ends the batch:
         // the ones after it are dropped too, as the bucket is empty).
         let mut allowed = parts.len();
