@@ -1,5 +1,5 @@
-//! Real programs through the tunnel: OpenSSH, nginx + curl, and the original's example
-//! topology built from network namespaces.
+//! Real programs through the tunnel: OpenSSH, nginx + curl, dnsmasq + dig over a UDP
+//! mapping, and the original's example topology built from network namespaces.
 //!
 //! Each test skips (prints `SKIP: <reason>` and returns) when a program it needs is missing
 //! or cannot be started, or, for the namespace test, when not running as root. Every child
@@ -9,7 +9,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     BIN, ClientOpts, Proc, READY, ServerSetup, TempDir, attach_client, echo_on, free_port,
-    is_transient, pattern, spawn_cmd, tunnel_to, with_timeouts,
+    free_udp_port, is_transient, pattern, spawn_cmd, tunnel_to, with_timeouts,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -571,6 +571,177 @@ fn nginx_sees_the_visitors_address_through_proxy_protocol() {
         String::from_utf8_lossy(&out.stdout),
         "127.0.0.2 127.0.0.2\n"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// dnsmasq + dig: DNS through a UDP mapping
+// ---------------------------------------------------------------------------------------
+
+/// The name dnsmasq answers for, and its address.
+const DNS_NAME: &str = "www.tunnel.test";
+const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
+
+/// dnsmasq answering on 127.0.0.1 (a free port, UDP and TCP) from a local zone only.
+fn start_dnsmasq(dir: &TempDir, dnsmasq: &Path) -> Result<(Proc, u16), String> {
+    let pid_file = dir.path().join("dnsmasq.pid");
+    start_on_free_port(
+        "dnsmasq",
+        |port| {
+            let mut c = Command::new(dnsmasq);
+            c.args([
+                "--keep-in-foreground",
+                "--log-facility=-",
+                "--no-resolv",
+                "--no-hosts",
+                "--conf-file=/dev/null",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--address=/tunnel.test/10.1.2.3",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--pid-file={}", pid_file.display()));
+            if is_root() {
+                // Rather than drop to "nobody", who may not read the temp dir.
+                c.arg("--user=root");
+            }
+            Ok(c)
+        },
+        "started, version",
+        "Address already in use",
+    )
+}
+
+/// A DNS query for `name`'s A record, with `id`.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    // Recursion desired; one question.
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    // The root; type A, class IN.
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// The addresses of the A records in the answer section of reply `r` to query `q`.
+fn dns_answers(q: &[u8], r: &[u8]) -> Result<Vec<Ipv4Addr>, String> {
+    if r.len() < q.len() || r[..2] != q[..2] {
+        return Err(format!("not an answer to the query: {r:?}"));
+    }
+    let rcode = r[3] & 0x0f;
+    if rcode != 0 {
+        return Err(format!("rcode {rcode}"));
+    }
+    let count = u16::from_be_bytes([r[6], r[7]]);
+    // The question comes back as it was asked; the answers follow it.
+    let mut at = q.len();
+    let mut out = Vec::new();
+    for _ in 0..count {
+        // A compressed name (a pointer) or a full one.
+        if r.get(at).is_some_and(|b| b & 0xc0 == 0xc0) {
+            at += 2;
+        } else {
+            while let Some(&len) = r.get(at) {
+                at += 1 + len as usize;
+                if len == 0 {
+                    break;
+                }
+            }
+        }
+        let head = r.get(at..at + 10).ok_or("a short answer")?;
+        let (kind, len) = (
+            u16::from_be_bytes([head[0], head[1]]),
+            u16::from_be_bytes([head[8], head[9]]) as usize,
+        );
+        let data = r.get(at + 10..at + 10 + len).ok_or("a short record")?;
+        if kind == 1 && len == 4 {
+            out.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        at += 10 + len;
+    }
+    Ok(out)
+}
+
+#[test]
+fn dns_through_a_udp_mapping() {
+    let Some(dnsmasq) = find_program("dnsmasq") else {
+        return eprintln!("SKIP: dns_through_a_udp_mapping: dnsmasq (dnsmasq-base) not found");
+    };
+    let dir = TempDir::new("dns");
+    let (dns, dns_port) = match start_dnsmasq(&dir, &dnsmasq) {
+        Ok(x) => x,
+        Err(why) => return eprintln!("SKIP: dns_through_a_udp_mapping: {why}"),
+    };
+    let mut setup = ServerSetup::new();
+    let public = free_udp_port();
+    setup.mapper_extra.push("[UDP]".into());
+    setup
+        .mapper_extra
+        .push(format!("{public}=127.0.0.1:{dns_port}"));
+    let server = setup.start(&dir);
+    let _client = attach_client(&server, setup.inner_port, &ClientOpts::default());
+
+    // A query of our own, sent again on a read timeout (loopback may drop one).
+    let v = UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+    v.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("a read timeout");
+    let q = dns_query(0x7f01, DNS_NAME);
+    let mut buf = [0u8; 1500];
+    let reply = (0..5)
+        .find_map(|_| {
+            v.send_to(&q, ("127.0.0.1", public))
+                .expect("send the query");
+            v.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+        })
+        .unwrap_or_else(|| panic!("no DNS answer through port {public}:\n{}", dns.tail(20)));
+    let answers = dns_answers(&q, &reply).unwrap_or_else(|e| panic!("the DNS answer: {e}"));
+    assert_eq!(answers, [DNS_ADDR], "A records of {DNS_NAME}");
+
+    // dig, when installed.
+    let Some(dig) = find_program("dig") else {
+        return eprintln!("SKIP: dns_through_a_udp_mapping: dig (dnsutils) not found");
+    };
+    let port = public.to_string();
+    let out = run(
+        Command::new(&dig).args([
+            "@127.0.0.1",
+            "-p",
+            &port,
+            "+time=2",
+            "+tries=3",
+            DNS_NAME,
+            "A",
+            "+short",
+        ]),
+        None,
+        CMD_TIMEOUT,
+    )
+    .expect("run dig");
+    assert!(out.success(), "dig: {}", out.describe());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        DNS_ADDR.to_string(),
+        "dig's answer for {DNS_NAME} through the UDP mapping"
+    );
+    // A name outside the zone: dnsmasq has no upstream, so it refuses, through the tunnel too.
+    let out = run(
+        Command::new(&dig).args([
+            "@127.0.0.1",
+            "-p",
+            &port,
+            "+time=2",
+            "+tries=3",
+            "example.org",
+        ]),
+        None,
+        CMD_TIMEOUT,
+    )
+    .expect("run dig");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status: REFUSED"), "dig example.org:\n{text}");
+    assert_eq!(server.count("tunnel detached"), 0, "{}", server.tail(20));
 }
 
 // ---------------------------------------------------------------------------------------

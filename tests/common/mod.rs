@@ -324,7 +324,9 @@ pub fn assert_echo(port: u16, what: &str) {
 // Data patterns and digests
 // ---------------------------------------------------------------------------------------
 
-fn splitmix(x: &mut u64) -> u64 {
+/// One step of splitmix64: the generator behind [`pattern`], for tests that draw sizes or
+/// choices from a printed seed.
+pub fn splitmix(x: &mut u64) -> u64 {
     *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *x;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -1124,4 +1126,95 @@ pub fn udp_echoes_on(v: &std::net::UdpSocket, port: u16, data: &[u8]) -> bool {
 pub fn udp_echoes(port: u16, data: &[u8]) -> bool {
     let v = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket on loopback");
     udp_echoes_on(&v, port, data)
+}
+
+/// A UDP port that was free a moment ago on 127.0.0.1 (a port free for TCP may be taken for
+/// UDP, and the other way round).
+pub fn free_udp_port() -> u16 {
+    harness::free_udp_ports::<1>().expect("bind UDP 127.0.0.1:0")[0]
+}
+
+/// A visitor socket on `ip` (127.0.0.x, `::1`), port 0, with a half-second read timeout.
+pub fn udp_visitor(ip: impl Into<std::net::IpAddr>) -> std::net::UdpSocket {
+    let ip = ip.into();
+    let s = std::net::UdpSocket::bind((ip, 0))
+        .unwrap_or_else(|e| panic!("a UDP visitor socket on {ip}: {e}"));
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("set a read timeout");
+    s
+}
+
+/// A UDP target that answers each datagram with `reply(datagram)` and notes the sources it
+/// hears from (the client's sockets), for as long as the test runs.
+pub struct UdpTarget {
+    pub addr: SocketAddr,
+    sources: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+}
+
+impl UdpTarget {
+    pub fn spawn(
+        bind: SocketAddr,
+        reply: impl Fn(&[u8]) -> Vec<u8> + Send + 'static,
+    ) -> io::Result<UdpTarget> {
+        let sock = std::net::UdpSocket::bind(bind)?;
+        let addr = sock.local_addr()?;
+        let sources = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&sources);
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                {
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    if !seen.contains(&from) {
+                        seen.push(from);
+                    }
+                }
+                let _ = sock.send_to(&reply(&buf[..n]), from);
+            }
+        });
+        Ok(UdpTarget { addr, sources })
+    }
+
+    /// An echo on 127.0.0.1.
+    pub fn echo() -> UdpTarget {
+        UdpTarget::spawn(harness::loopback(0), <[u8]>::to_vec).expect("bind a UDP echo target")
+    }
+
+    /// The distinct sources heard from so far, in the order first heard.
+    pub fn sources(&self) -> Vec<SocketAddr> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The local UDP ports (IPv4 and IPv6) of the sockets process `pid` holds: its
+/// `/proc/<pid>/fd` socket inodes looked up in `/proc/net/udp` and `/proc/net/udp6`.
+pub fn udp_ports_of(pid: i32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid
+        // timeout inode ...
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && inodes.iter().any(|i| i == f[9]) {
+                let port = f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
+                ports.extend(port);
+            }
+        }
+    }
+    ports
 }
