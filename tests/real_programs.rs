@@ -704,21 +704,13 @@ fn dns_through_a_udp_mapping() {
         return eprintln!("SKIP: dns_through_a_udp_mapping: dig (dnsutils) not found");
     };
     let port = public.to_string();
-    let out = run(
-        Command::new(&dig).args([
-            "@127.0.0.1",
-            "-p",
-            &port,
-            "+time=2",
-            "+tries=3",
-            DNS_NAME,
-            "A",
-            "+short",
-        ]),
-        None,
-        CMD_TIMEOUT,
-    )
-    .expect("run dig");
+    let dig_query = |query: &[&str]| {
+        let mut cmd = Command::new(&dig);
+        cmd.args(["@127.0.0.1", "-p", &port, "+time=2", "+tries=3"])
+            .args(query);
+        run(&mut cmd, None, CMD_TIMEOUT).expect("run dig")
+    };
+    let out = dig_query(&[DNS_NAME, "A", "+short"]);
     assert!(out.success(), "dig: {}", out.describe());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -726,19 +718,7 @@ fn dns_through_a_udp_mapping() {
         "dig's answer for {DNS_NAME} through the UDP mapping"
     );
     // A name outside the zone: dnsmasq has no upstream, so it refuses, through the tunnel too.
-    let out = run(
-        Command::new(&dig).args([
-            "@127.0.0.1",
-            "-p",
-            &port,
-            "+time=2",
-            "+tries=3",
-            "example.org",
-        ]),
-        None,
-        CMD_TIMEOUT,
-    )
-    .expect("run dig");
+    let out = dig_query(&["example.org"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("status: REFUSED"), "dig example.org:\n{text}");
     assert_eq!(server.count("tunnel detached"), 0, "{}", server.tail(20));

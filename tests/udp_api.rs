@@ -15,10 +15,7 @@ use serde_json::{Value, json};
 
 /// A visitor socket with a short receive timeout.
 fn visitor() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    s
+    udp_visitor(std::net::Ipv4Addr::LOCALHOST)
 }
 
 fn mappings_of(list: &Value, port: u16) -> Vec<&Value> {
