@@ -43,6 +43,14 @@ fn start_udp(
     (server, admin, client)
 }
 
+/// [`start_udp`] with one `[UDP]` mapping from a fresh port to a new echo target.
+fn start_udp_echo(dir: &TempDir, setup: ServerSetup) -> (UdpTarget, u16, Proc, Admin, Proc) {
+    let target = UdpTarget::echo();
+    let port = free_udp_port();
+    let (server, admin, client) = start_udp(dir, setup, &[(port, target.addr.to_string())], &[]);
+    (target, port, server, admin, client)
+}
+
 /// The UDP flows the server lists for `port`.
 fn flows(admin: &Admin, port: u16) -> Vec<Value> {
     let streams = admin.get_json("/api/streams");
@@ -179,14 +187,7 @@ fn ten_thousand_datagrams_of_every_size_keep_their_boundaries_and_contents() {
     sizes[COUNT - 1] = 1;
 
     let dir = TempDir::new("udp-sizes");
-    let target = UdpTarget::echo();
-    let port = free_udp_port();
-    let (_server, admin, _client) = start_udp(
-        &dir,
-        ServerSetup::new(),
-        &[(port, target.addr.to_string())],
-        &[],
-    );
+    let (_target, port, _server, admin, _client) = start_udp_echo(&dir, ServerSetup::new());
     let v = udp_visitor(Ipv4Addr::LOCALHOST);
     grow_receive_buffer(&v, 4 * 1024 * 1024);
     v.set_read_timeout(Some(Duration::from_millis(100)))
@@ -352,14 +353,7 @@ fn each_echoes(port: u16, visitors: &[UdpSocket], data: impl Fn(usize) -> Vec<u8
 fn five_hundred_flows_at_once_each_get_their_own_datagrams() {
     const FLOWS: usize = 500;
     let dir = TempDir::new("udp-flows");
-    let target = UdpTarget::echo();
-    let port = free_udp_port();
-    let (_server, admin, client) = start_udp(
-        &dir,
-        ServerSetup::new(),
-        &[(port, target.addr.to_string())],
-        &[],
-    );
+    let (target, port, _server, admin, client) = start_udp_echo(&dir, ServerSetup::new());
     let visitors: Vec<UdpSocket> = (0..FLOWS)
         .map(|_| udp_visitor(Ipv4Addr::LOCALHOST))
         .collect();
@@ -503,9 +497,7 @@ fn a_udp_flood_leaves_a_tcp_stream_on_the_same_tunnel_intact() {
     let (sink, digests) = Target::sink();
     let mut setup = ServerSetup::new();
     let tcp_port = setup.map(sink.target(), None);
-    let target = UdpTarget::echo();
-    let port = free_udp_port();
-    let (_server, admin, _client) = start_udp(&dir, setup, &[(port, target.addr.to_string())], &[]);
+    let (_target, port, _server, admin, _client) = start_udp_echo(&dir, setup);
     assert!(udp_echoes(port, b"before"), "the UDP mapping echoes");
 
     let sent = Arc::new(AtomicU64::new(0));
