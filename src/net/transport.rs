@@ -34,11 +34,15 @@ impl Transport {
         registry.register(sock, token, Interest::READABLE | Interest::WRITABLE)
     }
 
-    /// Bytes the kernel holds for this tunnel: not yet sent, and received but unread (of
-    /// the TLS records, under TLS). `None` where the platform does not say.
-    pub fn kernel_queues(&self) -> (Option<usize>, Option<usize>) {
-        let sock = self.sock();
-        (sys::unsent_bytes(sock), sys::unread_bytes(sock))
+    /// Bytes the kernel holds for this tunnel not yet sent (of the TLS records, under TLS).
+    /// `None` where the platform does not say.
+    pub fn unsent_bytes(&self) -> Option<usize> {
+        sys::unsent_bytes(self.sock())
+    }
+
+    /// Bytes the kernel holds for this tunnel received but unread.
+    pub fn unread_bytes(&self) -> Option<usize> {
+        sys::unread_bytes(self.sock())
     }
 
     /// The socket a payload may be spliced from or into, when the transport allows it.

@@ -44,8 +44,9 @@ pub struct Tunnel {
     pub retired: ByteCount,
     /// When the handshake completed: the wall clock for the API, the monotonic clock for rates.
     pub established_at: Option<(SystemTime, Instant)>,
-    /// Whether its datagrams are shed, from the kernel's queues as last read.
-    shed: Shed,
+    /// Whether its datagrams are shed, each way, from the kernel's queues as last read.
+    shed_out: Shed,
+    shed_in: Shed,
 }
 
 /// When the kernel holds this many bytes for a tunnel, not yet sent on the sending side or
@@ -58,13 +59,22 @@ pub struct Tunnel {
 /// [`DGRAM_TX_LIMIT`]: crate::protocol::session::DGRAM_TX_LIMIT
 pub const DGRAM_KERNEL_LIMIT: usize = 1024 * 1024;
 
-/// The kernel's queues of a tunnel against [`DGRAM_KERNEL_LIMIT`], read at most once per
-/// loop turn, and only while datagrams cross the tunnel.
+/// One of a tunnel's kernel queues against [`DGRAM_KERNEL_LIMIT`], read at most once per
+/// loop turn, and only while datagrams cross the tunnel that way.
 #[derive(Clone, Copy, Default)]
 struct Shed {
     at: Option<Instant>,
-    outgoing: bool,
-    incoming: bool,
+    over: bool,
+}
+
+impl Shed {
+    fn over(&mut self, now: Instant, read: impl FnOnce() -> Option<usize>) -> bool {
+        if self.at != Some(now) {
+            self.at = Some(now);
+            self.over = read().is_some_and(|n| n >= DGRAM_KERNEL_LIMIT);
+        }
+        self.over
+    }
 }
 
 impl Tunnel {
@@ -86,33 +96,23 @@ impl Tunnel {
             bytes_out: 0,
             retired: ByteCount::default(),
             established_at: None,
-            shed: Shed::default(),
+            shed_out: Shed::default(),
+            shed_in: Shed::default(),
         }
     }
 
     /// Whether datagrams into this tunnel are to be dropped: the kernel holds
     /// [`DGRAM_KERNEL_LIMIT`] of it unsent.
     pub fn sheds_outgoing(&mut self, now: Instant) -> bool {
-        self.shed_at(now).outgoing
+        let transport = &self.transport;
+        self.shed_out.over(now, || transport.unsent_bytes())
     }
 
     /// Whether datagrams out of this tunnel are to be dropped: the kernel holds
     /// [`DGRAM_KERNEL_LIMIT`] of it unread, so this role is behind.
     pub fn sheds_incoming(&mut self, now: Instant) -> bool {
-        self.shed_at(now).incoming
-    }
-
-    fn shed_at(&mut self, now: Instant) -> Shed {
-        if self.shed.at != Some(now) {
-            let (unsent, unread) = self.transport.kernel_queues();
-            let over = |n: Option<usize>| n.is_some_and(|n| n >= DGRAM_KERNEL_LIMIT);
-            self.shed = Shed {
-                at: Some(now),
-                outgoing: over(unsent),
-                incoming: over(unread),
-            };
-        }
-        self.shed
+        let transport = &self.transport;
+        self.shed_in.over(now, || transport.unread_bytes())
     }
 
     /// Queue this tunnel (slab key `key`) for the end-of-turn flush in `dirty`.
