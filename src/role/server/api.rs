@@ -105,22 +105,15 @@ impl ServerRole {
             "bytes_in": t.bytes.read,
             "bytes_out": t.bytes.written,
         });
-        if let Some(allow) = &p.allow {
-            let list: Vec<String> = allow.iter().map(ToString::to_string).collect();
-            v["allow"] = json!(list);
-        }
         if let Some(proxy) = p.proxy {
             v["proxy"] = json!(proxy.to_string());
         }
-        if let Some(limit) = p.limit {
-            v["limit_bits_per_sec"] = json!(limit.bits_per_sec());
-        }
-        v
+        with_lines(v, &p.allow, p.limit)
     }
 
     fn udp_mapping_json(&self, core: &Core, live: &Live, port: u16, p: &PublishedUdp) -> Value {
         let stats = core.udp_stats.get(&port).copied().unwrap_or_default();
-        let mut v = json!({
+        let v = json!({
             "port": port,
             "proto": "udp",
             "target": &*p.target_text,
@@ -132,14 +125,7 @@ impl ServerRole {
             "datagrams_out": stats.datagrams[OUT],
             "dropped": stats.dropped.iter().sum::<u64>(),
         });
-        if let Some(allow) = &p.allow {
-            let list: Vec<String> = allow.iter().map(ToString::to_string).collect();
-            v["allow"] = json!(list);
-        }
-        if let Some(limit) = p.limit {
-            v["limit_bits_per_sec"] = json!(limit.bits_per_sec());
-        }
-        v
+        with_lines(v, &p.allow, p.limit)
     }
 
     /// The mapping of `port` and `proto` as the API shows it, if there is one.
@@ -262,11 +248,7 @@ impl ServerRole {
             limit,
         };
         if existing.is_some_and(|p| p.target == mapping.target && p.tag == mapping.tag) {
-            let live = Live::of(core);
-            return Response::json(
-                200,
-                &self.mapping_json(core, &live, port, &self.ports[&port]),
-            );
+            return self.mapping_response(core, 200, port, Proto::Tcp);
         }
         let created = existing.is_none();
         let sock = if created {
@@ -300,9 +282,7 @@ impl ServerRole {
             "admin API: public port {port} -> {} (tag {})",
             mapping.target, mapping.tag
         );
-        let live = Live::of(core);
-        let body = self.mapping_json(core, &live, port, &self.ports[&port]);
-        Response::json(if created { 201 } else { 200 }, &body)
+        self.mapping_response(core, if created { 201 } else { 200 }, port, Proto::Tcp)
     }
 
     /// The UDP half of `put_mapping`, once the request is checked.
@@ -739,4 +719,20 @@ impl ServerRole {
             self.counters.clients_refused,
         );
     }
+}
+
+/// A mapping's JSON with its port's `[ALLOW]` list and limit, when it has them.
+fn with_lines(
+    mut v: Value,
+    allow: &Option<Vec<config::Cidr>>,
+    limit: Option<config::Rate>,
+) -> Value {
+    if let Some(allow) = allow {
+        let list: Vec<String> = allow.iter().map(ToString::to_string).collect();
+        v["allow"] = json!(list);
+    }
+    if let Some(limit) = limit {
+        v["limit_bits_per_sec"] = json!(limit.bits_per_sec());
+    }
+    v
 }
