@@ -304,6 +304,85 @@ fn ten_thousand_datagrams_of_every_size_keep_their_boundaries_and_contents() {
     );
 }
 
+/// Bursts of equal-sized datagrams: the roles send each tunnel read's run of them in
+/// segmented sends where the kernel has them (toward the target and back to the visitor);
+/// each still arrives as the datagram it was, none merged, none cut.
+#[test]
+fn bursts_of_equal_sized_datagrams_arrive_one_by_one_and_intact() {
+    const BURSTS: usize = 30;
+    /// 48 of 1,200 bytes and a shorter one closing the run, as a segmented send may.
+    const PER_BURST: usize = 49;
+    const ROUNDS: usize = 5;
+    let size = |i: usize| {
+        if i % PER_BURST == PER_BURST - 1 {
+            700
+        } else {
+            1200
+        }
+    };
+
+    let seed = seed("bursts_of_equal_sized_datagrams");
+    let dir = TempDir::new("udp-bursts");
+    let (_target, port, _server, admin, _client) = start_udp_echo(&dir, ServerSetup::new());
+    let v = udp_visitor(Ipv4Addr::LOCALHOST);
+    grow_receive_buffer(&v, 4 * 1024 * 1024);
+    let mut buf = vec![0u8; 65_536];
+    let mut resent = 0;
+    for burst in 0..BURSTS {
+        let mut waiting: Vec<usize> = (burst * PER_BURST..(burst + 1) * PER_BURST).collect();
+        for round in 0..ROUNDS {
+            for &seq in &waiting {
+                v.send_to(&datagram(seed, seq, size(seq)), ("127.0.0.1", port))
+                    .unwrap_or_else(|e| panic!("send datagram {seq}: {e}"));
+            }
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while !waiting.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                v.set_read_timeout(Some(left)).expect("set a read timeout");
+                let n = match v.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                        break;
+                    }
+                    Err(e) => panic!("receive an echo: {e}"),
+                };
+                let got = &buf[..n];
+                assert!(n >= TAG, "an echo of {n} bytes (seed {seed})");
+                let seq = u32::from_le_bytes(got[..TAG].try_into().expect("four bytes")) as usize;
+                assert!(
+                    seq < (burst + 1) * PER_BURST && got == datagram(seed, seq, size(seq)),
+                    "an echo of {n} bytes tagged {seq} is not datagram {seq} of {} bytes \
+                     (seed {seed})",
+                    size(seq)
+                );
+                // A late duplicate of one already back is that datagram too: nothing to do.
+                waiting.retain(|&s| s != seq);
+            }
+            if waiting.is_empty() {
+                break;
+            }
+            assert!(
+                round + 1 < ROUNDS,
+                "burst {burst}: datagrams {waiting:?} got no echo after {ROUNDS} sends \
+                 (seed {seed})"
+            );
+            resent += waiting.len();
+        }
+    }
+    eprintln!(
+        "{} datagrams echoed, {resent} sent again",
+        BURSTS * PER_BURST
+    );
+    assert_eq!(
+        dropped(&admin, port, "bad_size"),
+        0.0,
+        "no size was refused"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Many flows
 // ---------------------------------------------------------------------------------------

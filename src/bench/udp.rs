@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::harness::{UdpCount, UdpService, loopback};
 use super::report::{Samples, Transfer};
 use super::workloads::{RR_SIZE, duration_ns};
-use crate::net::dgram::{self, BATCH};
+use crate::net::dgram::{self, BATCH, Segmentation};
 use crate::net::sys;
 use crate::net::udp::UDP_SOCKET_BUFFER;
 
@@ -218,6 +218,8 @@ fn send_paced(
     let per_s = (mbit * 1e6 / 8.0 / DGRAM_SIZE as f64).max(1.0);
     let payload = [0x5a_u8; DGRAM_SIZE];
     let parts: [&[u8]; BATCH] = [&payload; BATCH];
+    // Each datagram its own message, as a plain sender sends them.
+    let mut plain = Segmentation::off();
     let start = Instant::now();
     let end = start + dur;
     // Datagrams sent, and those the sender gave up catching up on.
@@ -239,7 +241,7 @@ fn send_paced(
             thread::sleep(wait.min(end - now).min(Duration::from_millis(1)));
             continue;
         }
-        match dgram::send_batch(sock, None, &parts) {
+        match dgram::send_batch(sock, None, &parts, &mut plain) {
             Ok(k) => sent += k as u64,
             // The socket's buffer is full: let the kernel drain it.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -1,10 +1,13 @@
-//! Many datagrams per system call: `recvmmsg(2)` and `sendmmsg(2)` on Linux, a loop of
-//! `recvfrom` / `sendto` elsewhere. The loop's UDP pumps (`udp.rs`) receive a batch into
+//! Many datagrams per system call: `recvmmsg(2)` and `sendmmsg(2)` on Linux, with runs of
+//! equal-sized datagrams as one segmented message each (UDP GSO, [`Segmentation`]), a loop
+//! of `recvfrom` / `sendto` elsewhere. The loop's UDP pumps (`udp.rs`) receive a batch into
 //! [`RecvBatch`] and send the parts of one tunnel read with [`send_batch`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+
+use log::debug;
 
 /// Datagrams received per call at most.
 pub const BATCH: usize = 16;
@@ -119,14 +122,103 @@ pub fn recv_batch(sock: &impl AsRawFd, b: &mut RecvBatch) -> io::Result<usize> {
     Ok(b.n)
 }
 
+/// Whether a socket sends runs of equal-sized datagrams as one segmented send (Linux's
+/// UDP GSO, `UDP_SEGMENT`): one trip down the stack for up to [`GSO_SEGMENTS`] datagrams,
+/// which the kernel cuts into datagrams of the given size on the way out, so the receiver
+/// sees each datagram as it was. Off where the kernel lacks it; a path that refuses a size
+/// (its MTU is smaller, or the device cannot checksum) lowers the largest size tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segmentation {
+    /// Datagrams of at most this many bytes may share a send; 0: none may.
+    max: usize,
+}
+
+/// Datagrams in one segmented send at most (the kernel's limit, `UDP_MAX_SEGMENTS`).
+pub const GSO_SEGMENTS: usize = 64;
+/// Bytes in one segmented send at most: under the largest IPv4 and IPv6 payload.
+const GSO_BYTES: usize = 65_000;
+/// Datagrams handed to the kernel per `sendmmsg` call, segmented or not.
+const SEND_DATAGRAMS: usize = BATCH * 4;
+
+#[cfg(target_os = "linux")]
+const UDP_SEGMENT: libc::c_int = 103;
+
+impl Segmentation {
+    /// Never segment: each datagram its own message.
+    pub const fn off() -> Segmentation {
+        Segmentation { max: 0 }
+    }
+
+    /// Segment where this kernel can (probed once per process).
+    pub fn available() -> Segmentation {
+        static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *PROBED.get_or_init(gso_supported) {
+            Segmentation { max: GSO_BYTES }
+        } else {
+            Segmentation::off()
+        }
+    }
+
+    /// How many of `datagrams` (at least one) go as the first message: a run of equal
+    /// sizes, and a shorter one to close it, as the kernel cuts a segmented send.
+    fn run(self, datagrams: &[&[u8]]) -> usize {
+        let size = datagrams[0].len();
+        if size == 0 || size > self.max {
+            return 1;
+        }
+        let limit = GSO_SEGMENTS.min(GSO_BYTES / size).min(datagrams.len());
+        let mut n = 1;
+        while n < limit && datagrams[n].len() == size {
+            n += 1;
+        }
+        if n < limit && !datagrams[n].is_empty() && datagrams[n].len() < size {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Whether the kernel takes `UDP_SEGMENT` (Linux 4.18 and later).
+#[cfg(target_os = "linux")]
+fn gso_supported() -> bool {
+    let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    let size: libc::c_int = 1200;
+    // SAFETY: a valid descriptor, and a pointer to an int with its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn gso_supported() -> bool {
+    false
+}
+
+/// Room for one `UDP_SEGMENT` control message, aligned as the kernel reads it.
+#[cfg(target_os = "linux")]
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct SegmentCmsg([u8; 32]);
+
 /// Send `datagrams` in order, each as one datagram, to `to` (or to the connected peer with
-/// `None`), as many per call as the platform allows. Returns how many went: fewer when the
-/// socket's buffer filled (`Err(WouldBlock)` when none did).
+/// `None`), as many per call as the platform allows, runs of equal size as one segmented
+/// send where `seg` allows. Returns how many went: fewer when the socket's buffer filled
+/// (`Err(WouldBlock)` when none did).
 #[cfg(target_os = "linux")]
 pub fn send_batch(
     sock: &impl AsRawFd,
     to: Option<SocketAddr>,
     datagrams: &[&[u8]],
+    seg: &mut Segmentation,
 ) -> io::Result<usize> {
     let mut sent = 0;
     let (name, namelen) = match to {
@@ -134,28 +226,47 @@ pub fn send_batch(
         // SAFETY: an all-zero sockaddr_storage is a valid value (unused with length 0).
         None => (unsafe { std::mem::zeroed() }, 0),
     };
+    // SAFETY (both): all-zero iovecs and message headers are valid values.
+    let mut iovs: [libc::iovec; SEND_DATAGRAMS] = unsafe { std::mem::zeroed() };
+    let mut msgs: [libc::mmsghdr; SEND_DATAGRAMS] = unsafe { std::mem::zeroed() };
+    let mut cmsgs = [SegmentCmsg([0; 32]); SEND_DATAGRAMS];
     while sent < datagrams.len() {
-        let chunk = &datagrams[sent..datagrams.len().min(sent + BATCH)];
-        // SAFETY: the iovecs point at the caller's slices and `name`, which outlive the
-        // call; the kernel only reads them.
-        let rc = unsafe {
-            let mut iovs: [libc::iovec; BATCH] = std::mem::zeroed();
-            let mut msgs: [libc::mmsghdr; BATCH] = std::mem::zeroed();
-            for (i, d) in chunk.iter().enumerate() {
-                iovs[i].iov_base = d.as_ptr() as *mut libc::c_void;
-                iovs[i].iov_len = d.len();
-                let h = &mut msgs[i].msg_hdr;
-                if namelen > 0 {
-                    h.msg_name = (&name as *const libc::sockaddr_storage) as *mut libc::c_void;
-                    h.msg_namelen = namelen;
-                }
-                h.msg_iov = &mut iovs[i];
-                h.msg_iovlen = 1;
+        let rest = &datagrams[sent..datagrams.len().min(sent + SEND_DATAGRAMS)];
+        // Messages of this call, and how many datagrams each carries.
+        let mut runs = [0usize; SEND_DATAGRAMS];
+        for (iov, part) in iovs.iter_mut().zip(rest) {
+            iov.iov_base = part.as_ptr() as *mut libc::c_void;
+            iov.iov_len = part.len();
+        }
+        let iov_base = iovs.as_mut_ptr();
+        let (mut m, mut d) = (0, 0);
+        while d < rest.len() {
+            let n = seg.run(&rest[d..]);
+            let h = &mut msgs[m].msg_hdr;
+            // SAFETY: an all-zero msghdr is valid (no name, no data, no control).
+            *h = unsafe { std::mem::zeroed() };
+            if namelen > 0 {
+                h.msg_name = (&name as *const libc::sockaddr_storage) as *mut libc::c_void;
+                h.msg_namelen = namelen;
             }
+            // SAFETY: d + n <= rest.len() <= SEND_DATAGRAMS: iovecs d..d + n are inside
+            // `iovs`, which nothing writes again before the call.
+            h.msg_iov = unsafe { iov_base.add(d) };
+            h.msg_iovlen = n;
+            if n > 1 {
+                set_segment(h, &mut cmsgs[m], rest[d].len());
+            }
+            runs[m] = n;
+            m += 1;
+            d += n;
+        }
+        // SAFETY: the headers point at `iovs`, `cmsgs` and `name`, and the iovecs at the
+        // caller's slices, all alive for the call; the kernel only reads them.
+        let rc = unsafe {
             libc::sendmmsg(
                 sock.as_raw_fd(),
                 msgs.as_mut_ptr(),
-                chunk.len() as libc::c_uint,
+                m as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };
@@ -164,14 +275,55 @@ pub fn send_batch(
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
+            // The first message was a segmented one the path refused: send that size
+            // unsegmented from now on, and this call again.
+            if runs[0] > 1 && refused_segmentation(&e) {
+                seg.max = seg.max.min(rest[0].len() - 1);
+                if e.raw_os_error() == Some(libc::EIO) {
+                    seg.max = 0;
+                }
+                debug!(
+                    "UDP: segmented send of {}-byte datagrams refused ({e}): sent one by one",
+                    rest[0].len()
+                );
+                continue;
+            }
             return if sent > 0 { Ok(sent) } else { Err(e) };
         }
-        sent += rc as usize;
-        if (rc as usize) < chunk.len() {
-            break;
+        let done = rc as usize;
+        sent += runs[..done].iter().sum::<usize>();
+        if done < m {
+            // Refused part way: the rest waits, or the next call says why.
+            continue;
         }
     }
     Ok(sent)
+}
+
+/// A `UDP_SEGMENT` control message of `size` on `h`, in `room`.
+#[cfg(target_os = "linux")]
+fn set_segment(h: &mut libc::msghdr, room: &mut SegmentCmsg, size: usize) {
+    // SAFETY: `room` is aligned for a cmsghdr and larger than CMSG_SPACE(2); the header
+    // and its data are written inside it.
+    unsafe {
+        h.msg_control = room.0.as_mut_ptr().cast();
+        h.msg_controllen = libc::CMSG_SPACE(2) as usize;
+        let c = libc::CMSG_FIRSTHDR(h);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size as u16);
+    }
+}
+
+/// An error by which a path refuses segmented sends (its MTU, or a device that cannot
+/// checksum them), as opposed to one about the socket or the peer.
+#[cfg(target_os = "linux")]
+fn refused_segmentation(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EIO | libc::EMSGSIZE)
+    )
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -179,6 +331,7 @@ pub fn send_batch(
     sock: &impl AsRawFd,
     to: Option<SocketAddr>,
     datagrams: &[&[u8]],
+    _seg: &mut Segmentation,
 ) -> io::Result<usize> {
     let std_sock = borrowed(sock);
     let mut sent = 0;
@@ -296,7 +449,10 @@ mod tests {
                 .map(|(i, &n)| (0..n).map(|j| (i + j) as u8).collect())
                 .collect();
             let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-            assert_eq!(send_batch(&tx, Some(to), &parts).unwrap(), parts.len());
+            assert_eq!(
+                send_batch(&tx, Some(to), &parts, &mut Segmentation::off()).unwrap(),
+                parts.len()
+            );
             let mut b = RecvBatch::default();
             let mut got = Vec::new();
             for _ in 0..1000 {
@@ -331,11 +487,165 @@ mod tests {
     fn a_connected_socket_sends_without_an_address() {
         let (rx, tx) = pair("127.0.0.1:0");
         tx.connect(rx.local_addr().unwrap()).unwrap();
-        assert_eq!(send_batch(&tx, None, &[b"a", b"bc"]).unwrap(), 2);
+        assert_eq!(
+            send_batch(&tx, None, &[b"a", b"bc"], &mut Segmentation::off()).unwrap(),
+            2
+        );
         let mut buf = [0u8; 8];
         rx.set_nonblocking(false).unwrap();
         assert_eq!(rx.recv(&mut buf).unwrap(), 1);
         assert_eq!(rx.recv(&mut buf).unwrap(), 2);
         assert_eq!(&buf[..2], b"bc");
+    }
+
+    /// Sizes with runs the kernel can segment: equal sizes, a shorter one closing a run,
+    /// runs longer than one send takes, and single ones between.
+    fn runs_of_sizes() -> Vec<usize> {
+        let mut sizes = vec![1200; 70];
+        sizes.push(700);
+        sizes.extend([1200, 1200, 1200]);
+        sizes.extend([9000; 9]);
+        sizes.extend([1, 1, 1, 2, 65_507, 3]);
+        sizes.extend([600; 5]);
+        sizes.push(601);
+        sizes
+    }
+
+    fn numbered(sizes: &[usize]) -> Vec<Vec<u8>> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 7 + j) as u8).collect())
+            .collect()
+    }
+
+    /// Receive `count` datagrams from `rx` (bounded: 2,000 tries, 1 ms apart).
+    fn receive(rx: &UdpSocket, count: usize) -> Vec<Vec<u8>> {
+        let mut b = RecvBatch::default();
+        let mut got = Vec::new();
+        for _ in 0..2000 {
+            match recv_batch(rx, &mut b) {
+                Ok(n) => got.extend((0..n).map(|i| b.get(i).0.to_vec())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if got.len() >= count {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn runs_of_equal_sizes_share_a_message_closed_by_a_shorter_one() {
+        let on = Segmentation { max: GSO_BYTES };
+        let d = |sizes: &[usize]| -> Vec<Vec<u8>> { sizes.iter().map(|&n| vec![0; n]).collect() };
+        let run = |seg: Segmentation, sizes: &[usize]| {
+            let v = d(sizes);
+            let parts: Vec<&[u8]> = v.iter().map(Vec::as_slice).collect();
+            seg.run(&parts)
+        };
+        assert_eq!(run(on, &[5, 5, 5, 3, 3]), 4, "a shorter one closes the run");
+        assert_eq!(run(on, &[5, 5, 7]), 2, "a longer one starts the next");
+        assert_eq!(run(on, &[5, 5, 5, 0]), 3, "an empty one is never in a run");
+        assert_eq!(run(on, &[5]), 1);
+        assert_eq!(run(on, &[1200; 100]), 54, "under 65,000 bytes");
+        assert_eq!(
+            run(on, &[10; 100]),
+            GSO_SEGMENTS,
+            "the kernel's segment limit"
+        );
+        assert_eq!(run(on, &[40_000, 40_000]), 1, "two would be too large");
+        assert_eq!(run(Segmentation::off(), &[5, 5, 5]), 1);
+        assert_eq!(
+            run(Segmentation { max: 4 }, &[5, 5, 5]),
+            1,
+            "over the path's size"
+        );
+        assert_eq!(run(Segmentation { max: 5 }, &[5, 5, 5]), 3);
+    }
+
+    #[test]
+    fn segmented_sends_arrive_as_the_datagrams_they_were() {
+        let seg = Segmentation::available();
+        if seg == Segmentation::off() {
+            println!("skipped: this kernel has no UDP segmentation offload");
+            return;
+        }
+        for a in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(probe) = UdpSocket::bind(a) else {
+                println!("skipped {a}: cannot bind it here");
+                continue;
+            };
+            drop(probe);
+            let (rx, tx) = pair(a);
+            grow(&rx);
+            let data = numbered(&runs_of_sizes());
+            let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+            let mut s = seg;
+            let to = Some(rx.local_addr().unwrap());
+            assert_eq!(send_batch(&tx, to, &parts, &mut s).unwrap(), parts.len());
+            assert_eq!(s, seg, "{a}: loopback takes every size");
+            // Connected, as a client's flow sends.
+            tx.connect(rx.local_addr().unwrap()).unwrap();
+            assert_eq!(send_batch(&tx, None, &parts, &mut s).unwrap(), parts.len());
+            let got = receive(&rx, 2 * data.len());
+            let want: Vec<Vec<u8>> = data.iter().chain(&data).cloned().collect();
+            assert_eq!(got.len(), want.len(), "{a}: every datagram, none merged");
+            assert!(got == want, "{a}: every datagram whole and in order");
+        }
+    }
+
+    #[test]
+    fn a_path_that_refuses_segmentation_gets_the_datagrams_one_by_one() {
+        let mut seg = Segmentation::available();
+        if seg == Segmentation::off() {
+            println!("skipped: this kernel has no UDP segmentation offload");
+            return;
+        }
+        let (rx, tx) = pair("127.0.0.1:0");
+        grow(&rx);
+        // Without checksums the kernel refuses segmented sends (EINVAL).
+        let one: libc::c_int = 1;
+        // SAFETY: a valid descriptor, and a pointer to an int with its length.
+        let rc = unsafe {
+            libc::setsockopt(
+                tx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
+        let data = numbered(&runs_of_sizes());
+        let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let to = Some(rx.local_addr().unwrap());
+        assert_eq!(send_batch(&tx, to, &parts, &mut seg).unwrap(), parts.len());
+        assert!(
+            seg.max < 600,
+            "every size tried was refused and is sent alone now"
+        );
+        assert!(
+            receive(&rx, data.len()) == data,
+            "every datagram whole and in order"
+        );
+    }
+
+    /// A receive buffer for a few of the largest datagrams.
+    fn grow(s: &UdpSocket) {
+        let bytes: libc::c_int = 4 << 20;
+        // SAFETY: a valid descriptor, and a pointer to an int with its length.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
 }

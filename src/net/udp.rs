@@ -15,8 +15,9 @@
 //!   stream's data. A socket gets one batch per loop turn, then waits in the ready queue
 //!   behind the others.
 //! - **Downward** ([`Core::deliver_datagrams`]): the datagrams of one tunnel read go out in
-//!   one `sendmmsg`; what the socket refuses waits in a small bounded backlog, and beyond it
-//!   is dropped and counted.
+//!   one `sendmmsg`, runs of equal size as one segmented send each (the socket's
+//!   [`Segmentation`]); what the socket refuses waits in a small bounded backlog, and beyond
+//!   it is dropped and counted.
 //!
 //! A flow ends by RESET from either side, with its tunnel, when its port closes, or when it
 //! moved no datagram for `UDP_TIMEOUT` (the stream sweep, server side). A client's flow whose
@@ -30,7 +31,7 @@ use std::time::{Instant, SystemTime};
 use log::debug;
 use mio::net::UdpSocket;
 
-use crate::net::dgram::{self, BATCH};
+use crate::net::dgram::{self, BATCH, Segmentation};
 use crate::net::limit::Dir;
 use crate::net::reactor::{Core, Endpoint, Role};
 use crate::protocol::session::DgramRefused;
@@ -168,6 +169,8 @@ pub struct UdpPort {
     pub flows: HashMap<SocketAddr, usize>,
     /// Replies the socket refused.
     pub backlog: Backlog,
+    /// Whether replies of equal size leave in one segmented send.
+    pub seg: Segmentation,
     /// The socket may hold unread datagrams.
     pub readable: bool,
     /// In the reactor's ready queue.
@@ -188,6 +191,8 @@ pub struct UdpFlow {
     pub port: u16,
     /// Client: datagrams waiting for the socket (its name resolving, or its buffer full).
     pub backlog: Backlog,
+    /// Client: whether datagrams of equal size leave in one segmented send.
+    pub seg: Segmentation,
     pub readable: bool,
     pub queued: bool,
     /// The stream sweep's count when a datagram last moved either way.
@@ -218,6 +223,7 @@ impl UdpFlow {
             id,
             port: 0,
             backlog: Backlog::default(),
+            seg: Segmentation::available(),
             readable: false,
             queued: false,
             active,
@@ -454,19 +460,19 @@ impl Core {
         if parts.is_empty() {
             return;
         }
-        let (sock, backlog, to) = match public {
+        let (sock, backlog, seg, to) = match public {
             Some(pkey) => match self.endpoint_mut(pkey) {
-                Some(Endpoint::UdpPort(p)) => (Some(&p.sock), &mut p.backlog, peer),
+                Some(Endpoint::UdpPort(p)) => (Some(&p.sock), &mut p.backlog, &mut p.seg, peer),
                 _ => return,
             },
             None => match self.endpoint_mut(fkey) {
-                Some(Endpoint::UdpFlow(f)) => (f.sock.as_ref(), &mut f.backlog, None),
+                Some(Endpoint::UdpFlow(f)) => (f.sock.as_ref(), &mut f.backlog, &mut f.seg, None),
                 _ => return,
             },
         };
         // Behind datagrams already waiting, or before the socket exists, they wait too.
         let sent = match sock {
-            Some(sock) if backlog.is_empty() => dgram::send_batch(sock, to, parts),
+            Some(sock) if backlog.is_empty() => dgram::send_batch(sock, to, parts, seg),
             _ => Ok(0),
         };
         let sent = match sent {

@@ -14,6 +14,7 @@ use mio::net::UdpSocket;
 
 use super::{Bind, ServerRole, TimerTarget, UDP_DROPS};
 use crate::config::{self, Cidr, Mapping, MappingDiff, Proto, Rate, Target};
+use crate::net::dgram::Segmentation;
 use crate::net::reactor::{Core, Endpoint};
 use crate::net::sys;
 use crate::net::udp::{UDP_SOCKET_BUFFER, UdpDrop, UdpFlow, UdpPort};
@@ -58,6 +59,7 @@ impl ServerRole {
             port,
             flows: Default::default(),
             backlog: Default::default(),
+            seg: Segmentation::available(),
             readable: false,
             queued: false,
         })))?;
