@@ -133,31 +133,35 @@ impl Backlog {
         true
     }
 
-    /// Send what waits until the socket refuses; the datagrams and bytes sent.
-    fn flush(&mut self, sock: &UdpSocket) -> io::Result<(usize, usize)> {
-        let (mut sent, mut bytes) = (0, 0);
+    /// Send what waits until the socket refuses, telling `went` the address and length of
+    /// each datagram that went (also those before an error).
+    fn flush(
+        &mut self,
+        sock: &UdpSocket,
+        mut went: impl FnMut(Option<SocketAddr>, usize),
+    ) -> io::Result<()> {
         while let Some((to, d)) = self.items.front() {
             let r = match to {
                 Some(addr) => sock.send_to(d, *addr),
                 None => sock.send(d),
             };
+            let (to, len) = (*to, d.len());
             match r {
                 Ok(_) => {
-                    self.bytes -= d.len();
-                    bytes += d.len();
+                    self.bytes -= len;
                     self.items.pop_front();
-                    sent += 1;
+                    went(to, len);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // This datagram cannot go: drop it, not the ones behind it.
-                    self.bytes -= d.len();
+                    self.bytes -= len;
                     self.items.pop_front();
                     return Err(e);
                 }
             }
         }
-        Ok((sent, bytes))
+        Ok(())
     }
 }
 
@@ -510,20 +514,35 @@ impl Core {
 
     /// A UDP socket can send again: its backlog goes out.
     pub(crate) fn udp_writable(&mut self, key: usize) {
+        // What went, counted when it went, not when it was kept: by visitor address from a
+        // port, and `None` from a client's flow (its connected target).
+        let mut went: Vec<(Option<SocketAddr>, usize)> = Vec::new();
+        let note = |to, len| went.push((to, len));
         let (result, port) = match self.endpoint_mut(key) {
-            Some(Endpoint::UdpPort(p)) => (p.backlog.flush(&p.sock), p.port),
+            Some(Endpoint::UdpPort(p)) => (p.backlog.flush(&p.sock, note), p.port),
             Some(Endpoint::UdpFlow(f)) => match &f.sock {
-                Some(sock) => (f.backlog.flush(sock), f.port),
+                Some(sock) => (f.backlog.flush(sock, note), f.port),
                 None => return,
             },
             _ => return,
         };
-        match result {
-            // Counted when they went, not when they were kept.
-            Ok((n, bytes)) => {
-                let dir = if port == 0 { IN } else { OUT };
-                self.udp_count(port, dir, n, bytes);
+        let dir = if port == 0 { IN } else { OUT };
+        let bytes = went.iter().map(|&(_, len)| len).sum();
+        self.udp_count(port, dir, went.len(), bytes);
+        for (to, len) in went {
+            let fkey = match to {
+                Some(addr) => self
+                    .udp_port_mut(key)
+                    .and_then(|p| p.flows.get(&addr).copied()),
+                None => Some(key),
+            };
+            if let Some(f) = fkey.and_then(|k| self.udp_flow_mut(k)) {
+                f.datagrams[dir] += 1;
+                f.bytes[dir] += len as u64;
             }
+        }
+        match result {
+            Ok(()) => {}
             Err(e) if matches!(self.endpoint(key), Some(Endpoint::UdpFlow(_))) => {
                 self.flow_failed(key, &e)
             }
