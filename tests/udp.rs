@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use common::admin::{Admin, eventually, metric, start_with_admin};
 use common::*;
 use serde_json::Value;
+use tcp_forward::net::dgram::{Segmentation, send_batch};
 
 /// The largest datagram a mapping carries (an IPv4 UDP payload's limit).
 const MAX_DATAGRAM: usize = 65_507;
@@ -305,8 +306,10 @@ fn ten_thousand_datagrams_of_every_size_keep_their_boundaries_and_contents() {
 }
 
 /// Bursts of equal-sized datagrams: the roles send each tunnel read's run of them in
-/// segmented sends where the kernel has them (toward the target and back to the visitor);
-/// each still arrives as the datagram it was, none merged, none cut.
+/// segmented sends where the kernel has them (toward the target and back to the visitor),
+/// and every other burst leaves the visitor as segmented sends too, which the server's
+/// socket receives coalesced; each still arrives as the datagram it was, none merged, none
+/// cut.
 #[test]
 fn bursts_of_equal_sized_datagrams_arrive_one_by_one_and_intact() {
     const BURSTS: usize = 30;
@@ -331,9 +334,32 @@ fn bursts_of_equal_sized_datagrams_arrive_one_by_one_and_intact() {
     for burst in 0..BURSTS {
         let mut waiting: Vec<usize> = (burst * PER_BURST..(burst + 1) * PER_BURST).collect();
         for round in 0..ROUNDS {
-            for &seq in &waiting {
-                v.send_to(&datagram(seed, seq, size(seq)), ("127.0.0.1", port))
-                    .unwrap_or_else(|e| panic!("send datagram {seq}: {e}"));
+            let data: Vec<Vec<u8>> = waiting
+                .iter()
+                .map(|&q| datagram(seed, q, size(q)))
+                .collect();
+            if burst % 2 == 1 {
+                let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+                let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                let mut seg = Segmentation::available();
+                let mut sent = 0;
+                for _ in 0..100 {
+                    match send_batch(&v, Some(to), &parts[sent..], &mut seg) {
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(e) => panic!("send burst {burst}: {e}"),
+                    }
+                    if sent == parts.len() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+                assert_eq!(sent, parts.len(), "burst {burst} sent");
+            } else {
+                for (d, &seq) in data.iter().zip(&waiting) {
+                    v.send_to(d, ("127.0.0.1", port))
+                        .unwrap_or_else(|e| panic!("send datagram {seq}: {e}"));
+                }
             }
             let deadline = Instant::now() + Duration::from_millis(500);
             while !waiting.is_empty() {

@@ -15,14 +15,20 @@ pub const BATCH: usize = 16;
 /// IPv6), so none is cut short.
 const SLOT: usize = 64 * 1024;
 
-/// A batch of received datagrams, in slots of one zeroed allocation: the allocator maps it
-/// lazily, so only the pages datagrams touched take memory.
+/// A batch of received messages, in slots of one zeroed allocation: the allocator maps it
+/// lazily, so only the pages datagrams touched take memory. A message is one datagram, or,
+/// on a socket with [`enable_coalescing`], a run of datagrams of one sender that the kernel
+/// handed over together ([`RecvBatch::datagrams`] splits it).
 pub struct RecvBatch {
     buf: Vec<u8>,
     lens: [usize; BATCH],
     from: [Option<SocketAddr>; BATCH],
-    /// The datagram did not fit its slot (it cannot happen with `SLOT` above; checked anyway).
+    /// The message did not fit its slot, or its control data did not fit its room (neither
+    /// can happen with the sizes here; checked anyway).
     cut: [bool; BATCH],
+    /// The size of each datagram of a coalesced message (the last may be shorter); 0: the
+    /// message is one datagram.
+    segment: [usize; BATCH],
     n: usize,
 }
 
@@ -33,13 +39,14 @@ impl Default for RecvBatch {
             lens: [0; BATCH],
             from: [None; BATCH],
             cut: [false; BATCH],
+            segment: [0; BATCH],
             n: 0,
         }
     }
 }
 
 impl RecvBatch {
-    /// Datagrams in the batch.
+    /// Messages in the batch.
     pub fn len(&self) -> usize {
         self.n
     }
@@ -48,7 +55,7 @@ impl RecvBatch {
         self.n == 0
     }
 
-    /// Datagram `i`: its bytes, its sender (`None` when the call did not say, as on a
+    /// Message `i`: its bytes, its sender (`None` when the call did not say, as on a
     /// connected socket) and whether it was cut short.
     pub fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>, bool) {
         let start = i * SLOT;
@@ -57,6 +64,66 @@ impl RecvBatch {
             self.from[i],
             self.cut[i],
         )
+    }
+
+    /// The datagrams of message `i`, in order: the message itself, or the run the kernel
+    /// coalesced, cut at its segment size. None for an empty message.
+    pub fn datagrams(&self, i: usize) -> std::slice::Chunks<'_, u8> {
+        let (d, _, _) = self.get(i);
+        let size = match self.segment[i] {
+            0 => d.len(),
+            s => s,
+        };
+        d.chunks(size.max(1))
+    }
+}
+
+#[cfg(target_os = "linux")]
+const UDP_GRO: libc::c_int = 104;
+
+/// Have the kernel hand this socket a run of datagrams from one sender as one message
+/// (UDP GRO, Linux 5.0 and later) where they arrive together: a sender's segmented send
+/// over loopback, a network card's coalescing. [`recv_batch`] reads the segment size with
+/// each message. False where the kernel lacks it; the socket then works as before.
+#[cfg(target_os = "linux")]
+pub fn enable_coalescing(sock: &impl AsRawFd) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor, and a pointer to an int with its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn enable_coalescing(_sock: &impl AsRawFd) -> bool {
+    false
+}
+
+/// The segment size a `UDP_GRO` control message on `h` gives, if there is one.
+#[cfg(target_os = "linux")]
+fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: the kernel wrote `msg_controllen` bytes of well-formed control messages into
+    // the room `msg_control` points at; the CMSG macros walk inside them.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP
+                && (*c).cmsg_type == UDP_GRO
+                && (*c).cmsg_len as usize >= libc::CMSG_LEN(4) as usize
+            {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(size).ok();
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+        None
     }
 }
 
@@ -70,6 +137,7 @@ pub fn recv_batch(sock: &impl AsRawFd, b: &mut RecvBatch) -> io::Result<usize> {
         let mut names: [libc::sockaddr_storage; BATCH] = std::mem::zeroed();
         let mut iovs: [libc::iovec; BATCH] = std::mem::zeroed();
         let mut msgs: [libc::mmsghdr; BATCH] = std::mem::zeroed();
+        let mut cmsgs = [SegmentCmsg([0; 32]); BATCH];
         let base = b.buf.as_mut_ptr();
         for i in 0..BATCH {
             iovs[i].iov_base = base.add(i * SLOT).cast();
@@ -79,6 +147,8 @@ pub fn recv_batch(sock: &impl AsRawFd, b: &mut RecvBatch) -> io::Result<usize> {
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
+            h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+            h.msg_controllen = cmsgs[i].0.len();
         }
         let rc = libc::recvmmsg(
             sock.as_raw_fd(),
@@ -92,9 +162,11 @@ pub fn recv_batch(sock: &impl AsRawFd, b: &mut RecvBatch) -> io::Result<usize> {
         }
         let n = rc as usize;
         for i in 0..n {
+            let h = &msgs[i].msg_hdr;
             b.lens[i] = (msgs[i].msg_len as usize).min(SLOT);
-            b.cut[i] = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            b.from[i] = socket_addr(&names[i], msgs[i].msg_hdr.msg_namelen);
+            b.cut[i] = h.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
+            b.from[i] = socket_addr(&names[i], h.msg_namelen);
+            b.segment[i] = gro_segment(h).unwrap_or(0);
         }
         n
     };
@@ -113,6 +185,7 @@ pub fn recv_batch(sock: &impl AsRawFd, b: &mut RecvBatch) -> io::Result<usize> {
                 b.lens[i] = len;
                 b.from[i] = Some(from);
                 b.cut[i] = false;
+                b.segment[i] = 0;
                 b.n += 1;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && b.n > 0 => break,
@@ -203,7 +276,8 @@ fn gso_supported() -> bool {
     false
 }
 
-/// Room for one `UDP_SEGMENT` control message, aligned as the kernel reads it.
+/// Room for one control message of a segment size (`UDP_SEGMENT` sent, `UDP_GRO`
+/// received), aligned as the kernel reads and writes it.
 #[cfg(target_os = "linux")]
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
@@ -595,6 +669,59 @@ mod tests {
             let want: Vec<Vec<u8>> = data.iter().chain(&data).cloned().collect();
             assert_eq!(got.len(), want.len(), "{a}: every datagram, none merged");
             assert!(got == want, "{a}: every datagram whole and in order");
+        }
+    }
+
+    #[test]
+    fn a_coalescing_socket_gets_runs_whole_and_splits_them_back() {
+        let seg = Segmentation::available();
+        if seg == Segmentation::off() {
+            println!("skipped: this kernel has no UDP segmentation offload");
+            return;
+        }
+        for a in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(probe) = UdpSocket::bind(a) else {
+                println!("skipped {a}: cannot bind it here");
+                continue;
+            };
+            drop(probe);
+            let (rx, tx) = pair(a);
+            grow(&rx);
+            if !enable_coalescing(&rx) {
+                println!("skipped: this kernel has no UDP receive coalescing");
+                return;
+            }
+            let data = numbered(&runs_of_sizes());
+            let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+            let to = Some(rx.local_addr().unwrap());
+            let mut s = seg;
+            assert_eq!(send_batch(&tx, to, &parts, &mut s).unwrap(), parts.len());
+            let mut b = RecvBatch::default();
+            let (mut got, mut coalesced) = (Vec::new(), 0);
+            for _ in 0..2000 {
+                match recv_batch(&rx, &mut b) {
+                    Ok(n) => {
+                        for i in 0..n {
+                            let (d, from, cut) = b.get(i);
+                            assert!(!cut, "{a}: message {i} of {} bytes cut", d.len());
+                            assert_eq!(from, Some(tx.local_addr().unwrap()));
+                            let runs = b.datagrams(i).count();
+                            coalesced += usize::from(runs > 1);
+                            got.extend(b.datagrams(i).map(<[u8]>::to_vec));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if got.len() >= data.len() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert!(coalesced > 0, "{a}: the runs arrived coalesced");
+            assert_eq!(got.len(), data.len(), "{a}: every datagram, once");
+            assert!(got == data, "{a}: every datagram whole and in order");
         }
     }
 

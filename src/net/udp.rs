@@ -329,12 +329,16 @@ impl Core {
                 None => match role.on_new_flow(self, key, from) {
                     Ok(f) => f,
                     Err(why) => {
-                        self.udp_drop(port, why);
+                        for _ in batch.datagrams(i) {
+                            self.udp_drop(port, why);
+                        }
                         continue;
                     }
                 },
             };
-            self.flow_up(fkey, d);
+            for d in batch.datagrams(i) {
+                self.flow_up(fkey, d);
+            }
         }
         self.udp_batch = Some(batch);
         // A full batch leaves more waiting: one batch per turn, so others get theirs.
@@ -366,7 +370,9 @@ impl Core {
                     let (d, _, cut) = batch.get(i);
                     if cut || d.is_empty() {
                         self.udp_drop(0, UdpDrop::BadSize);
-                    } else {
+                        continue;
+                    }
+                    for d in batch.datagrams(i) {
                         self.flow_up(key, d);
                     }
                 }

@@ -12,6 +12,7 @@ use mio::{Interest, Token};
 
 use super::ClientRole;
 use crate::config::{Host, Verdict};
+use crate::net::dgram;
 use crate::net::reactor::{Core, Endpoint};
 use crate::net::sys;
 use crate::net::udp::{UDP_SOCKET_BUFFER, UdpFlow};
@@ -25,6 +26,7 @@ fn connect_udp(target: SocketAddr) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(SocketAddr::new(any, 0))?;
     sock.connect(target)?;
     sys::set_socket_buffers(&sock, UDP_SOCKET_BUFFER);
+    dgram::enable_coalescing(&sock);
     Ok(sock)
 }
 

@@ -14,7 +14,7 @@ use mio::net::UdpSocket;
 
 use super::{Bind, ServerRole, TimerTarget, UDP_DROPS};
 use crate::config::{self, Cidr, Mapping, MappingDiff, Proto, Rate, Target};
-use crate::net::dgram::Segmentation;
+use crate::net::dgram::{self, Segmentation};
 use crate::net::reactor::{Core, Endpoint};
 use crate::net::sys;
 use crate::net::udp::{UDP_SOCKET_BUFFER, UdpDrop, UdpFlow, UdpPort};
@@ -42,6 +42,7 @@ pub(super) fn bind_udp(bind: Bind, port: u16) -> io::Result<UdpSocket> {
         io::Error::new(e.kind(), format!("cannot bind public UDP port {port}: {e}"))
     })?;
     sys::set_socket_buffers(&sock, UDP_SOCKET_BUFFER);
+    dgram::enable_coalescing(&sock);
     Ok(sock)
 }
 
