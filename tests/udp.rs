@@ -589,6 +589,78 @@ fn a_quiet_flow_closes_after_udp_timeout_on_both_sides_and_opens_again() {
     eprintln!("target sources: {sources:?}");
 }
 
+/// A burst the server finds waiting all at once (it was stopped while the visitor sent 16
+/// segmented sends of 54 datagrams, 1 MB, which its socket receives coalesced: one receive
+/// of 864 datagrams) is carried whole: the tunnel's output is written as it reaches its
+/// datagram limit, not only at the end of the loop turn, so none is dropped as
+/// `tunnel_full` while the kernel takes the tunnel's bytes.
+#[test]
+fn a_coalesced_burst_read_in_one_turn_is_carried_not_dropped() {
+    const RUNS: usize = 16;
+    const PER_RUN: usize = 54;
+    let dir = TempDir::new("udp-burst");
+    // A target that never reads: what it cannot hold the kernel drops there, after the
+    // tunnel, which is not what this counts.
+    let target = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP target");
+    let port = free_udp_port();
+    let (server, admin, _client) = start_udp(
+        &dir,
+        ServerSetup::new(),
+        &[(port, target.local_addr().expect("its address").to_string())],
+        &[],
+    );
+    let v = udp_visitor(Ipv4Addr::LOCALHOST);
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let carried = format!(r#"tcpforward_udp_datagrams_total{{port="{port}",direction="in"}}"#);
+    // The flow first, so that the burst is all datagrams of an open flow.
+    v.send_to(b"open", to).expect("send");
+    eventually(Duration::from_secs(10), "the flow opens", || {
+        (series(&admin, &carried) == Some(1.0)).then_some(())
+    });
+    let mut seg = Segmentation::available();
+    if seg == Segmentation::off() {
+        eprintln!("skipped: this kernel has no UDP segmentation offload");
+        return;
+    }
+
+    // SAFETY: a signal to the server, a child process of this test.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGSTOP) }, 0);
+    let resume = ResumeOnDrop(server.pid());
+    let data: Vec<Vec<u8>> = (0..RUNS * PER_RUN).map(|i| datagram(7, i, 1200)).collect();
+    let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+    let mut sent = 0;
+    for run in parts.chunks(PER_RUN) {
+        match send_batch(&v, Some(to), run, &mut seg) {
+            Ok(n) => sent += n,
+            Err(e) => panic!("send a run: {e}"),
+        }
+    }
+    assert_eq!(sent, parts.len(), "the visitor sent the whole burst");
+    drop(resume);
+
+    let total = (1 + RUNS * PER_RUN) as f64;
+    eventually(Duration::from_secs(10), "the burst is counted", || {
+        let seen = series(&admin, &carried).unwrap_or(0.0) + dropped(&admin, port, "tunnel_full");
+        (seen >= total).then_some(())
+    });
+    assert_eq!(
+        dropped(&admin, port, "tunnel_full"),
+        0.0,
+        "a burst that fits the kernel's buffers is carried"
+    );
+    assert_eq!(series(&admin, &carried), Some(total));
+}
+
+/// SIGCONT for a stopped child when dropped, so that a failing test leaves nothing stopped.
+struct ResumeOnDrop(i32);
+
+impl Drop for ResumeOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: a signal to a child process of this test.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // A flood beside a TCP stream
 // ---------------------------------------------------------------------------------------

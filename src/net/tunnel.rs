@@ -47,6 +47,9 @@ pub struct Tunnel {
     /// Whether its datagrams are shed, each way, from the kernel's queues as last read.
     shed_out: Shed,
     shed_in: Shed,
+    /// The loop turn in which a write before the turn's end left output the kernel did not
+    /// take: no more such writes in that turn.
+    stalled_at: Option<Instant>,
 }
 
 /// When the kernel holds this many bytes for a tunnel, not yet sent on the sending side or
@@ -98,6 +101,7 @@ impl Tunnel {
             established_at: None,
             shed_out: Shed::default(),
             shed_in: Shed::default(),
+            stalled_at: None,
         }
     }
 
@@ -106,6 +110,21 @@ impl Tunnel {
     pub fn sheds_outgoing(&mut self, now: Instant) -> bool {
         let transport = &self.transport;
         self.shed_out.over(now, || transport.unsent_bytes())
+    }
+
+    /// Whether a write before the end of turn `now` may make room for datagrams: none
+    /// has stalled in this turn.
+    pub fn may_write_early(&self, now: Instant) -> bool {
+        self.stalled_at != Some(now)
+    }
+
+    /// An early write of turn `now` is done: the kernel's queue is read again at the next
+    /// shedding check, and what is left unwritten marks the turn stalled.
+    pub fn wrote_early(&mut self, now: Instant) {
+        self.shed_out.at = None;
+        if self.session.queued() > 0 {
+            self.stalled_at = Some(now);
+        }
     }
 
     /// Whether datagrams out of this tunnel are to be dropped: the kernel holds

@@ -416,7 +416,21 @@ impl Core {
             self.udp_drop(port, UdpDrop::TunnelFull);
             return;
         }
-        match t.session.send_datagram(id, d) {
+        let mut queued = t.session.send_datagram(id, d);
+        if queued == Err(DgramRefused::TunnelFull) && t.may_write_early(now) {
+            // A turn's reads can outrun its end-of-turn write (a batch of coalesced runs is
+            // up to a thousand datagrams): write the output now and try once more, as long
+            // as the kernel takes it and its queue stays under the shedding limit.
+            self.flush_tunnel(tkey);
+            let Some(t) = self.tunnel_mut(tkey) else {
+                return;
+            };
+            t.wrote_early(now);
+            if !t.sheds_outgoing(now) {
+                queued = t.session.send_datagram(id, d);
+            }
+        }
+        match queued {
             Ok(()) => {
                 self.mark_dirty(tkey);
                 if let Some(f) = self.udp_flow_mut(fkey) {
