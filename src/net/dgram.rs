@@ -7,12 +7,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
+#[cfg(target_os = "linux")]
 use log::debug;
 
 /// Datagrams received per call at most.
 pub const BATCH: usize = 16;
-/// Room per datagram: more than the largest one (65,507 bytes over IPv4, 65,527 over
-/// IPv6), so none is cut short.
+/// Room per message: more than the largest datagram (65,507 bytes over IPv4, 65,527 over
+/// IPv6) and than a coalesced run (the kernel stops one at 64 KiB with its headers), so
+/// none is cut short.
 const SLOT: usize = 64 * 1024;
 
 /// A batch of received messages, in slots of one zeroed allocation: the allocator maps it
@@ -67,7 +69,7 @@ impl RecvBatch {
     }
 
     /// The datagrams of message `i`, in order: the message itself, or the run the kernel
-    /// coalesced, cut at its segment size. None for an empty message.
+    /// coalesced, cut at its segment size; nothing for an empty message.
     pub fn datagrams(&self, i: usize) -> std::slice::Chunks<'_, u8> {
         let (d, _, _) = self.get(i);
         let size = match self.segment[i] {
@@ -77,9 +79,6 @@ impl RecvBatch {
         d.chunks(size.max(1))
     }
 }
-
-#[cfg(target_os = "linux")]
-const UDP_GRO: libc::c_int = 104;
 
 /// Have the kernel hand this socket a run of datagrams from one sender as one message
 /// (UDP GRO, Linux 5.0 and later) where they arrive together: a sender's segmented send
@@ -93,7 +92,7 @@ pub fn enable_coalescing(sock: &impl AsRawFd) -> bool {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_UDP,
-            UDP_GRO,
+            libc::UDP_GRO,
             (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -115,7 +114,7 @@ fn gro_segment(h: &libc::msghdr) -> Option<usize> {
         let mut c = libc::CMSG_FIRSTHDR(h);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_UDP
-                && (*c).cmsg_type == UDP_GRO
+                && (*c).cmsg_type == libc::UDP_GRO
                 && (*c).cmsg_len as usize >= libc::CMSG_LEN(4) as usize
             {
                 let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
@@ -148,7 +147,7 @@ pub fn recv_batch(sock: &impl AsRawFd, b: &mut RecvBatch) -> io::Result<usize> {
             h.msg_iov = &mut iovs[i];
             h.msg_iovlen = 1;
             h.msg_control = cmsgs[i].0.as_mut_ptr().cast();
-            h.msg_controllen = cmsgs[i].0.len();
+            h.msg_controllen = cmsgs[i].0.len() as _;
         }
         let rc = libc::recvmmsg(
             sock.as_raw_fd(),
@@ -199,22 +198,21 @@ pub fn recv_batch(sock: &impl AsRawFd, b: &mut RecvBatch) -> io::Result<usize> {
 /// UDP GSO, `UDP_SEGMENT`): one trip down the stack for up to [`GSO_SEGMENTS`] datagrams,
 /// which the kernel cuts into datagrams of the given size on the way out, so the receiver
 /// sees each datagram as it was. Off where the kernel lacks it; a path that refuses a size
-/// (its MTU is smaller, or the device cannot checksum) lowers the largest size tried.
+/// (its MTU is smaller; an IPsec route) lowers the largest size tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segmentation {
     /// Datagrams of at most this many bytes may share a send; 0: none may.
     max: usize,
 }
 
-/// Datagrams in one segmented send at most (the kernel's limit, `UDP_MAX_SEGMENTS`).
+/// Datagrams in one segmented send at most (`UDP_MAX_SEGMENTS` of the kernels that have
+/// the smallest, 64).
 pub const GSO_SEGMENTS: usize = 64;
 /// Bytes in one segmented send at most: under the largest IPv4 and IPv6 payload.
 const GSO_BYTES: usize = 65_000;
 /// Datagrams handed to the kernel per `sendmmsg` call, segmented or not.
-const SEND_DATAGRAMS: usize = BATCH * 4;
-
 #[cfg(target_os = "linux")]
-const UDP_SEGMENT: libc::c_int = 103;
+const SEND_DATAGRAMS: usize = BATCH * 4;
 
 impl Segmentation {
     /// Never segment: each datagram its own message.
@@ -234,6 +232,7 @@ impl Segmentation {
 
     /// How many of `datagrams` (at least one) go as the first message: a run of equal
     /// sizes, and a shorter one to close it, as the kernel cuts a segmented send.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn run(self, datagrams: &[&[u8]]) -> usize {
         let size = datagrams[0].len();
         if size == 0 || size > self.max {
@@ -254,7 +253,9 @@ impl Segmentation {
 /// Whether the kernel takes `UDP_SEGMENT` (Linux 4.18 and later).
 #[cfg(target_os = "linux")]
 fn gso_supported() -> bool {
-    let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+    let Ok(sock) =
+        std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+    else {
         return false;
     };
     let size: libc::c_int = 1200;
@@ -263,7 +264,7 @@ fn gso_supported() -> bool {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_UDP,
-            UDP_SEGMENT,
+            libc::UDP_SEGMENT,
             (&size as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -326,7 +327,7 @@ pub fn send_batch(
             // SAFETY: d + n <= rest.len() <= SEND_DATAGRAMS: iovecs d..d + n are inside
             // `iovs`, which nothing writes again before the call.
             h.msg_iov = unsafe { iov_base.add(d) };
-            h.msg_iovlen = n;
+            h.msg_iovlen = n as _;
             if n > 1 {
                 set_segment(h, &mut cmsgs[m], rest[d].len());
             }
@@ -349,29 +350,70 @@ pub fn send_batch(
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            // The first message was a segmented one the path refused: send that size
-            // unsegmented from now on, and this call again.
+            // The first message was a segmented one, refused with an error a path gives
+            // for segmentation: if its first datagram goes alone, that was it, and this
+            // size goes unsegmented from now on; if not, the error is the datagram's.
             if runs[0] > 1 && refused_segmentation(&e) {
-                seg.max = seg.max.min(rest[0].len() - 1);
-                if e.raw_os_error() == Some(libc::EIO) {
-                    seg.max = 0;
+                let name = (namelen > 0).then_some((&name, namelen));
+                match send_one(sock, name, rest[0]) {
+                    Ok(()) => {
+                        seg.max = seg.max.min(rest[0].len() - 1);
+                        if e.raw_os_error() == Some(libc::EIO) {
+                            seg.max = 0;
+                        }
+                        debug!(
+                            "UDP: segmented send of {}-byte datagrams refused ({e}): sent one \
+                             by one",
+                            rest[0].len()
+                        );
+                        sent += 1;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return if sent > 0 { Ok(sent) } else { Err(e) },
                 }
-                debug!(
-                    "UDP: segmented send of {}-byte datagrams refused ({e}): sent one by one",
-                    rest[0].len()
-                );
-                continue;
             }
             return if sent > 0 { Ok(sent) } else { Err(e) };
         }
         let done = rc as usize;
         sent += runs[..done].iter().sum::<usize>();
-        if done < m {
-            // Refused part way: the rest waits, or the next call says why.
-            continue;
+        // Stopped part way: at a segmented message the next call tells whether the path
+        // refused it; at a single datagram the socket's buffer is full, or the error is
+        // that datagram's, and the rest waits either way.
+        if done < m && runs[done] == 1 {
+            break;
         }
     }
     Ok(sent)
+}
+
+/// One datagram, to `name` or to the connected peer.
+#[cfg(target_os = "linux")]
+fn send_one(
+    sock: &impl AsRawFd,
+    name: Option<(&libc::sockaddr_storage, libc::socklen_t)>,
+    d: &[u8],
+) -> io::Result<()> {
+    let (addr, len) = match name {
+        Some((a, len)) => ((a as *const libc::sockaddr_storage).cast(), len),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: `d` and the address are alive for the call, which only reads them.
+    let rc = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            d.as_ptr().cast(),
+            d.len(),
+            libc::MSG_DONTWAIT,
+            addr,
+            len,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// A `UDP_SEGMENT` control message of `size` on `h`, in `room`.
@@ -381,17 +423,17 @@ fn set_segment(h: &mut libc::msghdr, room: &mut SegmentCmsg, size: usize) {
     // and its data are written inside it.
     unsafe {
         h.msg_control = room.0.as_mut_ptr().cast();
-        h.msg_controllen = libc::CMSG_SPACE(2) as usize;
+        h.msg_controllen = libc::CMSG_SPACE(2) as _;
         let c = libc::CMSG_FIRSTHDR(h);
         (*c).cmsg_level = libc::SOL_UDP;
-        (*c).cmsg_type = UDP_SEGMENT;
-        (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(2) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size as u16);
     }
 }
 
-/// An error by which a path refuses segmented sends (its MTU, or a device that cannot
-/// checksum them), as opposed to one about the socket or the peer.
+/// An error by which a path may refuse segmented sends (its MTU, an IPsec route), though a
+/// datagram or its address can earn it too.
 #[cfg(target_os = "linux")]
 fn refused_segmentation(e: &io::Error) -> bool {
     matches!(
@@ -759,6 +801,24 @@ mod tests {
             receive(&rx, data.len()) == data,
             "every datagram whole and in order"
         );
+    }
+
+    #[test]
+    fn an_error_of_the_datagram_itself_leaves_segmentation_on() {
+        let seg = Segmentation::available();
+        if seg == Segmentation::off() {
+            println!("skipped: this kernel has no UDP segmentation offload");
+            return;
+        }
+        let (_rx, tx) = pair("127.0.0.1:0");
+        let data = numbered(&[1200; 8]);
+        let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        // Port 0: the kernel refuses any datagram to it (EINVAL), segmented or not.
+        let nowhere = "127.0.0.1:0".parse().unwrap();
+        let mut s = seg;
+        let e = send_batch(&tx, Some(nowhere), &parts, &mut s).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{e}");
+        assert_eq!(s, seg, "one bad address does not turn segmentation down");
     }
 
     /// A receive buffer for a few of the largest datagrams.
