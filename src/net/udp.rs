@@ -134,12 +134,15 @@ impl Backlog {
     }
 
     /// Send what waits until the socket refuses, telling `went` the address and length of
-    /// each datagram that went (also those before an error).
+    /// each datagram that went. A datagram the socket fails to send is dropped: one to a
+    /// visitor's address is counted in the `Ok` (the error is that visitor's, and the ones
+    /// behind it go on); on a connected socket the error ends the flush.
     fn flush(
         &mut self,
         sock: &UdpSocket,
         mut went: impl FnMut(Option<SocketAddr>, usize),
-    ) -> io::Result<()> {
+    ) -> io::Result<usize> {
+        let mut failed = 0;
         while let Some((to, d)) = self.items.front() {
             let r = match to {
                 Some(addr) => sock.send_to(d, *addr),
@@ -154,14 +157,19 @@ impl Backlog {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    // This datagram cannot go: drop it, not the ones behind it.
                     self.bytes -= len;
                     self.items.pop_front();
-                    return Err(e);
+                    match to {
+                        Some(addr) => {
+                            debug!("UDP: send to {addr} failed: {e}");
+                            failed += 1;
+                        }
+                        None => return Err(e),
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(failed)
     }
 }
 
@@ -562,11 +570,12 @@ impl Core {
             }
         }
         match result {
-            Ok(()) => {}
-            Err(e) if matches!(self.endpoint(key), Some(Endpoint::UdpFlow(_))) => {
-                self.flow_failed(key, &e)
+            Ok(failed) => {
+                for _ in 0..failed {
+                    self.udp_drop(port, UdpDrop::QueueFull);
+                }
             }
-            Err(e) => debug!("UDP port {port}: send failed: {e}"),
+            Err(e) => self.flow_failed(key, &e),
         }
     }
 
