@@ -10,6 +10,9 @@ use std::os::fd::AsRawFd;
 #[cfg(target_os = "linux")]
 use log::debug;
 
+#[cfg(target_os = "linux")]
+use crate::net::sys;
+
 /// Datagrams received per call at most.
 pub const BATCH: usize = 16;
 /// Room per message: more than the largest datagram (65,507 bytes over IPv4, 65,527 over
@@ -87,17 +90,7 @@ impl RecvBatch {
 #[cfg(target_os = "linux")]
 pub fn enable_coalescing(sock: &impl AsRawFd) -> bool {
     let on: libc::c_int = 1;
-    // SAFETY: a valid descriptor, and a pointer to an int with its length.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    rc == 0
+    sys::setsockopt(sock, libc::SOL_UDP, libc::UDP_GRO, &on).is_ok()
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -259,17 +252,7 @@ fn gso_supported() -> bool {
         return false;
     };
     let size: libc::c_int = 1200;
-    // SAFETY: a valid descriptor, and a pointer to an int with its length.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    rc == 0
+    sys::setsockopt(&sock, libc::SOL_UDP, libc::UDP_SEGMENT, &size).is_ok()
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -778,17 +761,7 @@ mod tests {
         grow(&rx);
         // Without checksums the kernel refuses segmented sends (EINVAL).
         let one: libc::c_int = 1;
-        // SAFETY: a valid descriptor, and a pointer to an int with its length.
-        let rc = unsafe {
-            libc::setsockopt(
-                tx.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_NO_CHECK,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
+        sys::setsockopt(&tx, libc::SOL_SOCKET, libc::SO_NO_CHECK, &one).expect("SO_NO_CHECK");
         let data = numbered(&runs_of_sizes());
         let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
         let to = Some(rx.local_addr().unwrap());
@@ -824,15 +797,6 @@ mod tests {
     /// A receive buffer for a few of the largest datagrams.
     fn grow(s: &UdpSocket) {
         let bytes: libc::c_int = 4 << 20;
-        // SAFETY: a valid descriptor, and a pointer to an int with its length.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&bytes as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        let _ = sys::setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes);
     }
 }

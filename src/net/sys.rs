@@ -189,7 +189,7 @@ pub fn set_abortive_close(sock: &impl AsRawFd) {
 }
 
 /// Set socket option `name` at `level` to `value`.
-fn setsockopt<T>(
+pub(crate) fn setsockopt<T>(
     sock: &impl AsRawFd,
     level: libc::c_int,
     name: libc::c_int,
