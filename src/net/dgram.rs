@@ -666,21 +666,30 @@ mod tests {
         assert_eq!(run(Segmentation { max: 5 }, &[5, 5, 5]), 3);
     }
 
+    /// A receiver (its buffer grown) and a sender on each loopback family this host has;
+    /// none, said so, where the kernel cannot segment.
+    fn segmenting_pairs(seg: Segmentation) -> Vec<(&'static str, UdpSocket, UdpSocket)> {
+        if seg == Segmentation::off() {
+            println!("skipped: this kernel has no UDP segmentation offload");
+            return Vec::new();
+        }
+        let mut pairs = Vec::new();
+        for a in ["127.0.0.1:0", "[::1]:0"] {
+            if UdpSocket::bind(a).is_err() {
+                println!("skipped {a}: cannot bind it here");
+                continue;
+            }
+            let (rx, tx) = pair(a);
+            grow(&rx);
+            pairs.push((a, rx, tx));
+        }
+        pairs
+    }
+
     #[test]
     fn segmented_sends_arrive_as_the_datagrams_they_were() {
         let seg = Segmentation::available();
-        if seg == Segmentation::off() {
-            println!("skipped: this kernel has no UDP segmentation offload");
-            return;
-        }
-        for a in ["127.0.0.1:0", "[::1]:0"] {
-            let Ok(probe) = UdpSocket::bind(a) else {
-                println!("skipped {a}: cannot bind it here");
-                continue;
-            };
-            drop(probe);
-            let (rx, tx) = pair(a);
-            grow(&rx);
+        for (a, rx, tx) in segmenting_pairs(seg) {
             let data = numbered(&runs_of_sizes());
             let parts: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
             let mut s = seg;
@@ -700,18 +709,7 @@ mod tests {
     #[test]
     fn a_coalescing_socket_gets_runs_whole_and_splits_them_back() {
         let seg = Segmentation::available();
-        if seg == Segmentation::off() {
-            println!("skipped: this kernel has no UDP segmentation offload");
-            return;
-        }
-        for a in ["127.0.0.1:0", "[::1]:0"] {
-            let Ok(probe) = UdpSocket::bind(a) else {
-                println!("skipped {a}: cannot bind it here");
-                continue;
-            };
-            drop(probe);
-            let (rx, tx) = pair(a);
-            grow(&rx);
+        for (a, rx, tx) in segmenting_pairs(seg) {
             if !enable_coalescing(&rx) {
                 println!("skipped: this kernel has no UDP receive coalescing");
                 return;
