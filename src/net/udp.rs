@@ -135,8 +135,8 @@ impl Backlog {
 
     /// Send what waits until the socket refuses, telling `went` the address and length of
     /// each datagram that went. A datagram the socket fails to send is dropped: one to a
-    /// visitor's address is counted in the `Ok` (the error is that visitor's, and the ones
-    /// behind it go on); on a connected socket the error ends the flush.
+    /// visitor's address, or refused for want of kernel memory, is counted in the `Ok` (the
+    /// ones behind it go on); on a connected socket another error ends the flush.
     fn flush(
         &mut self,
         sock: &UdpSocket,
@@ -159,18 +159,22 @@ impl Backlog {
                 Err(e) => {
                     self.bytes -= len;
                     self.items.pop_front();
-                    match to {
-                        Some(addr) => {
-                            debug!("UDP: send to {addr} failed: {e}");
-                            failed += 1;
-                        }
-                        None => return Err(e),
+                    if to.is_none() && !transient(&e) {
+                        return Err(e);
                     }
+                    debug!("UDP: send to {to:?} failed: {e}");
+                    failed += 1;
                 }
             }
         }
         Ok(failed)
     }
+}
+
+/// A send error that says nothing of the peer (the kernel had no memory or queue room for
+/// the datagram): it is lost, the flow goes on.
+fn transient(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOBUFS)
 }
 
 /// Server: the socket of a public UDP port and its flows.
@@ -510,12 +514,13 @@ impl Core {
         let sent = match sent {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) if public.is_none() => {
+            Err(e) if public.is_none() && !transient(&e) => {
                 self.flow_failed(fkey, &e);
                 return;
             }
             Err(e) => {
-                // To a visitor: this batch is lost, the flow and the port go on.
+                // To a visitor, or a lack of kernel memory: this batch is lost, the flow
+                // and the port go on.
                 debug!("UDP port {port}: send to {to:?} failed: {e}");
                 for _ in parts {
                     self.udp_drop(port, UdpDrop::QueueFull);
