@@ -130,6 +130,10 @@ impl Tunnel {
     /// Whether datagrams out of this tunnel are to be dropped: the kernel holds
     /// [`DGRAM_KERNEL_LIMIT`] of it unread, so this role is behind.
     pub fn sheds_incoming(&mut self, now: Instant) -> bool {
+        // The read these datagrams came from emptied the socket: nothing waits unread.
+        if !self.readable {
+            return false;
+        }
         let transport = &self.transport;
         self.shed_in.over(now, || transport.unread_bytes())
     }
