@@ -311,9 +311,9 @@ fn tcp_rmem_default() -> usize {
 }
 
 /// A client that stops reading its tunnel (SIGSTOP) takes only a bounded part of a flood:
-/// the server stops queueing datagrams for it once the kernel holds 1 MiB of the tunnel
-/// unsent (beyond its own 256 KiB of output), and drops the rest as `tunnel_full`, where
-/// the kernel's send buffer alone would take 4 MiB. Resumed, the client carries new flows.
+/// the kernel takes no more of the tunnel once it holds 768 KiB of it unsent, the server's
+/// 256 KiB of output fills behind that, and the rest is dropped as `tunnel_full`, where the
+/// kernel's send buffer alone would take 4 MiB. Resumed, the client carries new flows.
 #[test]
 fn a_flood_toward_a_stopped_client_is_held_to_a_bounded_queue() {
     let dir = TempDir::new("udp-api-stopped");
@@ -353,8 +353,8 @@ fn a_flood_toward_a_stopped_client_is_held_to_a_bounded_queue() {
         }
         settled.then_some(now)
     });
-    // Frames of 1,209 bytes; what the stopped client's socket took, the kernel's 1 MiB
-    // unsent, the session's 256 KiB, and a turn's batch beyond them.
+    // Frames of 1,209 bytes; what the stopped client's socket took, the kernel's 768 KiB
+    // unsent and a write's overshoot, the session's 256 KiB, and a turn's batch beyond.
     let bound = 1024 * 1024 + 256 * 1024 + 2 * tcp_rmem_default() + 64 * 1024;
     let held = queued as usize * 1_209;
     assert!(

@@ -123,9 +123,27 @@ pub fn set_socket_buffers(sock: &impl AsRawFd, bytes: usize) {
     let _ = setsockopt(sock, libc::SOL_SOCKET, libc::SO_SNDBUF, &n);
 }
 
+/// Have the kernel refuse writes to a TCP socket while it holds `bytes` or more of it not
+/// yet sent (Linux's `TCP_NOTSENT_LOWAT`; a write may overshoot by its own size). Bytes
+/// sent but not yet acknowledged do not count, so the connection's speed does not depend
+/// on it. `Ok` without effect where the platform has no such option.
+pub fn limit_unsent(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let n = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        setsockopt(sock, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, &n)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (sock, bytes);
+        Ok(())
+    }
+}
+
 /// Bytes the kernel holds in a TCP socket's send queue that it has not sent yet (Linux's
 /// `SIOCOUTQNSD`): what waits behind the network or behind the peer's closed window.
 /// `None` where the platform does not say, or on an error.
+#[cfg(test)]
 pub fn unsent_bytes(sock: &impl AsRawFd) -> Option<usize> {
     #[cfg(target_os = "linux")]
     {
@@ -263,6 +281,45 @@ mod tests {
         if ACCEPTED_INHERIT_NODELAY {
             assert!(accepted.nodelay().unwrap());
         }
+    }
+
+    /// Bytes the kernel takes from a socket whose peer reads nothing, until it refuses: how
+    /// many it took in all and how many of them wait unsent.
+    #[cfg(target_os = "linux")]
+    fn fill_unread(limit: Option<usize>) -> (usize, usize) {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sender = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_receiver, _) = listener.accept().unwrap();
+        if let Some(limit) = limit {
+            limit_unsent(&sender, limit).unwrap();
+        }
+        sender.set_nonblocking(true).unwrap();
+        let chunk = [1u8; 16 * 1024];
+        let mut written = 0;
+        for _ in 0..100_000 {
+            match sender.write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        (written, unsent_bytes(&sender).unwrap())
+    }
+
+    /// Tunnels bound what waits in front of a stream's frame by this: writes stop at the
+    /// limit, where without it the kernel takes its whole autotuned buffer.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_limit_on_unsent_bytes_stops_writes_there() {
+        let limit = 256 * 1024;
+        let (_, unlimited) = fill_unread(None);
+        let (written, unsent) = fill_unread(Some(limit));
+        assert!(unlimited > 2 * limit, "{unlimited} unsent without a limit");
+        assert!(
+            unsent > 0 && unsent <= limit + 16 * 1024,
+            "{unsent} unsent of {written} written, limit {limit}"
+        );
     }
 
     /// What tunnels shed datagrams by: bytes received but unread, and bytes written but

@@ -34,10 +34,10 @@ impl Transport {
         registry.register(sock, token, Interest::READABLE | Interest::WRITABLE)
     }
 
-    /// Bytes the kernel holds for this tunnel not yet sent (of the TLS records, under TLS).
-    /// `None` where the platform does not say.
-    pub fn unsent_bytes(&self) -> Option<usize> {
-        sys::unsent_bytes(self.sock())
+    /// Writes are refused while the kernel holds `bytes` of this tunnel unsent (of the TLS
+    /// records, under TLS): see [`sys::limit_unsent`].
+    pub fn limit_unsent(&self, bytes: usize) -> io::Result<()> {
+        sys::limit_unsent(self.sock(), bytes)
     }
 
     /// Bytes the kernel holds for this tunnel received but unread.

@@ -10,7 +10,7 @@ use crate::net::relay::ByteCount;
 use crate::net::splice::Pipe;
 use crate::net::transport::Transport;
 use crate::protocol::frame::{LONG_HEADER_LEN, MAX_FRAME};
-use crate::protocol::session::{Session, Transmit};
+use crate::protocol::session::{DGRAM_TX_LIMIT, Session, Transmit};
 
 /// Read buffer: room for several maximum frames per read system call.
 pub const RX_CAP: usize = 1024 * 1024 + MAX_FRAME;
@@ -44,26 +44,30 @@ pub struct Tunnel {
     pub retired: ByteCount,
     /// When the handshake completed: the wall clock for the API, the monotonic clock for rates.
     pub established_at: Option<(SystemTime, Instant)>,
-    /// Whether its datagrams are shed, each way, from the kernel's queues as last read.
-    shed_out: Shed,
+    /// Whether the datagrams it carries in are shed, from the kernel's queue as last read.
     shed_in: Shed,
     /// The loop turn in which a write before the turn's end left output the kernel did not
     /// take: no more such writes in that turn.
     stalled_at: Option<Instant>,
 }
 
-/// When the kernel holds this many bytes for a tunnel, not yet sent on the sending side or
-/// not yet read on the receiving side, datagrams crossing it are dropped (as `tunnel_full`)
-/// rather than queued behind those bytes. The session's own [`DGRAM_TX_LIMIT`] bounds only
-/// the queue in our memory; without this, a flood the far role cannot keep up with fills
-/// the kernel's buffers (megabytes each way, autotuned) and every stream's frames wait
-/// behind it.
+/// The most a stream's frame waits behind, each way, when datagrams flood a tunnel faster
+/// than the far role takes them. Without a bound a flood fills the kernel's buffers
+/// (megabytes each way, autotuned) and every stream's frames wait behind it; with it the
+/// datagrams beyond are dropped (as `tunnel_full`) instead.
 ///
-/// [`DGRAM_TX_LIMIT`]: crate::protocol::session::DGRAM_TX_LIMIT
+/// Sending side: the kernel refuses writes while it holds [`UNSENT_LIMIT`] unsent, so the
+/// session's output fills, and past its [`DGRAM_TX_LIMIT`] it takes no more datagrams; the
+/// two together are this limit, and no system call asks for the queue's length. Receiving
+/// side: while the kernel holds this much unread, the datagrams read are dropped.
 pub const DGRAM_KERNEL_LIMIT: usize = 1024 * 1024;
 
-/// One of a tunnel's kernel queues against [`DGRAM_KERNEL_LIMIT`], read at most once per
-/// loop turn, and only while datagrams cross the tunnel that way.
+/// What the kernel may hold of a tunnel unsent before it refuses writes (bytes sent and not
+/// yet acknowledged do not count): [`DGRAM_KERNEL_LIMIT`] less the session's own queue.
+pub const UNSENT_LIMIT: usize = DGRAM_KERNEL_LIMIT - DGRAM_TX_LIMIT;
+
+/// The tunnel's receive queue against [`DGRAM_KERNEL_LIMIT`], read at most once per loop
+/// turn, and only while datagrams come out of the tunnel.
 #[derive(Clone, Copy, Default)]
 struct Shed {
     at: Option<Instant>,
@@ -82,6 +86,9 @@ impl Shed {
 
 impl Tunnel {
     pub fn new(transport: Transport, peer: SocketAddr, session: Session<usize>) -> Tunnel {
+        if let Err(e) = transport.limit_unsent(UNSENT_LIMIT) {
+            log::debug!("tunnel with {peer}: no bound on the kernel's unsent bytes: {e}");
+        }
         Tunnel {
             transport,
             peer,
@@ -99,17 +106,9 @@ impl Tunnel {
             bytes_out: 0,
             retired: ByteCount::default(),
             established_at: None,
-            shed_out: Shed::default(),
             shed_in: Shed::default(),
             stalled_at: None,
         }
-    }
-
-    /// Whether datagrams into this tunnel are to be dropped: the kernel holds
-    /// [`DGRAM_KERNEL_LIMIT`] of it unsent.
-    pub fn sheds_outgoing(&mut self, now: Instant) -> bool {
-        let transport = &self.transport;
-        self.shed_out.over(now, || transport.unsent_bytes())
     }
 
     /// Whether a write before the end of turn `now` may make room for datagrams: none
@@ -118,10 +117,8 @@ impl Tunnel {
         self.stalled_at != Some(now)
     }
 
-    /// An early write of turn `now` is done: the kernel's queue is read again at the next
-    /// shedding check, and what is left unwritten marks the turn stalled.
+    /// An early write of turn `now` is done: what is left unwritten marks the turn stalled.
     pub fn wrote_early(&mut self, now: Instant) {
-        self.shed_out.at = None;
         if self.session.queued() > 0 {
             self.stalled_at = Some(now);
         }

@@ -424,23 +424,17 @@ impl Core {
         let Some(t) = self.tunnel_mut(tkey) else {
             return;
         };
-        if t.sheds_outgoing(now) {
-            self.udp_drop(port, UdpDrop::TunnelFull);
-            return;
-        }
         let mut queued = t.session.send_datagram(id, d);
         if queued == Err(DgramRefused::TunnelFull) && t.may_write_early(now) {
             // A turn's reads can outrun its end-of-turn write (a batch of coalesced runs is
             // up to a thousand datagrams): write the output now and try once more, as long
-            // as the kernel takes it and its queue stays under the shedding limit.
+            // as the kernel takes it (it refuses past `tunnel::UNSENT_LIMIT`).
             self.flush_tunnel(tkey);
             let Some(t) = self.tunnel_mut(tkey) else {
                 return;
             };
             t.wrote_early(now);
-            if !t.sheds_outgoing(now) {
-                queued = t.session.send_datagram(id, d);
-            }
+            queued = t.session.send_datagram(id, d);
         }
         match queued {
             Ok(()) => {
