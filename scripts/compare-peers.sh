@@ -9,7 +9,9 @@
 # nginx serving a ~600 byte file, redis-benchmark GET/SET; plus resident memory and CPU
 # seconds per GB of each tunnel's processes. Through the peers that carry UDP (direct,
 # rathole, rathole-tls, tcp-forward, tcp-forward-plain), `tcp-forward bench --udp-peer`:
-# 64 B UDP round trips on one flow and the highest rate of 1,200 B datagrams under 1 % loss. Each measurement is repeated R times (rounds
+# 64 B UDP round trips on one flow and the highest rate of 1,200 B datagrams under 1 % loss,
+# then 64 B TCP round trips on one connection alone and beside a 500 Mbit/s UDP flood through
+# the same peer. Each measurement is repeated R times (rounds
 # run every peer in turn, so slow drift of machine load hits all peers alike) and the
 # median is reported with its ratio to direct loopback measured in the same run.
 #
@@ -236,7 +238,9 @@ if ((WITH_REDIS)); then
 fi
 CURL=$(find_bin curl || true)
 
-read -r IPERF_PORT HTTP_PORT REDIS_PORT < <(ports 3)
+# TCP_ECHO_PORT: the TCP echo `tcp-forward bench --udp-peer --tcp-echo-peer` serves while
+# it times round trips beside its UDP flood.
+read -r IPERF_PORT HTTP_PORT REDIS_PORT TCP_ECHO_PORT < <(ports 4)
 udp_ports() { python3 "$TOOL" udp-ports "$1"; }
 # The UDP echo and sink of `tcp-forward bench --udp-peer`, bound by it for each measurement.
 read -r UDP_ECHO_PORT UDP_SINK_PORT < <(udp_ports 2)
@@ -295,15 +299,15 @@ fi
 # ---------------------------------------------------------------- peers
 # Each setup_<peer> starts the tunnel for the three targets, sets PUB_IPERF, PUB_HTTP,
 # PUB_REDIS and PEER_PIDS, waits until it is ready, and returns non-zero (with SETUP_ERR)
-# on failure. A peer that carries UDP also sets PUB_UDP_ECHO and PUB_UDP_SINK (the main loop
-# empties them before each setup). The peer's processes are stopped by teardown_peer.
+# on failure. A peer that carries UDP also sets PUB_UDP_ECHO, PUB_UDP_SINK and PUB_TCP_ECHO
+# (the main loop empties them before each setup). The peer's processes are stopped by teardown_peer.
 
 # The peers that carry UDP: the others are skipped with --udp-only.
 UDP_PEERS=" direct rathole rathole-tls tcp-forward tcp-forward-plain "
 
 setup_direct() {
     PUB_IPERF=$IPERF_PORT PUB_HTTP=$HTTP_PORT PUB_REDIS=$REDIS_PORT
-    PUB_UDP_ECHO=$UDP_ECHO_PORT PUB_UDP_SINK=$UDP_SINK_PORT
+    PUB_UDP_ECHO=$UDP_ECHO_PORT PUB_UDP_SINK=$UDP_SINK_PORT PUB_TCP_ECHO=$TCP_ECHO_PORT
     PEER_PIDS=()
 }
 
@@ -369,7 +373,7 @@ make_rathole_identity() { # dir
 setup_rathole_with() { # plain|tls
     local mode=$1 bin ctrl d id server_transport="" client_transport=""
     bin=$(find_bin rathole) || { SETUP_ERR="rathole not found (cargo install --root /opt/peers rathole)"; return 1; }
-    read -r ctrl PUB_IPERF PUB_HTTP PUB_REDIS < <(ports 4)
+    read -r ctrl PUB_IPERF PUB_HTTP PUB_REDIS PUB_TCP_ECHO < <(ports 5)
     read -r PUB_UDP_ECHO PUB_UDP_SINK < <(udp_ports 2)
     d=$TMP/rathole-$mode
     mkdir -p "$d"
@@ -397,6 +401,9 @@ bind_addr = "127.0.0.1:$PUB_HTTP"
 [server.services.redis]
 bind_addr = "127.0.0.1:$PUB_REDIS"
 
+[server.services.tcpecho]
+bind_addr = "127.0.0.1:$PUB_TCP_ECHO"
+
 [server.services.udpecho]
 type = "udp"
 bind_addr = "127.0.0.1:$PUB_UDP_ECHO"
@@ -421,6 +428,9 @@ local_addr = "127.0.0.1:$HTTP_PORT"
 [client.services.redis]
 local_addr = "127.0.0.1:$REDIS_PORT"
 
+[client.services.tcpecho]
+local_addr = "127.0.0.1:$TCP_ECHO_PORT"
+
 [client.services.udpecho]
 type = "udp"
 local_addr = "127.0.0.1:$UDP_ECHO_PORT"
@@ -435,7 +445,7 @@ EOF
     wait_listening 10 "$ctrl" || { SETUP_ERR="rathole server did not listen: $(logtail "$d/server.log")"; return 1; }
     start_bg "$d/client.log" env RUST_LOG=warn "$bin" --client "$d/client.toml"
     PEER_PIDS+=("$LAST_PID")
-    wait_listening 15 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" ||
+    wait_listening 15 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" "$PUB_TCP_ECHO" ||
         { SETUP_ERR="rathole services did not listen: $(logtail "$d/server.log" "$d/client.log")"; return 1; }
     wait_udp_bound 15 "$PUB_UDP_ECHO" "$PUB_UDP_SINK" ||
         { SETUP_ERR="rathole UDP services not bound: $(logtail "$d/server.log" "$d/client.log")"; return 1; }
@@ -525,7 +535,7 @@ setup_tcp_forward_with() { # on|off: the server's TLS key and the client's --tls
         SETUP_ERR="$TF_BIN not found (cargo build --release)"
         return 1
     fi
-    read -r inner PUB_IPERF PUB_HTTP PUB_REDIS < <(ports 4)
+    read -r inner PUB_IPERF PUB_HTTP PUB_REDIS PUB_TCP_ECHO < <(ports 5)
     read -r PUB_UDP_ECHO PUB_UDP_SINK < <(udp_ports 2)
     d=$TMP/tcp-forward-tls-$tls
     mkdir -p "$d"
@@ -546,6 +556,7 @@ EOF
 $PUB_IPERF=127.0.0.1:$IPERF_PORT
 $PUB_HTTP=127.0.0.1:$HTTP_PORT
 $PUB_REDIS=127.0.0.1:$REDIS_PORT
+$PUB_TCP_ECHO=127.0.0.1:$TCP_ECHO_PORT
 [UDP]
 $PUB_UDP_ECHO=127.0.0.1:$UDP_ECHO_PORT
 $PUB_UDP_SINK=127.0.0.1:$UDP_SINK_PORT
@@ -558,7 +569,7 @@ EOF
     PEER_PIDS+=("$LAST_PID")
     wait_log 15 "$d/server.log" "tunnel attached" ||
         { SETUP_ERR="no 'tunnel attached' from tcp-forward server: $(logtail "$d/server.log" "$d/client.log")"; return 1; }
-    wait_listening 10 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" || { SETUP_ERR="tcp-forward public ports not listening"; return 1; }
+    wait_listening 10 "$PUB_IPERF" "$PUB_HTTP" "$PUB_REDIS" "$PUB_TCP_ECHO" || { SETUP_ERR="tcp-forward public ports not listening"; return 1; }
     wait_udp_bound 10 "$PUB_UDP_ECHO" "$PUB_UDP_SINK" || { SETUP_ERR="tcp-forward public UDP ports not bound"; return 1; }
 }
 
@@ -619,19 +630,24 @@ measure_peer() { # peer round
 # UDP through the peer: `tcp-forward bench --udp-peer` serves the echo and the sink on
 # UDP_ECHO_PORT and UDP_SINK_PORT for the run, times 1-flow round trips through PUB_UDP_ECHO
 # for DURATION, then searches the rate under 1 % loss through PUB_UDP_SINK (steps of a
-# quarter of DURATION, at most 1 s, 9 at most).
+# quarter of DURATION, at most 1 s, 9 at most). With PUB_TCP_ECHO it then serves a TCP echo
+# on TCP_ECHO_PORT and times 64 B round trips through PUB_TCP_ECHO for DURATION alone and
+# DURATION beside its 500 Mbit/s flood through PUB_UDP_SINK (the `udp-flood` workload).
 measure_udp() { # peer round
     local peer=$1 round=$2 line rr p50 p99 lost mbit per_s limited fixed_mbit fixed_loss
+    local alone beside alone_p99 beside_p99 flood_loss tcp_args=()
     if [[ ! -x $TF_BIN ]]; then
         log "  UDP through $peer skipped: $TF_BIN not found (cargo build --release)"
         return 0
     fi
-    if ! line=$(timeout -k 5 $((DURATION + 30)) "$TF_BIN" bench --seconds "$DURATION" \
-        --udp-peer "$UDP_ECHO_PORT,$UDP_SINK_PORT,$PUB_UDP_ECHO,$PUB_UDP_SINK" 2>"$TMP/udp-peer.log"); then
+    [[ -z $PUB_TCP_ECHO ]] || tcp_args=(--tcp-echo-peer "$TCP_ECHO_PORT,$PUB_TCP_ECHO")
+    if ! line=$(timeout -k 5 $((3 * DURATION + 30)) "$TF_BIN" bench --seconds "$DURATION" \
+        --udp-peer "$UDP_ECHO_PORT,$UDP_SINK_PORT,$PUB_UDP_ECHO,$PUB_UDP_SINK" "${tcp_args[@]}" \
+        2>"$TMP/udp-peer.log"); then
         log "  UDP through $peer failed: $(tail -n 3 "$TMP/udp-peer.log" | tr '\n' ' ')"
         return 0
     fi
-    read -r rr p50 p99 lost mbit per_s limited fixed_mbit fixed_loss <<<"$line"
+    read -r rr p50 p99 lost mbit per_s limited fixed_mbit fixed_loss alone beside alone_p99 beside_p99 flood_loss <<<"$line"
     record "$peer" udp_rr_per_s "$round" "$rr"
     [[ $p50 == - ]] || record "$peer" udp_rr_p50_us "$round" "$p50"
     [[ $p99 == - ]] || record "$peer" udp_rr_p99_us "$round" "$p99"
@@ -643,6 +659,15 @@ measure_udp() { # peer round
     local ceiling=
     [[ $limited != 1 ]] || ceiling=" (the sender's ceiling)"
     log "  $peer UDP: $rr round trips/s (p50 $p50 µs, p99 $p99 µs, $lost lost); under 1 % loss $mbit Mbit/s$ceiling; at 2,000 asked sent $fixed_mbit Mbit/s, lost $fixed_loss %; $(grep -m1 '^steps:' "$TMP/udp-peer.log" || true)"
+    if [[ -n ${flood_loss:-} ]]; then
+        record "$peer" flood_rr_alone_per_s "$round" "$alone"
+        record "$peer" flood_rr_beside_per_s "$round" "$beside"
+        record "$peer" flood_rr_ratio "$round" "$(awk -v a="$alone" -v b="$beside" 'BEGIN{printf "%.4f", b/a}')"
+        [[ $alone_p99 == - ]] || record "$peer" flood_rr_alone_p99_us "$round" "$alone_p99"
+        [[ $beside_p99 == - ]] || record "$peer" flood_rr_beside_p99_us "$round" "$beside_p99"
+        record "$peer" flood_loss_pct "$round" "$flood_loss"
+        log "  $peer TCP round trips: $alone/s alone (p99 $alone_p99 µs), $beside/s beside a 500 Mbit/s UDP flood (p99 $beside_p99 µs, the flood lost $flood_loss %)"
+    fi
 }
 
 measure_tcp() { # peer round
@@ -794,7 +819,7 @@ for ((round = 1; round <= REPEATS; round++)); do
         ok=
         for attempt in 1 2; do
             SETUP_ERR=
-            PUB_UDP_ECHO= PUB_UDP_SINK=
+            PUB_UDP_ECHO= PUB_UDP_SINK= PUB_TCP_ECHO=
             if $fn && check_path; then ok=1; break; fi
             log "  $peer setup attempt $attempt failed: ${SETUP_ERR:-setup failed}"
             teardown_peer

@@ -194,6 +194,16 @@ UDP_COLUMNS = [
     ("udp_fixed_loss_pct", "lost %", 1, 2, None),
 ]
 
+# The flood table: TCP round trips through each peer alone and beside its UDP flood.
+FLOOD_COLUMNS = [
+    ("flood_rr_alone_per_s", "TCP 64 B round trips/s, alone", 1, 0, "up"),
+    ("flood_rr_alone_p99_us", "p99 µs", 1, 1, "down"),
+    ("flood_rr_beside_per_s", "beside a 500 Mbit/s UDP flood", 1, 0, "up"),
+    ("flood_rr_beside_p99_us", "p99 µs", 1, 1, "down"),
+    ("flood_rr_ratio", "beside / alone", 1, 2, None),
+    ("flood_loss_pct", "flood lost %", 1, 2, None),
+]
+
 
 def cmd_report(tsv, md_out, json_out=None):
     meta, skips, order = {}, {}, []
@@ -261,6 +271,19 @@ def cmd_report(tsv, md_out, json_out=None):
             "sender, the highest rate that lost under 1 % (doubling from 500 Mbit/s, then bisecting) and "
             "the loss at 2,000 Mbit/s asked. Ratios are to `direct` in the same run."
         )
+    flood = table(FLOOD_COLUMNS)
+    if len(flood) > 2:
+        out.append("")
+        out.append("### TCP beside a UDP flood")
+        out.append("")
+        out.extend(flood)
+        out.append("")
+        out.append(
+            "`tcp-forward bench --udp-peer --tcp-echo-peer` through each peer that carries UDP: 64 B round "
+            "trips on one TCP connection, alone and then beside a paced 500 Mbit/s flood of 1,200 B "
+            "datagrams through the same peer (the bench's `udp-flood` workload). For `direct` the flood "
+            "and the round trips go straight to their services: the machine's own share."
+        )
     if skips:
         out.append("")
         out.append("## Skipped or failed")
@@ -273,7 +296,7 @@ def cmd_report(tsv, md_out, json_out=None):
     for peer in order:
         if peer not in values:
             continue
-        for key, title, scale, decimals, _kind in COLUMNS + UDP_COLUMNS:
+        for key, title, scale, decimals, _kind in COLUMNS + UDP_COLUMNS + FLOOD_COLUMNS:
             vals = values[peer].get(key)
             if vals:
                 shown = ", ".join(f"{v * scale:.{decimals}f}" for v in vals)

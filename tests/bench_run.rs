@@ -292,3 +292,59 @@ fn the_udp_workloads_measure_round_trips_rates_and_a_flood() {
     assert!(err.contains("UDP 1,200 B datagrams"), "{err}");
     assert!(err.contains("plain steps "), "{err}");
 }
+
+/// A free port of each kind on 127.0.0.1, released for the bench to bind.
+fn free_ports() -> (u16, u16, u16) {
+    let udp = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free UDP port")
+            .port()
+    };
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free TCP port")
+        .port();
+    (udp(), udp(), tcp)
+}
+
+/// `--udp-peer` as scripts/compare-peers.sh runs it for `direct` (the public ports are the
+/// services' own): one line of figures, and with `--tcp-echo-peer` the TCP round trips alone
+/// and beside the flood after them.
+#[test]
+fn the_peer_mode_prints_its_figures_and_the_round_trips_beside_a_flood() {
+    let (echo, sink, tcp) = free_ports();
+    let udp = format!("{echo},{sink},{echo},{sink}");
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["bench", "--seconds", "0.2", "--udp-peer", &udp])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tcp-forward bench --udp-peer");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{extra:?}: {stdout}\n{stderr}");
+        assert!(stderr.contains("steps: "), "{stderr}");
+        let fields: Vec<f64> = stdout
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(f64::NAN))
+            .collect();
+        (fields, stdout)
+    };
+    let (udp_only, line) = run(&[]);
+    assert_eq!(udp_only.len(), 9, "{line}");
+    assert!(udp_only[0] > 0.0, "round trips/s: {line}");
+
+    let tcp = format!("{tcp},{tcp}");
+    let (fields, line) = run(&["--tcp-echo-peer", &tcp]);
+    assert_eq!(fields.len(), 14, "{line}");
+    let [alone, beside, p99_alone, p99_beside, lost] = fields[9..] else {
+        unreachable!("14 fields")
+    };
+    assert!(alone > 0.0 && beside > 0.0, "round trips/s: {line}");
+    assert!(p99_alone > 0.0 && p99_beside > 0.0, "p99: {line}");
+    assert!((0.0..=100.0).contains(&lost), "flood lost %: {line}");
+}

@@ -45,8 +45,6 @@ use workloads::{IdleStreams, RssSampler};
 
 /// Connections in the many-connection request/response workload, and flows in its UDP one.
 const RR_CONNS: usize = 50;
-/// The flood starts this long before the round trips beside it are timed.
-const FLOOD_LEAD: Duration = Duration::from_millis(100);
 /// Client starts timed by the set-up workload, for each tunnel.
 const SETUP_STARTS: usize = 5;
 /// The bandwidth-limit workload runs each way for this many times `--seconds`...
@@ -72,8 +70,12 @@ pub struct BenchArgs {
     /// For scripts/compare-peers.sh: serve the UDP echo and sink on ports ECHO and SINK of
     /// 127.0.0.1, measure 1-flow round trips through PUBLIC_ECHO and the rate under 1 % loss
     /// through PUBLIC_SINK (the same ports for direct), and print one line of figures
-    #[arg(long, hide = true, value_name = "ECHO,SINK,PUBLIC_ECHO,PUBLIC_SINK", value_parser = parse_ports)]
+    #[arg(long, hide = true, value_name = "ECHO,SINK,PUBLIC_ECHO,PUBLIC_SINK", value_parser = parse_ports::<4>)]
     pub udp_peer: Option<[u16; 4]>,
+    /// With --udp-peer: serve a TCP echo on port TCP_ECHO of 127.0.0.1 and time round trips
+    /// through PUBLIC_TCP_ECHO alone and beside a UDP flood through PUBLIC_SINK
+    #[arg(long, hide = true, requires = "udp_peer", value_name = "TCP_ECHO,PUBLIC_TCP_ECHO", value_parser = parse_ports::<2>)]
+    pub tcp_echo_peer: Option<[u16; 2]>,
 }
 
 /// What `--tls` selects.
@@ -145,8 +147,8 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// Four ports, comma-separated.
-fn parse_ports(s: &str) -> Result<[u16; 4], String> {
+/// `N` ports, comma-separated.
+fn parse_ports<const N: usize>(s: &str) -> Result<[u16; N], String> {
     let ports: Vec<u16> = s
         .split(',')
         .map(|p| p.trim().parse::<u16>().ok().filter(|&p| p > 0))
@@ -154,13 +156,17 @@ fn parse_ports(s: &str) -> Result<[u16; 4], String> {
         .ok_or_else(|| format!("{s:?}: ports are numbers from 1 to 65535"))?;
     ports
         .try_into()
-        .map_err(|_| format!("{s:?}: four ports, comma-separated"))
+        .map_err(|_| format!("{s:?}: {N} ports, comma-separated"))
 }
 
 /// Run the benchmark; returns the process exit code (0 all went well, 1 a failure).
 pub fn run(args: BenchArgs) -> u8 {
     if let Some(ports) = args.udp_peer {
-        return udp::peer(ports, Duration::from_secs_f64(args.seconds));
+        return udp::peer(
+            ports,
+            args.tcp_echo_peer,
+            Duration::from_secs_f64(args.seconds),
+        );
     }
     // Children inherit the raised limit.
     let nofile = crate::net::sys::raise_nofile_limit().unwrap_or(0);
@@ -567,18 +573,16 @@ fn udp_rates(envs: &ByTunnel<Env>, step: Duration, report: &mut Report) -> Strin
 /// beside a UDP flood of [`udp::FLOOD_MBIT`] to the sink through the same tunnel; the rows
 /// and the flood's figures go to those of `t`. Returns the progress text.
 fn udp_flood(t: Tunnel, env: &Env, dur: Duration, report: &mut Report) -> String {
-    let alone = workloads::request_response(env.public.echo, 1, dur);
-    let sink = env.targets.udp_received();
-    let before = sink.datagrams();
-    let (beside, flood) =
-        match udp::flood(env.public.udp_sink, udp::FLOOD_MBIT, dur * 2 + FLOOD_LEAD) {
-            Ok(flood) => {
-                thread::sleep(FLOOD_LEAD);
-                let beside = workloads::request_response(env.public.echo, 1, dur);
-                (beside, udp::flood_step(flood, sink, before))
-            }
-            Err(e) => (Err(io::Error::other("no flood to measure beside")), Err(e)),
-        };
+    let udp::BesideFlood {
+        alone,
+        beside,
+        flood,
+    } = udp::beside_flood(
+        env.public.echo,
+        env.public.udp_sink,
+        env.targets.udp_received(),
+        dur,
+    );
     let sides = ["alone", "beside the flood"];
     let label = "64 B round trips, 1 conn";
     let rows = report.paired_rows(t, sides, "rr1", label, alone, beside);
@@ -703,6 +707,15 @@ mod tests {
         for bad in ["1,2,3", "1,2,3,4,5", "0,1,2,3", "a,b,c,d"] {
             assert!(parse(&["--udp-peer", bad]).is_err(), "{bad}");
         }
+        assert_eq!(b.tcp_echo_peer, None);
+        let b = parse(&["--udp-peer", "1,2,3,4", "--tcp-echo-peer", "5,6"]).expect("both");
+        assert_eq!(b.tcp_echo_peer, Some([5, 6]));
+        for bad in ["5", "5,6,7", "0,6", "5,x"] {
+            let args = ["--udp-peer", "1,2,3,4", "--tcp-echo-peer", bad];
+            assert!(parse(&args).is_err(), "{bad}");
+        }
+        // The TCP pair only goes with the UDP ports.
+        assert!(parse(&["--tcp-echo-peer", "5,6"]).is_err());
     }
 
     #[test]

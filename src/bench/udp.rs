@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::harness::{UdpCount, UdpService, loopback};
 use super::report::{Samples, Transfer};
-use super::workloads::{RR_SIZE, duration_ns};
+use super::workloads::{self, RR_SIZE, duration_ns};
 use crate::net::dgram::{self, BATCH, Segmentation};
 use crate::net::sys;
 use crate::net::udp::UDP_SOCKET_BUFFER;
@@ -443,6 +443,44 @@ pub(super) fn flood_step(flood: Flood, sink: &UdpCount, before: u64) -> io::Resu
     })
 }
 
+/// The flood starts this long before the round trips beside it are timed.
+const FLOOD_LEAD: Duration = Duration::from_millis(100);
+
+/// 64-byte round trips on one TCP connection, alone and beside a flood.
+pub(super) struct BesideFlood {
+    pub alone: io::Result<Samples>,
+    pub beside: io::Result<Samples>,
+    pub flood: io::Result<Step>,
+}
+
+/// 64-byte round trips on one connection to the TCP echo at `echo` for `dur`, then again
+/// for `dur` beside a flood of [`FLOOD_MBIT`] to `flood_to`, whose datagrams `sink` counts.
+pub(super) fn beside_flood(
+    echo: SocketAddr,
+    flood_to: SocketAddr,
+    sink: &UdpCount,
+    dur: Duration,
+) -> BesideFlood {
+    let alone = workloads::request_response(echo, 1, dur);
+    let before = sink.datagrams();
+    match flood(flood_to, FLOOD_MBIT, dur * 2 + FLOOD_LEAD) {
+        Ok(f) => {
+            thread::sleep(FLOOD_LEAD);
+            let beside = workloads::request_response(echo, 1, dur);
+            BesideFlood {
+                alone,
+                beside,
+                flood: flood_step(f, sink, before),
+            }
+        }
+        Err(e) => BesideFlood {
+            alone,
+            beside: Err(io::Error::other("no flood to measure beside")),
+            flood: Err(e),
+        },
+    }
+}
+
 /// `tcp-forward bench --udp-peer ECHO,SINK,PUBLIC_ECHO,PUBLIC_SINK`, for
 /// scripts/compare-peers.sh: the UDP echo and sink on ports ECHO and SINK of 127.0.0.1,
 /// 1-flow round trips for `dur` through PUBLIC_ECHO, then the rate search and the fixed rate
@@ -450,49 +488,75 @@ pub(super) fn flood_step(flood: Flood, sink: &UdpCount, before: u64) -> io::Resu
 /// lost, the highest rate under 1 % loss (Mbit/s, datagrams/s; `-` when none), whether that
 /// was the sender's ceiling (1 or 0), and at the fixed rate: Mbit/s sent and % lost. The
 /// steps go to stderr. Returns the exit code.
-pub(super) fn peer(ports: [u16; 4], dur: Duration) -> u8 {
-    let [echo, sink, public_echo, public_sink] = ports.map(loopback);
-    let count = Arc::new(UdpCount::default());
-    let services = UdpService::echo(echo)
-        .and_then(|e| UdpService::sink(sink, Arc::clone(&count)).map(|s| (e, s)));
-    let _services = match services {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tcp-forward bench --udp-peer: cannot serve UDP on {echo} and {sink}: {e}");
-            return 1;
+///
+/// With `tcp` (`--tcp-echo-peer TCP_ECHO,PUBLIC_TCP_ECHO`) it also serves a TCP echo on
+/// TCP_ECHO and times 64-byte round trips through PUBLIC_TCP_ECHO alone and beside the
+/// flood of the `udp-flood` workload through PUBLIC_SINK, adding to the line: round trips/s
+/// alone and beside, their p99 (µs) alone and beside, and the flood's % lost.
+pub(super) fn peer(ports: [u16; 4], tcp: Option<[u16; 2]>, dur: Duration) -> u8 {
+    match peer_line(ports, tcp, dur) {
+        Ok((line, steps)) => {
+            eprintln!("steps: {steps}");
+            println!("{line}");
+            0
         }
-    };
-    let figures = request_response(public_echo, 1, dur).and_then(|rr| {
-        let r = rates(public_sink, &count, step_duration(dur))?;
-        Ok((rr, r))
-    });
-    let (rr, r) = match figures {
-        Ok(f) => f,
         Err(e) => {
             eprintln!("tcp-forward bench --udp-peer: {e}");
-            return 1;
+            1
         }
-    };
-    eprintln!("steps: {}", super::render::steps_text(&r.steps));
-    let us = |p| {
-        rr.percentile_us(p)
+    }
+}
+
+/// [`peer`]'s line of figures and its rate steps as text.
+fn peer_line(
+    ports: [u16; 4],
+    tcp: Option<[u16; 2]>,
+    dur: Duration,
+) -> io::Result<(String, String)> {
+    let [echo, sink, public_echo, public_sink] = ports.map(loopback);
+    let count = Arc::new(UdpCount::default());
+    let serving =
+        |e: io::Error, what: String| io::Error::new(e.kind(), format!("cannot serve {what}: {e}"));
+    let _echo =
+        UdpService::echo(echo).map_err(|e| serving(e, format!("the UDP echo on {echo}")))?;
+    let _sink = UdpService::sink(sink, Arc::clone(&count))
+        .map_err(|e| serving(e, format!("the UDP sink on {sink}")))?;
+    let rr = request_response(public_echo, 1, dur)?;
+    let r = rates(public_sink, &count, step_duration(dur))?;
+    let us = |s: &Samples, p| {
+        s.percentile_us(p)
             .map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
     };
     let (mbit, per_s) = r.best.map_or_else(
         || ("-".to_string(), "-".to_string()),
         |b| (format!("{:.1}", b.sent.mbit()), format!("{:.0}", b.per_s())),
     );
-    println!(
+    let mut line = format!(
         "{:.0} {} {} {} {mbit} {per_s} {} {:.1} {:.3}",
         rr.rate(),
-        us(50.0),
-        us(99.0),
+        us(&rr, 50.0),
+        us(&rr, 99.0),
         rr.lost.unwrap_or(0),
         u8::from(r.sender_limited),
         r.fixed.sent.mbit(),
         r.fixed.loss() * 100.0
     );
-    0
+    if let Some([tcp_echo, public_tcp_echo]) = tcp {
+        let tcp_echo = loopback(tcp_echo);
+        let _tcp_echo = super::harness::EchoService::start_on(tcp_echo)
+            .map_err(|e| serving(e, format!("the TCP echo on {tcp_echo}")))?;
+        let b = beside_flood(loopback(public_tcp_echo), public_sink, &count, dur);
+        let (alone, beside, flood) = (b.alone?, b.beside?, b.flood?);
+        line.push_str(&format!(
+            " {:.0} {:.0} {} {} {:.3}",
+            alone.rate(),
+            beside.rate(),
+            us(&alone, 99.0),
+            us(&beside, 99.0),
+            flood.loss() * 100.0
+        ));
+    }
+    Ok((line, super::render::steps_text(&r.steps)))
 }
 
 /// Each step of the rate search lasts a quarter of `--seconds`, between 50 ms and 1 s: the

@@ -17,7 +17,7 @@ mod targets;
 mod udp;
 
 pub use process::{Process, ProcessOptions, Stop};
-pub use targets::{CHUNK, Endpoints, Target, Targets};
+pub use targets::{CHUNK, EchoService, Endpoints, Target, Targets};
 pub use udp::{UdpCount, UdpService};
 
 /// A directory of its own under the system's temporary directory, removed on drop.

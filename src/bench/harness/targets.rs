@@ -159,7 +159,7 @@ pub struct Targets {
 
 impl Targets {
     pub fn start() -> io::Result<Targets> {
-        let (echo_service, echo) = EchoService::start()?;
+        let (echo_service, echo) = EchoService::start_on(loopback(0))?;
         let sink = Target::spawn(loopback(0), sink_conn)?;
         let source_written = Arc::new(AtomicU64::new(0));
         let written = Arc::clone(&source_written);
@@ -203,15 +203,16 @@ impl Targets {
 
 /// The echo loop's thread; dropping it stops the loop and waits for the thread.
 #[derive(Debug)]
-struct EchoService {
+pub struct EchoService {
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl EchoService {
-    fn start() -> io::Result<(EchoService, SocketAddr)> {
+    /// The echo loop on `bind`; the address it listens on.
+    pub fn start_on(bind: SocketAddr) -> io::Result<(EchoService, SocketAddr)> {
         let stop = Arc::new(AtomicBool::new(false));
-        let listener = mio::net::TcpListener::bind(loopback(0))?;
+        let listener = mio::net::TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
         let flag = Arc::clone(&stop);
         let thread = thread::Builder::new()
