@@ -659,10 +659,15 @@ measure_udp() { # peer round
     local ceiling=
     [[ $limited != 1 ]] || ceiling=" (the sender's ceiling)"
     log "  $peer UDP: $rr round trips/s (p50 $p50 µs, p99 $p99 µs, $lost lost); under 1 % loss $mbit Mbit/s$ceiling; at 2,000 asked sent $fixed_mbit Mbit/s, lost $fixed_loss %; $(grep -m1 '^steps:' "$TMP/udp-peer.log" || true)"
-    if [[ -n ${flood_loss:-} ]]; then
+    if [[ ${flood_loss:--} == - ]]; then
+        [[ -z ${flood_loss:-} ]] ||
+            log "  $peer TCP round trips beside the flood failed: $(grep -m1 'beside the flood' "$TMP/udp-peer.log" || true)"
+    else
         record "$peer" flood_rr_alone_per_s "$round" "$alone"
         record "$peer" flood_rr_beside_per_s "$round" "$beside"
-        record "$peer" flood_rr_ratio "$round" "$(awk -v a="$alone" -v b="$beside" 'BEGIN{printf "%.4f", b/a}')"
+        if awk -v a="$alone" 'BEGIN{exit !(a > 0)}'; then
+            record "$peer" flood_rr_ratio "$round" "$(awk -v a="$alone" -v b="$beside" 'BEGIN{printf "%.4f", b/a}')"
+        fi
         [[ $alone_p99 == - ]] || record "$peer" flood_rr_alone_p99_us "$round" "$alone_p99"
         [[ $beside_p99 == - ]] || record "$peer" flood_rr_beside_p99_us "$round" "$beside_p99"
         record "$peer" flood_loss_pct "$round" "$flood_loss"

@@ -282,7 +282,8 @@ def cmd_report(tsv, md_out, json_out=None):
             "`tcp-forward bench --udp-peer --tcp-echo-peer` through each peer that carries UDP: 64 B round "
             "trips on one TCP connection, alone and then beside a paced 500 Mbit/s flood of 1,200 B "
             "datagrams through the same peer (the bench's `udp-flood` workload). For `direct` the flood "
-            "and the round trips go straight to their services: the machine's own share."
+            "and the round trips go straight to their services (on a VM, a flood that keeps the vCPUs "
+            "busy can make those round trips faster than alone: see docs/BENCHMARKS.md)."
         )
     if skips:
         out.append("")

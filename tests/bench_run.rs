@@ -293,19 +293,18 @@ fn the_udp_workloads_measure_round_trips_rates_and_a_flood() {
     assert!(err.contains("plain steps "), "{err}");
 }
 
-/// A free port of each kind on 127.0.0.1, released for the bench to bind.
+/// Two free UDP ports and a TCP one on 127.0.0.1, all held until picked (so the two UDP
+/// ones differ), then released for the bench to bind.
 fn free_ports() -> (u16, u16, u16) {
-    let udp = || {
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free UDP port")
-            .port()
-    };
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free TCP port")
-        .port();
-    (udp(), udp(), tcp)
+    let udp = || std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
+    let (a, b) = (udp(), udp());
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("a free TCP port");
+    let port = |addr: std::io::Result<std::net::SocketAddr>| addr.expect("local address").port();
+    (
+        port(a.local_addr()),
+        port(b.local_addr()),
+        port(tcp.local_addr()),
+    )
 }
 
 /// `--udp-peer` as scripts/compare-peers.sh runs it for `direct` (the public ports are the
@@ -328,6 +327,9 @@ fn the_peer_mode_prints_its_figures_and_the_round_trips_beside_a_flood() {
         );
         assert!(out.status.success(), "{extra:?}: {stdout}\n{stderr}");
         assert!(stderr.contains("steps: "), "{stderr}");
+        let failed = stdout.contains(" - - - - -");
+        let said = stderr.contains("TCP round trips beside the flood: cannot serve the TCP echo");
+        assert_eq!(failed, said, "{stdout}\n{stderr}");
         let fields: Vec<f64> = stdout
             .split_whitespace()
             .map(|f| f.parse().unwrap_or(f64::NAN))
@@ -347,4 +349,13 @@ fn the_peer_mode_prints_its_figures_and_the_round_trips_beside_a_flood() {
     assert!(alone > 0.0 && beside > 0.0, "round trips/s: {line}");
     assert!(p99_alone > 0.0 && p99_beside > 0.0, "p99: {line}");
     assert!((0.0..=100.0).contains(&lost), "flood lost %: {line}");
+
+    // A TCP echo port already taken fails the TCP part only: the UDP figures stay.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a TCP port to take");
+    let port = taken.local_addr().expect("its address").port();
+    let tcp = format!("{port},{port}");
+    let (fields, line) = run(&["--tcp-echo-peer", &tcp]);
+    assert_eq!(fields.len(), 14, "{line}");
+    assert!(fields[0] > 0.0, "round trips/s: {line}");
+    assert!(line.trim_end().ends_with(" - - - - -"), "{line}");
 }

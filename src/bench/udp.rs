@@ -492,7 +492,8 @@ pub(super) fn beside_flood(
 /// With `tcp` (`--tcp-echo-peer TCP_ECHO,PUBLIC_TCP_ECHO`) it also serves a TCP echo on
 /// TCP_ECHO and times 64-byte round trips through PUBLIC_TCP_ECHO alone and beside the
 /// flood of the `udp-flood` workload through PUBLIC_SINK, adding to the line: round trips/s
-/// alone and beside, their p99 (µs) alone and beside, and the flood's % lost.
+/// alone and beside, their p99 (µs) alone and beside, and the flood's % lost (each `-` when
+/// that part failed, which stderr explains).
 pub(super) fn peer(ports: [u16; 4], tcp: Option<[u16; 2]>, dur: Duration) -> u8 {
     match peer_line(ports, tcp, dur) {
         Ok((line, steps)) => {
@@ -542,19 +543,27 @@ fn peer_line(
         r.fixed.loss() * 100.0
     );
     if let Some([tcp_echo, public_tcp_echo]) = tcp {
-        let tcp_echo = loopback(tcp_echo);
-        let _tcp_echo = super::harness::EchoService::start_on(tcp_echo)
-            .map_err(|e| serving(e, format!("the TCP echo on {tcp_echo}")))?;
-        let b = beside_flood(loopback(public_tcp_echo), public_sink, &count, dur);
-        let (alone, beside, flood) = (b.alone?, b.beside?, b.flood?);
-        line.push_str(&format!(
-            " {:.0} {:.0} {} {} {:.3}",
-            alone.rate(),
-            beside.rate(),
-            us(&alone, 99.0),
-            us(&beside, 99.0),
-            flood.loss() * 100.0
-        ));
+        // A failure here keeps the UDP figures: its fields are `-` and stderr says why.
+        let tcp_figures = super::harness::EchoService::start_on(loopback(tcp_echo))
+            .map_err(|e| serving(e, format!("the TCP echo on {}", loopback(tcp_echo))))
+            .and_then(|_echo| {
+                let b = beside_flood(loopback(public_tcp_echo), public_sink, &count, dur);
+                Ok((b.alone?, b.beside?, b.flood?))
+            });
+        match tcp_figures {
+            Ok((alone, beside, flood)) => line.push_str(&format!(
+                " {:.0} {:.0} {} {} {:.3}",
+                alone.rate(),
+                beside.rate(),
+                us(&alone, 99.0),
+                us(&beside, 99.0),
+                flood.loss() * 100.0
+            )),
+            Err(e) => {
+                eprintln!("tcp-forward bench --udp-peer: TCP round trips beside the flood: {e}");
+                line.push_str(" - - - - -");
+            }
+        }
     }
     Ok((line, super::render::steps_text(&r.steps)))
 }

@@ -124,9 +124,9 @@ pub fn set_socket_buffers(sock: &impl AsRawFd, bytes: usize) {
 }
 
 /// Have the kernel refuse writes to a TCP socket while it holds `bytes` or more of it not
-/// yet sent (Linux's `TCP_NOTSENT_LOWAT`; a write may overshoot by its own size). Bytes
-/// sent but not yet acknowledged do not count, so the connection's speed does not depend
-/// on it. `Ok` without effect where the platform has no such option.
+/// yet sent (Linux's `TCP_NOTSENT_LOWAT`; the write that reaches it may overshoot by about a
+/// segment). Bytes sent but not yet acknowledged do not count, so the connection's speed
+/// does not depend on it. `Ok` without effect where the platform has no such option.
 pub fn limit_unsent(sock: &impl AsRawFd, bytes: usize) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {

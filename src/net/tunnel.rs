@@ -58,8 +58,9 @@ pub struct Tunnel {
 ///
 /// Sending side: the kernel refuses writes while it holds [`UNSENT_LIMIT`] unsent, so the
 /// session's output fills, and past its [`DGRAM_TX_LIMIT`] it takes no more datagrams; the
-/// two together are this limit, and no system call asks for the queue's length. Receiving
-/// side: while the kernel holds this much unread, the datagrams read are dropped.
+/// two together are this limit, and no system call asks for the queue's length (under TLS
+/// the records rustls holds, up to its own buffer limit, come on top). Receiving side: while
+/// the kernel holds this much unread, the datagrams read are dropped.
 pub const DGRAM_KERNEL_LIMIT: usize = 1024 * 1024;
 
 /// What the kernel may hold of a tunnel unsent before it refuses writes (bytes sent and not
