@@ -727,10 +727,10 @@ impl ServerSetup {
 
 /// Start a server on an already written cfg file and wait for readiness.
 ///
-/// A port `free_port` picked can be taken before the server binds it, as the local port of
-/// another test's outgoing connection (those come from the same range). Such connections
-/// are short-lived: a start that fails with "Address already in use" is tried again, a few
-/// times, before it counts as a failure.
+/// A port `free_port` picked lies below the kernel's ephemeral range, out of reach of other
+/// tests' outgoing connections, but another program may still bind it first: a start that
+/// fails with "Address already in use" is tried again, a few times, before it counts as a
+/// failure.
 pub fn start_server_cfg(cfg: &Path, name: &str) -> Proc {
     const IN_USE: &str = "Address already in use";
     const ATTEMPTS: usize = 5;
