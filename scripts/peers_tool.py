@@ -258,33 +258,28 @@ def cmd_report(tsv, md_out, json_out=None):
             "RSS is the sum of VmRSS over the tunnel's processes and their children; "
             "CPU s/GB is utime+stime of those processes per 10^9 bytes of a single-stream iperf3 run."
         )
-    udp = table(UDP_COLUMNS)
-    if len(udp) > 2:
-        out.append("")
-        out.append("### UDP")
-        out.append("")
-        out.extend(udp)
-        out.append("")
-        out.append(
-            "`tcp-forward bench --udp-peer` through each peer that carries UDP: 64 B requests on one flow "
-            "(a request unanswered in 200 ms is lost and sent again), then 1,200 B datagrams from a paced "
-            "sender, the highest rate that lost under 1 % (doubling from 500 Mbit/s, then bisecting) and "
-            "the loss at 2,000 Mbit/s asked. Ratios are to `direct` in the same run."
-        )
-    flood = table(FLOOD_COLUMNS)
-    if len(flood) > 2:
-        out.append("")
-        out.append("### TCP beside a UDP flood")
-        out.append("")
-        out.extend(flood)
-        out.append("")
-        out.append(
-            "`tcp-forward bench --udp-peer --tcp-echo-peer` through each peer that carries UDP: 64 B round "
-            "trips on one TCP connection, alone and then beside a paced 500 Mbit/s flood of 1,200 B "
-            "datagrams through the same peer (the bench's `udp-flood` workload). For `direct` the flood "
-            "and the round trips go straight to their services (on a VM, a flood that keeps the vCPUs "
-            "busy can make those round trips faster than alone: see docs/BENCHMARKS.md)."
-        )
+    def section(title, columns, note):
+        rows = table(columns)
+        if len(rows) > 2:
+            out.extend(["", f"### {title}", ""] + rows + ["", note])
+
+    section(
+        "UDP",
+        UDP_COLUMNS,
+        "`tcp-forward bench --udp-peer` through each peer that carries UDP: 64 B requests on one flow "
+        "(a request unanswered in 200 ms is lost and sent again), then 1,200 B datagrams from a paced "
+        "sender, the highest rate that lost under 1 % (doubling from 500 Mbit/s, then bisecting) and "
+        "the loss at 2,000 Mbit/s asked. Ratios are to `direct` in the same run.",
+    )
+    section(
+        "TCP beside a UDP flood",
+        FLOOD_COLUMNS,
+        "`tcp-forward bench --udp-peer --tcp-echo-peer` through each peer that carries UDP: 64 B round "
+        "trips on one TCP connection, alone and then beside a paced 500 Mbit/s flood of 1,200 B "
+        "datagrams through the same peer (the bench's `udp-flood` workload). For `direct` the flood "
+        "and the round trips go straight to their services (on a VM, a flood that keeps the vCPUs "
+        "busy can make those round trips faster than alone: see docs/BENCHMARKS.md).",
+    )
     if skips:
         out.append("")
         out.append("## Skipped or failed")

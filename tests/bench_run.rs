@@ -7,6 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tcp_forward::bench::harness;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcp-forward");
 /// A short bench takes a few seconds; past this it hangs.
@@ -293,26 +294,13 @@ fn the_udp_workloads_measure_round_trips_rates_and_a_flood() {
     assert!(err.contains("plain steps "), "{err}");
 }
 
-/// Two free UDP ports and a TCP one on 127.0.0.1, all held until picked (so the two UDP
-/// ones differ), then released for the bench to bind.
-fn free_ports() -> (u16, u16, u16) {
-    let udp = || std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
-    let (a, b) = (udp(), udp());
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("a free TCP port");
-    let port = |addr: std::io::Result<std::net::SocketAddr>| addr.expect("local address").port();
-    (
-        port(a.local_addr()),
-        port(b.local_addr()),
-        port(tcp.local_addr()),
-    )
-}
-
 /// `--udp-peer` as scripts/compare-peers.sh runs it for `direct` (the public ports are the
 /// services' own): one line of figures, and with `--tcp-echo-peer` the TCP round trips alone
 /// and beside the flood after them.
 #[test]
 fn the_peer_mode_prints_its_figures_and_the_round_trips_beside_a_flood() {
-    let (echo, sink, tcp) = free_ports();
+    let [echo, sink] = harness::free_udp_ports().expect("free UDP ports");
+    let tcp = harness::free_port().expect("a free TCP port");
     let udp = format!("{echo},{sink},{echo},{sink}");
     let run = |extra: &[&str]| {
         let out = Command::new(BIN)
